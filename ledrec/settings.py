@@ -1,0 +1,72 @@
+"""Typed configuration shared by every component (environment variables and CLI flags).
+
+Every field can be set from the environment with the ``LEDREC_`` prefix, and the two
+addresses also from their conventional names ``KAFKA_BOOTSTRAP`` and ``REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of a ledrec deployment."""
+
+    model_config = SettingsConfigDict(env_prefix="LEDREC_", extra="ignore")
+
+    # Addresses. Empty means "use the local stack recorded by `ledrec stack up`".
+    kafka_bootstrap: str = Field(
+        default="", validation_alias=AliasChoices("KAFKA_BOOTSTRAP", "LEDREC_KAFKA_BOOTSTRAP")
+    )
+    redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "LEDREC_REDIS_URL"))
+    # Extra librdkafka settings (SASL/SSL...), passed through to every client as is.
+    kafka_config: dict[str, str] = Field(default_factory=dict)
+
+    home: Path = Path(".ledrec")  # stack record, logs, default model store
+    model_store: Path | None = None  # default: <home>/models
+
+    events_topic: str = "ledrec.events"
+    dead_letter_topic: str = "ledrec.events.dlq"
+    events_partitions: int = 4
+    consumer_group: str = "ledrec-state"
+    # Tansu completes a group join after about half the session timeout (DESIGN.md).
+    session_timeout_ms: int = 6000
+
+    # Event types and their weight in the user encoder (views and clicks both feed it).
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "click": 1.0, "sale": 1.0}
+    )
+    timeline_max: int = 100  # T_max: most recent items kept per user
+    user_ttl_seconds: int = 30 * 24 * 3600  # inactive users expire (churn)
+
+    # Input limits (bad input gets an error, never a crash).
+    max_id_length: int = 256
+    max_event_bytes: int = 4096
+    max_request_bytes: int = 65536
+    max_k: int = 1000
+    max_request_timeline: int = 1000
+
+    consume_batch_size: int = 2000
+    consume_batch_timeout_s: float = 0.05
+
+    key_prefix: str = "ledrec"
+    request_queue: str = "ledrec:rpc:requests"
+    request_timeout_s: float = 2.0
+    serve_batch_size: int = 64
+    exact_index_max_items: int = 200_000  # above: IVF inner-product index
+    ivf_nprobe: int = 32
+    max_queue_length: int = 10_000  # a client refuses to enqueue past this (load shedding)
+
+    @field_validator("event_weights")
+    @classmethod
+    def _weights_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(w <= 0 for w in v.values()):
+            raise ValueError("event_weights needs at least one type, every weight > 0")
+        return v
+
+    @property
+    def model_store_path(self) -> Path:
+        return self.model_store if self.model_store is not None else self.home / "models"

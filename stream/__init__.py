@@ -1,0 +1,1 @@
+"""The online side of ledrec: events, user state, consumer, scorer, RPC."""

@@ -1,0 +1,111 @@
+"""The event schema and its wire codec: the contract between producers and consumers.
+
+An event is a msgpack map ``{"user_id", "item_id", "type", "ts"}`` produced with key =
+user_id, so one user's events stay ordered in one partition and have one writer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Collection
+from typing import Any
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+
+class EventError(ValueError):
+    """An event that cannot be accepted; ``reason`` goes to the dead-letter headers."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Event(BaseModel):
+    """One user-item interaction."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    user_id: str
+    item_id: str
+    type: str
+    ts: float
+
+    @field_validator("user_id", "item_id")
+    @classmethod
+    def _id_not_blank(cls, v: str) -> str:
+        if not v or v.strip() != v:
+            raise ValueError("ids must be non-empty without surrounding whitespace")
+        return v
+
+    @field_validator("ts")
+    @classmethod
+    def _ts_finite(cls, v: float) -> float:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError("ts must be a finite, non-negative epoch time in seconds")
+        return v
+
+
+class EventCodec:
+    """Encodes and validates events against the deployment's types and limits."""
+
+    def __init__(
+        self, event_types: Collection[str], max_id_length: int = 256, max_event_bytes: int = 4096
+    ) -> None:
+        self.event_types = frozenset(event_types)
+        self.max_id_length = max_id_length
+        self.max_event_bytes = max_event_bytes
+
+    def make(self, user_id: Any, item_id: Any, type: Any, ts: Any = None) -> Event:
+        """Build a validated event from loose input (CLI rows, API calls)."""
+        raw = {
+            "user_id": str(user_id) if isinstance(user_id, int) else user_id,
+            "item_id": str(item_id) if isinstance(item_id, int) else item_id,
+            "type": type,
+            "ts": time.time() if ts is None or ts == "" else _as_float(ts),
+        }
+        return self.validate(raw)
+
+    def validate(self, raw: Any) -> Event:
+        """Turn a decoded mapping into an Event, or raise EventError with the reason."""
+        if not isinstance(raw, dict):
+            raise EventError(f"event must be a map, got {type(raw).__name__}")
+        if isinstance(raw.get("ts"), int) and not isinstance(raw.get("ts"), bool):
+            raw = {**raw, "ts": float(raw["ts"])}
+        try:
+            event = Event.model_validate(raw)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "event"
+            raise EventError(f"invalid {where}: {first['msg']}") from None
+        if len(event.user_id) > self.max_id_length or len(event.item_id) > self.max_id_length:
+            raise EventError(f"id longer than {self.max_id_length} characters")
+        if event.type not in self.event_types:
+            raise EventError(f"unknown event type {event.type[:64]!r}")
+        return event
+
+    def encode(self, event: Event) -> bytes:
+        return msgpack.packb(
+            {"user_id": event.user_id, "item_id": event.item_id, "type": event.type, "ts": event.ts}
+        )
+
+    def decode(self, payload: bytes | None) -> Event:
+        """Decode wire bytes into a validated Event, or raise EventError."""
+        if payload is None:
+            raise EventError("empty message")
+        if len(payload) > self.max_event_bytes:
+            raise EventError(f"message of {len(payload)} bytes exceeds {self.max_event_bytes}")
+        try:
+            raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_bin_len=0)
+        except Exception as e:  # msgpack raises several unrelated types on garbage
+            raise EventError(f"undecodable msgpack: {type(e).__name__}") from None
+        return self.validate(raw)
+
+
+def _as_float(v: Any) -> Any:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v  # let validation report it
