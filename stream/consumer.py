@@ -1,0 +1,156 @@
+"""The state updater: a consumer-group process turning events into per-user state in Redis.
+
+Per batch: decode and validate every message (bad ones go to the dead-letter topic with
+the reason in headers), group the good ones by user, apply them to Redis exactly once
+(``UserStateStore.apply``), make sure the dead letters are delivered, and only then commit
+the Kafka offsets. A crash anywhere before the commit means the batch is delivered again
+and the per-user offsets in Redis skip what was already applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import redis
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from prometheus_client import Counter, Histogram
+
+from ledrec.settings import Settings
+from stream.events import EventCodec, EventError
+from stream.kafka import client_config
+from stream.registry import ModelCache, Registry
+from stream.state import TimelineEvent, UserStateStore
+
+log = logging.getLogger("ledrec.consumer")
+
+EVENTS_APPLIED = Counter("ledrec_events_applied_total", "Events applied to user state")
+EVENTS_SKIPPED = Counter("ledrec_events_redelivered_total", "Redelivered events skipped")
+EVENTS_DEAD = Counter("ledrec_events_dead_lettered_total", "Events sent to the dead-letter topic")
+BATCH_SECONDS = Histogram("ledrec_consume_batch_seconds", "Time to apply and commit one batch")
+
+
+@dataclass
+class ConsumerTotals:
+    batches: int = 0
+    applied: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    conflicts: int = 0
+
+
+class StateUpdater:
+    """Consumes the events topic and keeps every user's timeline and running sums."""
+
+    def __init__(self, settings: Settings, kafka_bootstrap: str, redis_client: redis.Redis) -> None:
+        self.settings = settings
+        self.codec = EventCodec(
+            settings.event_weights, settings.max_id_length, settings.max_event_bytes
+        )
+        self.store = UserStateStore(
+            redis_client, settings.key_prefix, settings.timeline_max, settings.user_ttl_seconds
+        )
+        self.models = ModelCache(Registry(redis_client, settings.key_prefix))
+        self.consumer = Consumer(
+            client_config(
+                kafka_bootstrap,
+                settings.kafka_config,
+                **{
+                    "group.id": settings.consumer_group,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "session.timeout.ms": settings.session_timeout_ms,
+                    "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
+                    "enable.partition.eof": False,
+                },
+            )
+        )
+        self.dead_letters = Producer(
+            client_config(
+                kafka_bootstrap,
+                settings.kafka_config,
+                **{"enable.idempotence": True, "acks": "all", "linger.ms": 5},
+            )
+        )
+        self.totals = ConsumerTotals()
+        self.stop_event = threading.Event()
+
+    def run(self, max_idle_s: float | None = None) -> ConsumerTotals:
+        """Consume until stopped (or idle for ``max_idle_s``), then leave the group cleanly."""
+        self.consumer.subscribe([self.settings.events_topic])
+        last_message = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                messages = self.consumer.consume(
+                    self.settings.consume_batch_size, self.settings.consume_batch_timeout_s
+                )
+                if messages:
+                    self.process(messages)
+                    last_message = time.monotonic()
+                elif max_idle_s is not None and time.monotonic() - last_message > max_idle_s:
+                    break
+        finally:
+            self.consumer.close()
+            self.dead_letters.flush(10)
+        return self.totals
+
+    def process(self, messages: list[Message]) -> None:
+        """Apply one batch to Redis, dead-letter the bad messages, then commit."""
+        started = time.perf_counter()
+        by_user: dict[str, list[TimelineEvent]] = defaultdict(list)
+        last_offsets: dict[tuple[str, int], int] = {}
+        dead = 0
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("kafka error", extra={"error": str(err)})
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            assert topic is not None and partition is not None and offset is not None
+            last_offsets[(topic, partition)] = offset
+            try:
+                event = self.codec.decode(msg.value())
+            except EventError as e:
+                self._dead_letter(msg, e.reason)
+                dead += 1
+                continue
+            by_user[event.user_id].append(
+                TimelineEvent(
+                    partition, offset, event.item_id, self.settings.event_weights[event.type]
+                )
+            )
+        if by_user:
+            stats = self.store.apply(by_user, self.models.live_models())
+            self.totals.applied += stats.applied_events
+            self.totals.skipped += stats.skipped_events
+            self.totals.conflicts += stats.conflicts
+            EVENTS_APPLIED.inc(stats.applied_events)
+            EVENTS_SKIPPED.inc(stats.skipped_events)
+        if dead:
+            # Dead letters must be durable before the offsets move past them.
+            if self.dead_letters.flush(30) > 0:
+                raise RuntimeError("dead-letter topic unreachable; not committing")
+            self.totals.dead_lettered += dead
+            EVENTS_DEAD.inc(dead)
+        if last_offsets:
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last_offsets.items()],
+                asynchronous=False,
+            )
+        self.totals.batches += 1
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _dead_letter(self, msg: Message, reason: str) -> None:
+        headers = [
+            ("ledrec.error", reason.encode()),
+            ("ledrec.source", f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()),
+        ]
+        self.dead_letters.produce(
+            self.settings.dead_letter_topic, value=msg.value(), key=msg.key(), headers=headers
+        )
+        self.dead_letters.poll(0)
+        log.info("dead-lettered", extra={"reason": reason, "offset": msg.offset()})

@@ -1,0 +1,127 @@
+"""The recommendation RPC's wire format, shared by the server and the clients.
+
+Clients LPUSH a msgpack request onto the request list and BLPOP their own reply key;
+scorers pop requests in batches and LPUSH the reply (which expires if nobody takes it).
+
+Request: ``{"id", "reply_to", "deadline" (epoch s), "k", "user_id" | "items", "exclude_seen"}``
+Reply:   ``{"id", "ok": true, "items": [[item_id, score], ...], "version", "source"}`` or
+         ``{"id", "ok": false, "error": {"code", "message"}}``
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+BAD_REQUEST = "bad_request"
+OVERLOADED = "overloaded"
+UNAVAILABLE = "unavailable"
+
+
+class RequestError(ValueError):
+    """A request that cannot be served; ``reply_to`` is set when an error reply is possible."""
+
+    def __init__(self, message: str, reply_to: str | None = None, request_id: str = "") -> None:
+        super().__init__(message)
+        self.reply_to = reply_to
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    reply_to: str
+    deadline: float
+    k: int
+    user_id: str | None = None
+    items: tuple[str, ...] | None = None
+    exclude_seen: bool = True
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_bytes: int = 65536
+    max_id_length: int = 256
+    max_k: int = 1000
+    max_timeline: int = 1000
+
+
+def encode_request(req: Request) -> bytes:
+    body: dict[str, Any] = {
+        "id": req.id,
+        "reply_to": req.reply_to,
+        "deadline": req.deadline,
+        "k": req.k,
+        "exclude_seen": req.exclude_seen,
+    }
+    if req.user_id is not None:
+        body["user_id"] = req.user_id
+    if req.items is not None:
+        body["items"] = list(req.items)
+    return msgpack.packb(body)
+
+
+def decode_request(raw: bytes, limits: Limits) -> Request:
+    """Parse and check a request; raises RequestError with the reason."""
+    if len(raw) > limits.max_request_bytes:
+        raise RequestError(f"request of {len(raw)} bytes exceeds {limits.max_request_bytes}")
+    try:
+        body = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_bin_len=0)
+    except Exception as e:  # msgpack raises several unrelated types on garbage
+        raise RequestError(f"undecodable msgpack: {type(e).__name__}") from None
+    if not isinstance(body, dict):
+        raise RequestError("request must be a map")
+    reply_to = body.get("reply_to")
+    if not isinstance(reply_to, str) or not 0 < len(reply_to) <= 2 * limits.max_id_length:
+        raise RequestError("reply_to must be a non-empty string")
+    rid = body.get("id", "")
+    rid = rid if isinstance(rid, str) and len(rid) <= limits.max_id_length else ""
+
+    def bad(message: str) -> RequestError:
+        return RequestError(message, reply_to, rid)
+
+    k = body.get("k", 10)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limits.max_k:
+        raise bad(f"k must be an integer in [1, {limits.max_k}]")
+    deadline = body.get("deadline")
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        raise bad("deadline must be an epoch time in seconds")
+    if not math.isfinite(deadline):
+        raise bad("deadline must be finite")
+    exclude_seen = body.get("exclude_seen", True)
+    if not isinstance(exclude_seen, bool):
+        raise bad("exclude_seen must be a boolean")
+    user_id, items = body.get("user_id"), body.get("items")
+    if (user_id is None) == (items is None):
+        raise bad("give exactly one of user_id or items")
+    if user_id is not None and not _valid_id(user_id, limits):
+        raise bad(f"user_id must be a non-empty string of at most {limits.max_id_length} chars")
+    if items is not None:
+        if not isinstance(items, list) or len(items) > limits.max_timeline:
+            raise bad(f"items must be a list of at most {limits.max_timeline} item ids")
+        if not all(_valid_id(i, limits) for i in items):
+            raise bad(f"every item id must be a non-empty string of at most {limits.max_id_length} chars")
+        items = tuple(items)
+    return Request(rid, reply_to, float(deadline), k, user_id, items, exclude_seen)
+
+
+def _valid_id(v: Any, limits: Limits) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= limits.max_id_length
+
+
+def encode_reply(request_id: str, items: list[tuple[str, float]], version: str, source: str) -> bytes:
+    return msgpack.packb(
+        {"id": request_id, "ok": True, "items": items, "version": version, "source": source}
+    )
+
+
+def encode_error(request_id: str, code: str, message: str) -> bytes:
+    return msgpack.packb({"id": request_id, "ok": False, "error": {"code": code, "message": message}})
+
+
+def decode_reply(raw: bytes) -> dict[str, Any]:
+    reply: dict[str, Any] = msgpack.unpackb(raw, raw=False)
+    return reply

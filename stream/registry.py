@@ -1,0 +1,136 @@
+"""The model registry in Redis: which versions exist, which are live, which one serves.
+
+Keys (under the deployment's prefix)::
+
+    models:info      hash version -> JSON {state, path, metrics, registered_at, ...}
+    models:active    the version that answers requests (one atomic pointer)
+    models:live      set of versions whose sums consumers maintain (active, warming, retained)
+    models:events    pub/sub channel announcing every change
+
+A version's artifacts live in the model store (see ``stream.artifact``); the registry only
+names them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from stream.artifact import Model, load_model
+
+STATES = ("staged", "warming", "active", "retained", "retired")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done (unknown version, refused activation...)."""
+
+
+class Registry:
+    """Model versions and the active pointer, in Redis."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def _k(self, name: str) -> str:
+        return f"{self.prefix}:models:{name}"
+
+    @property
+    def channel(self) -> str:
+        return self._k("events")
+
+    def register(self, model: Model, state: str = "staged") -> None:
+        """Record a saved model version (its directory must exist in the store)."""
+        info = {
+            "state": state,
+            "path": str(model.path),
+            "metrics": model.metrics,
+            "dim": model.dim,
+            "n_items": model.n_items,
+            "parent": model.parent,
+            "registered_at": time.time(),
+        }
+        self.client.hset(self._k("info"), model.version, json.dumps(info))
+        self._announce("registered", model.version)
+
+    def info(self, version: str) -> dict[str, Any]:
+        raw = self.client.hget(self._k("info"), version)
+        if raw is None:
+            raise RegistryError(f"unknown model version {version!r}")
+        info: dict[str, Any] = json.loads(raw)
+        return info
+
+    def versions(self) -> dict[str, dict[str, Any]]:
+        raw = self.client.hgetall(self._k("info"))
+        return {_s(k): json.loads(v) for k, v in raw.items()}
+
+    def set_state(self, version: str, state: str) -> None:
+        if state not in STATES:
+            raise RegistryError(f"unknown state {state!r}")
+        info = self.info(version)
+        info["state"] = state
+        info[f"{state}_at"] = time.time()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self._k("info"), version, json.dumps(info))
+        if state in ("warming", "active", "retained"):
+            pipe.sadd(self._k("live"), version)
+        else:
+            pipe.srem(self._k("live"), version)
+        pipe.execute()
+        self._announce(state, version)
+
+    def activate(self, version: str) -> str | None:
+        """Flip the active pointer to ``version``; returns the previously active version."""
+        self.info(version)  # must exist
+        previous = self.active()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self._k("active"), version)
+        pipe.sadd(self._k("live"), version)
+        pipe.execute()
+        if previous and previous != version:
+            self.set_state(previous, "retained")
+        self.set_state(version, "active")
+        return previous
+
+    def active(self) -> str | None:
+        raw = self.client.get(self._k("active"))
+        return _s(raw) if raw is not None else None
+
+    def live(self) -> list[str]:
+        return sorted(_s(v) for v in self.client.smembers(self._k("live")))
+
+    def path(self, version: str) -> Path:
+        return Path(self.info(version)["path"])
+
+    def _announce(self, what: str, version: str) -> None:
+        self.client.publish(self.channel, json.dumps({"event": what, "version": version}))
+
+
+class ModelCache:
+    """Loads model versions from the store once and keeps them in memory."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._models: dict[str, Model] = {}
+
+    def get(self, version: str) -> Model:
+        model = self._models.get(version)
+        if model is None:
+            model = load_model(self.registry.path(version))
+            self._models[version] = model
+        return model
+
+    def live_models(self) -> list[Model]:
+        """The models whose sums must be maintained, loading any new one."""
+        live = self.registry.live()
+        for gone in set(self._models) - set(live):
+            del self._models[gone]
+        return [self.get(v) for v in live]
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v

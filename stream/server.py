@@ -1,0 +1,207 @@
+"""The scorer process: serves recommendation requests from the Redis request list.
+
+Each loop pops a batch of requests (non-blocking ``RPOP count`` first, so a busy server
+takes many per round trip; ``BRPOP`` when idle), drops the ones past their deadline
+(their client has given up: answering late only adds load), reads the users' states in
+one pipeline, searches faiss once for the whole batch and pushes every reply in one
+pipeline. Model swaps are prepared in a background thread and take effect between two
+batches, never in the middle of one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import faiss
+import redis
+from prometheus_client import Counter, Histogram
+
+from ledrec.settings import Settings
+from stream import protocol
+from stream.protocol import Limits, Request, RequestError
+from stream.registry import ModelCache, Registry
+from stream.scorer import Query, Scorer
+from stream.state import UserStateStore
+
+log = logging.getLogger("ledrec.server")
+
+REQUESTS = Counter("ledrec_requests_total", "Requests answered", ["outcome"])
+SHED = Counter("ledrec_requests_shed_total", "Requests dropped past their deadline")
+BATCH_SECONDS = Histogram(
+    "ledrec_serve_batch_seconds",
+    "Server-side time per batch (read state, encode, search, reply)",
+    buckets=(1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5),
+)
+
+
+@dataclass
+class ServerTotals:
+    batches: int = 0
+    answered: int = 0
+    errors: int = 0
+    shed: int = 0
+
+
+class RecommendServer:
+    """Pops requests, scores them with the active model version, replies."""
+
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        faiss.omp_set_num_threads(1)  # one thread per search: more was measured slower
+        self.settings = settings
+        self.client = client
+        self.registry = Registry(client, settings.key_prefix)
+        self.models = ModelCache(self.registry)
+        self.store = UserStateStore(
+            client, settings.key_prefix, settings.timeline_max, settings.user_ttl_seconds
+        )
+        self.limits = Limits(
+            settings.max_request_bytes,
+            settings.max_id_length,
+            settings.max_k,
+            settings.max_request_timeline,
+        )
+        self.scorer: Scorer | None = None
+        self._next: Scorer | None = None
+        self._lock = threading.Lock()
+        self.totals = ServerTotals()
+        self.stop_event = threading.Event()
+
+    # -- model versions ------------------------------------------------------------------
+    def load_active(self) -> bool:
+        """Prepare the registry's active version if it is not the one serving."""
+        version = self.registry.active()
+        current = self._next or self.scorer
+        if version is None or (current is not None and current.version == version):
+            return False
+        scorer = Scorer(
+            self.models.get(version), self.settings.exact_index_max_items, self.settings.ivf_nprobe
+        )
+        with self._lock:
+            self._next = scorer
+        log.info("model prepared", extra={"version": version, "exact": scorer.exact})
+        return True
+
+    def _watch_models(self) -> None:
+        """Follow the active pointer: pub/sub for speed, a periodic check as a safety net."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.registry.channel)
+        try:
+            while not self.stop_event.is_set():
+                msg = pubsub.get_message(timeout=1.0)
+                if msg is None or json.loads(msg["data"]).get("event") == "active":
+                    try:
+                        self.load_active()
+                    except Exception:
+                        log.exception("could not load the active model; still serving the old one")
+        finally:
+            pubsub.close()
+
+    def _swap_if_ready(self) -> None:
+        if self._next is not None:
+            with self._lock:
+                old, self.scorer, self._next = self.scorer, self._next, None
+            log.info(
+                "model swapped",
+                extra={"version": self.scorer.version, "previous": old.version if old else None},
+            )
+
+    # -- serving -------------------------------------------------------------------------
+    def run(self) -> ServerTotals:
+        """Serve until stopped."""
+        self.load_active()
+        watcher = threading.Thread(target=self._watch_models, name="model-watcher", daemon=True)
+        watcher.start()
+        try:
+            while not self.stop_event.is_set():
+                self.serve_once(block_s=0.5)
+        finally:
+            self.stop_event.set()
+            watcher.join(timeout=2)
+        return self.totals
+
+    def serve_once(self, block_s: float = 0.5) -> int:
+        """Pop and answer one batch; returns how many requests were popped."""
+        self._swap_if_ready()
+        queue = self.settings.request_queue
+        raw = self.client.rpop(queue, self.settings.serve_batch_size)
+        if not raw:
+            popped = self.client.brpop([queue], timeout=block_s)
+            if popped is None:
+                return 0
+            raw = [popped[1]]
+        started = time.perf_counter()
+        self._answer(raw)
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        self.totals.batches += 1
+        return len(raw)
+
+    def _answer(self, raw: list[bytes]) -> None:
+        now = time.time()
+        replies: list[tuple[str, bytes]] = []
+        requests: list[Request] = []
+        for payload in raw:
+            try:
+                req = protocol.decode_request(payload, self.limits)
+            except RequestError as e:
+                self.totals.errors += 1
+                REQUESTS.labels("bad_request").inc()
+                if e.reply_to is not None:
+                    replies.append(
+                        (e.reply_to, protocol.encode_error(e.request_id, protocol.BAD_REQUEST, str(e)))
+                    )
+                continue
+            if req.deadline < now:
+                self.totals.shed += 1
+                SHED.inc()
+                continue
+            requests.append(req)
+        scorer = self.scorer
+        if requests and scorer is None:
+            for req in requests:
+                replies.append(
+                    (req.reply_to, protocol.encode_error(req.id, protocol.UNAVAILABLE, "no active model"))
+                )
+            requests = []
+        if requests and scorer is not None:
+            replies += self._score(scorer, requests)
+        if replies:
+            pipe = self.client.pipeline(transaction=False)
+            for key, body in replies:
+                pipe.lpush(key, body)
+                pipe.expire(key, 30)
+            pipe.execute()
+
+    def _score(self, scorer: Scorer, requests: list[Request]) -> list[tuple[str, bytes]]:
+        user_ids = [r.user_id for r in requests if r.user_id is not None]
+        states = iter(self.store.read_many(user_ids, [scorer.version]) if user_ids else [])
+        queries: list[Query] = []
+        sources: list[str] = []
+        for req in requests:
+            if req.items is not None:
+                timeline = [(i, 1.0) for i in req.items]
+                vector, source = scorer.encode_timeline(timeline), "items"
+            else:
+                state = next(states)
+                if state is None or not state.timeline:
+                    timeline, vector, source = [], scorer.encode_sum(None, 0.0), "popularity"
+                elif scorer.version in state.sums:
+                    timeline = state.timeline
+                    vector = scorer.encode_sum(state.sums[scorer.version], state.weights[scorer.version])
+                    source = "state"
+                else:  # this version's sum is not back-filled yet: encode on the fly
+                    timeline, source = state.timeline, "timeline"
+                    vector = scorer.encode_timeline(timeline)
+            seen = frozenset(i for i, _ in timeline) if req.exclude_seen else frozenset()
+            queries.append(Query(vector, seen, req.k))
+            sources.append(source)
+        results = scorer.top_k(queries)
+        self.totals.answered += len(requests)
+        REQUESTS.labels("ok").inc(len(requests))
+        return [
+            (req.reply_to, protocol.encode_reply(req.id, items, scorer.version, source))
+            for req, items, source in zip(requests, results, sources, strict=True)
+        ]
