@@ -9,7 +9,10 @@ and the per-user offsets in Redis skip what was already applied.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -77,10 +80,15 @@ class StateUpdater:
         )
         self.totals = ConsumerTotals()
         self.stop_event = threading.Event()
+        self.redis = redis_client
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.assigned: list[int] = []
 
     def run(self, max_idle_s: float | None = None) -> ConsumerTotals:
         """Consume until stopped (or idle for ``max_idle_s``), then leave the group cleanly."""
-        self.consumer.subscribe([self.settings.events_topic])
+        self.consumer.subscribe(
+            [self.settings.events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
         last_message = time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -143,6 +151,22 @@ class StateUpdater:
             )
         self.totals.batches += 1
         BATCH_SECONDS.observe(time.perf_counter() - started)
+        self.report_status()
+
+    def report_status(self) -> None:
+        """Publish this consumer's totals in Redis (``ledrec status``, the demo, operators)."""
+        key = f"{self.settings.key_prefix}:consumers:{self.name}"
+        status = {**vars(self.totals), "partitions": self.assigned, "updated_at": time.time()}
+        self.redis.set(key, json.dumps(status), ex=300)
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned = sorted(set(self.assigned) | {p.partition for p in partitions})
+        log.info("partitions assigned", extra={"partitions": self.assigned})
+        self.report_status()
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned = sorted(set(self.assigned) - {p.partition for p in partitions})
+        log.info("partitions revoked", extra={"partitions": self.assigned})
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
         headers = [
@@ -154,3 +178,14 @@ class StateUpdater:
         )
         self.dead_letters.poll(0)
         log.info("dead-lettered", extra={"reason": reason, "offset": msg.offset()})
+
+
+def consumer_statuses(client: redis.Redis, prefix: str) -> dict[str, dict[str, float]]:
+    """The status every live consumer last reported (name -> totals)."""
+    out: dict[str, dict[str, float]] = {}
+    for key in client.scan_iter(match=f"{prefix}:consumers:*"):
+        raw = client.get(key)
+        if raw is not None:
+            name = (key.decode() if isinstance(key, bytes) else key).split(":consumers:", 1)[1]
+            out[name] = json.loads(raw)
+    return out

@@ -1,0 +1,354 @@
+"""The ``ledrec`` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import redis
+from confluent_kafka import KafkaException
+
+from ledrec.logs import setup_logging
+from ledrec.settings import Settings
+
+log = logging.getLogger("ledrec.cli")
+
+
+class CliError(Exception):
+    """A user-facing failure, printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, with where to look, instead of the usage dump.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("kafka_bootstrap", "redis_url", "home", "model_store", "events_topic"):
+        value = getattr(args, name, None)
+        if value:
+            overrides[name] = value
+    settings = Settings()
+    return settings.model_copy(update=overrides) if overrides else settings
+
+
+def _addresses(settings: Settings) -> tuple[str, str]:
+    from deploy.stack import resolve_addresses
+
+    return resolve_addresses(settings)
+
+
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, health_check_interval=30)
+
+
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop())
+
+
+def _metrics(port: int | None) -> None:
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="127.0.0.1")
+        log.info("metrics exposed", extra={"url": f"http://127.0.0.1:{port}/metrics"})
+
+
+# -- stack ----------------------------------------------------------------------------------
+def cmd_stack(args: argparse.Namespace) -> int:
+    from deploy.stack import stack_down, stack_status, stack_up
+
+    settings = _settings(args)
+    if args.action == "up":
+        info = stack_up(settings.home)
+        print(f"redis {info.redis_url}\nkafka {info.kafka_bootstrap}\nrecorded in {settings.home}")
+    elif args.action == "down":
+        stack_down(settings.home)
+        print("stack stopped")
+    else:
+        status = stack_status(settings.home)
+        if status is None:
+            print("no local stack recorded (ledrec stack up starts one)")
+            return 1
+        print(
+            f"redis {status.redis_url} {'up' if status.redis_alive else 'DOWN'}\n"
+            f"kafka {status.kafka_bootstrap} {'up' if status.kafka_alive else 'DOWN'}"
+        )
+        return 0 if status.alive else 1
+    return 0
+
+
+# -- events ---------------------------------------------------------------------------------
+def cmd_publish(args: argparse.Namespace) -> int:
+    from deploy.stack import ensure_topics
+    from stream.producer import EventPublisher, events_from_rows, read_rows, sniff_format
+
+    settings = _settings(args)
+    bootstrap, _ = _addresses(settings)
+    ensure_topics(
+        bootstrap,
+        {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
+        settings.kafka_config,
+    )
+    source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    with source:
+        first = source.readline()
+        fmt = args.format or sniff_format(args.file, first)
+        import itertools
+
+        lines = itertools.chain([first], source)
+        publisher = EventPublisher(settings, bootstrap)
+        bad = 0
+        for line, event, error in events_from_rows(read_rows(lines, fmt), publisher.codec):  # type: ignore[arg-type]
+            if event is None:
+                bad += 1
+                print(f"line {line}: {error}", file=sys.stderr)
+                if args.on_error == "stop":
+                    publisher.flush()
+                    raise CliError(f"stopped at line {line} ({publisher.report.delivered} published)")
+                continue
+            publisher.publish(event)
+        report = publisher.flush()
+    print(f"published {report.delivered} events to {settings.events_topic}; {bad} bad rows skipped")
+    return 1 if bad and args.on_error == "stop" else 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from deploy.stack import ensure_topics
+    from stream.consumer import StateUpdater
+
+    settings = _settings(args)
+    setup_logging(args.log_level, "consumer")
+    bootstrap, url = _addresses(settings)
+    ensure_topics(
+        bootstrap,
+        {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
+        settings.kafka_config,
+    )
+    _metrics(args.metrics_port)
+    updater = StateUpdater(settings, bootstrap, _redis(url))
+    _stop_on_signals(updater.stop_event.set)
+    totals = updater.run(max_idle_s=args.max_idle)
+    log.info("consumer stopped", extra=vars(totals))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from stream.server import RecommendServer
+
+    settings = _settings(args)
+    setup_logging(args.log_level, "scorer")
+    _, url = _addresses(settings)
+    _metrics(args.metrics_port)
+    server = RecommendServer(settings, _redis(url))
+    _stop_on_signals(server.stop_event.set)
+    totals = server.run()
+    log.info("scorer stopped", extra=vars(totals))
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from stream.client import RecommenderClient
+
+    settings = _settings(args)
+    _, url = _addresses(settings)
+    client = RecommenderClient(
+        _redis(url), settings.request_queue, settings.key_prefix, args.timeout, settings.max_queue_length
+    )
+    items = [i for i in args.items.split(",") if i] if args.items else None
+    if (args.user is None) == (items is None):
+        raise CliError("give a user id or --items, not both")
+    rec = client.request(user_id=args.user, items=items, k=args.k)
+    if args.json:
+        print(json.dumps({"version": rec.version, "source": rec.source, "items": rec.items}))
+    else:
+        print(f"# model {rec.version}, from {rec.source}")
+        for rank, (item, score) in enumerate(rec.items, start=1):
+            print(f"{rank:>3}  {item}  {score:.4f}")
+    return 0
+
+
+# -- training and models --------------------------------------------------------------------
+def _load_data(args: argparse.Namespace) -> tuple[Any, str]:
+    from training import dataset
+
+    if args.movielens:
+        return dataset.load_movielens(Path(args.movielens)), f"movielens:{args.movielens}"
+    if args.events_csv:
+        return dataset.load_csv(Path(args.events_csv)), f"csv:{args.events_csv}"
+    from training import synthetic
+
+    data = synthetic.generate_interactions(n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed)
+    return data, f"synthetic:{args.synthetic_users}x{args.synthetic_items}:seed{args.seed}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from stream.artifact import load_model
+    from stream.registry import Registry
+    from training.finetune import FinetuneConfig
+    from training.jobs import run_train
+
+    settings = _settings(args)
+    data, source = _load_data(args)
+    config = FinetuneConfig(loss=args.loss, variant=args.variant, dim=args.dim, epochs=args.epochs, seed=args.seed)
+    path = run_train(data, settings.model_store_path, config, progress=print, source=source)
+    print(f"model saved: {path}")
+    if args.register or args.activate:
+        _, url = _addresses(settings)
+        registry = Registry(_redis(url), settings.key_prefix)
+        model = load_model(path)
+        registry.register(model)
+        if args.activate:
+            registry.activate(model.version)
+            print(f"activated {model.version}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.jobs import run_evaluate
+
+    data, source = _load_data(args)
+    report = run_evaluate(data, Path(args.out), seed=args.seed, progress=print, source=source, quick=args.quick)
+    print(f"report written to {args.out}/report.md and report.json ({len(report['rows'])} rows)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from stream.artifact import load_model
+    from stream.registry import Registry
+
+    settings = _settings(args)
+    _, url = _addresses(settings)
+    registry = Registry(_redis(url), settings.key_prefix)
+    if args.action == "list":
+        active = registry.active()
+        for version, info in sorted(registry.versions().items()):
+            marker = "*" if version == active else " "
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(info.get("metrics", {}).items()))
+            print(f"{marker} {version}  {info['state']:<9} items={info['n_items']} d={info['dim']}  {metrics}")
+        return 0
+    if args.action == "register":
+        model = load_model(Path(args.version))
+        registry.register(model)
+        print(f"registered {model.version}")
+        return 0
+    if args.action == "activate":
+        previous = registry.activate(args.version)
+        print(f"activated {args.version} (previous: {previous})")
+        return 0
+    raise CliError(f"unknown models action {args.action}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ledrec.demo import run_demo
+
+    return run_demo(args)
+
+
+# -- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ledrec", description=__doc__)
+    parser.add_argument("--home", help="state directory (stack record, models); env LEDREC_HOME")
+    parser.add_argument("--kafka-bootstrap", help="Kafka bootstrap servers; env KAFKA_BOOTSTRAP")
+    parser.add_argument("--redis-url", help="Redis URL (redis:// or rediss://); env REDIS_URL")
+    parser.add_argument("--model-store", help="model store directory; env LEDREC_MODEL_STORE")
+    parser.add_argument("--events-topic", help="events topic; env LEDREC_EVENTS_TOPIC")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("stack", help="start/stop/inspect the local Redis + Kafka-protocol broker")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("publish", help="publish events from CSV or JSON lines (file or -)")
+    p.add_argument("file", nargs="?", default="-")
+    p.add_argument("--format", choices=["csv", "jsonl"])
+    p.add_argument("--on-error", choices=["skip", "stop"], default="skip")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("consume", help="run a state-updater consumer")
+    p.add_argument("--max-idle", type=float, help="exit after this many idle seconds")
+    p.add_argument("--metrics-port", type=int)
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("serve", help="run a scorer answering recommendation requests")
+    p.add_argument("--metrics-port", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("recommend", help="ask the running scorers for recommendations")
+    p.add_argument("user", nargs="?")
+    p.add_argument("--items", help="comma-separated timeline instead of a user id")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recommend)
+
+    for name, func, helptext in (
+        ("train", cmd_train, "train a model version and save it to the model store"),
+        ("evaluate", cmd_evaluate, "compare LED variants and baselines on one split"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        src = p.add_mutually_exclusive_group()
+        src.add_argument("--movielens", help="MovieLens directory (ratings.csv or ratings.dat)")
+        src.add_argument("--events-csv", help="CSV with user_id,item_id,type")
+        p.add_argument("--synthetic-users", type=int, default=5000)
+        p.add_argument("--synthetic-items", type=int, default=1000)
+        p.add_argument("--seed", type=int, default=0)
+        p.set_defaults(func=func)
+    train = sub.choices["train"]
+    train.add_argument("--loss", default="css", choices=["bpr", "ns", "css", "mult"])
+    train.add_argument("--variant", default="train", choices=["train", "proj"])
+    train.add_argument("--dim", type=int, default=256)
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--register", action="store_true", help="register the version in Redis")
+    train.add_argument("--activate", action="store_true", help="register and activate it")
+    evaluate = sub.choices["evaluate"]
+    evaluate.add_argument("--out", default="reports/evaluate")
+    evaluate.add_argument("--quick", action="store_true", help="fewer variants, for a smoke run")
+
+    p = sub.add_parser("models", help="list, register or activate model versions")
+    p.add_argument("action", choices=["list", "register", "activate"])
+    p.add_argument("version", nargs="?")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("demo", help="the whole system on one machine, end to end")
+    p.add_argument("--movielens", help="MovieLens-1M directory (default: search known places)")
+    p.add_argument("--synthetic", action="store_true", help="use the synthetic generator")
+    p.add_argument("--users", type=int, default=600, help="held-out users replayed online")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from deploy.stack import StackError
+    from stream.artifact import ArtifactError
+    from stream.client import RecommendError
+    from stream.events import EventError
+    from stream.registry import RegistryError
+
+    expected = (
+        CliError, StackError, ArtifactError, RecommendError, EventError, RegistryError,
+        KafkaException, redis.RedisError, FileNotFoundError, PermissionError, ValueError,
+    )  # fmt: skip
+    try:
+        return int(args.func(args) or 0)
+    except expected as e:
+        print(f"ledrec {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"ledrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
