@@ -31,6 +31,8 @@ from urllib.parse import quote
 import redis
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 if TYPE_CHECKING:
     from ledrec.settings import Settings
@@ -53,6 +55,8 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
+# redis-py retries a failed connection (and a rejected password) with backoff for seconds.
+_NO_RETRY = Retry(NoBackoff(), 0)
 STACK_RECORD = "stack.json"
 STACK_DIR = "stack"
 
@@ -349,7 +353,7 @@ class RedisServer(_ServerProcess):
         return cmd + self.extra_args
 
     def _probe(self) -> bool:
-        client = self.client(socket_timeout=1.0, socket_connect_timeout=1.0)
+        client = self.client(socket_timeout=1.0, socket_connect_timeout=1.0, retry=_NO_RETRY)
         try:
             return bool(client.ping())
         except redis.AuthenticationError as exc:
