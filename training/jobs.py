@@ -1,0 +1,446 @@
+"""The training jobs: ``run_evaluate`` (the paper's Table 2 on one split) and
+``run_train`` (pre-train, fine-tune, publish a model version).
+
+Both report progress as one line per stage with elapsed seconds through ``progress``.
+Usage: ``python -m training.jobs evaluate --movielens DIR --out DIR`` or
+``python -m training.jobs train --movielens DIR --store DIR [--svd-only]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from stream.artifact import Model, save_model
+from training.baselines import EASE_LAMBDAS, ease_score_fn, popularity_score_fn, tune_ease
+from training.dataset import Interactions, load_csv, load_movielens
+from training.evaluate import evaluate_scores, led_score_fn
+from training.pretrain import popularity_biases, pretrain_embeddings
+from training.split import Split, strong_generalization_split
+
+if TYPE_CHECKING:
+    from training.finetune import FinetuneConfig
+
+Progress = Callable[[str], None]
+Array = npt.NDArray[np.float32]
+
+# scores are <u, v> + b with unit-norm v and log-popularity b: the zero-shot SVD model needs
+# a weight between the two, folded into the embeddings (v * sqrt(scale)) and tuned on validation
+ZERO_SHOT_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+
+
+@dataclass
+class PretrainConfig:
+    dim: int = 256
+    min_count: int = 10
+    smoothing: float = 0.75
+    n_iter: int = 5
+    zero_shot_scales: tuple[float, ...] = ZERO_SHOT_SCALES
+
+
+@dataclass
+class TrainConfig:
+    """``finetune=None`` publishes the pre-trained (SVD-only, zero-shot) model."""
+
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig | None = None
+    n_heldout: int = 600
+    seed: int = 0
+
+
+class Stopwatch:
+    """Times named stages and reports ``[stage] <seconds>s`` lines."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(f"{time.perf_counter() - self.start:8.1f}s  {message}")
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.say(f"[{name}] start")
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - t0
+        self.say(f"[{name}] done in {self.seconds[name]:.1f}s")
+
+
+@dataclass
+class ZeroShot:
+    embeddings: Array  # (I, d) SVD embeddings * sqrt(scale)
+    biases: Array  # (I,) log popularity
+    scale: float
+    val_metrics: dict[str, float]
+
+
+def zero_shot(split: Split, svd: Array, scales: Sequence[float]) -> ZeroShot:
+    """SVD-only LED: biases = log popularity, dot-product weight chosen on validation NDCG."""
+    biases = popularity_biases(split.train_clicks)
+    best: ZeroShot | None = None
+    for scale in scales:
+        emb = (svd * np.float32(np.sqrt(scale))).astype(np.float32)
+        metrics = evaluate_scores(led_score_fn(emb, biases), split.val_in, split.val_out)
+        if best is None or metrics["ndcg@100"] > best.val_metrics["ndcg@100"]:
+            best = ZeroShot(emb, biases, scale, metrics)
+    if best is None:
+        raise ValueError("no zero-shot scale to try")
+    return best
+
+
+def random_embeddings(n_items: int, dim: int, seed: int) -> Array:
+    """(I, d) random unit rows: the frozen base of the Random+Proj variant."""
+    emb = np.random.default_rng(seed).standard_normal((n_items, dim)).astype(np.float32)
+    out: Array = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    return out
+
+
+def scarce_clicks(split: Split, keep: float, seed: int) -> Split:
+    """The click-scarce setting: a random ``keep`` share of the training clicks, all views."""
+    clicks = split.train_clicks.tocsr(copy=True)
+    rng = np.random.default_rng(seed)
+    clicks.data = (rng.random(clicks.nnz) < keep).astype(np.float32)
+    clicks.eliminate_zeros()
+    return replace(split, train_clicks=clicks)
+
+
+def _finetune_init(config: FinetuneConfig, zero: ZeroShot, seed: int) -> Array | None:
+    if config.init == "svd":
+        return zero.embeddings  # epoch 0 is then the zero-shot model
+    if config.variant == "proj":
+        return random_embeddings(zero.embeddings.shape[0], config.dim, seed)
+    return None
+
+
+def default_finetune_configs(dim: int, seed: int, **overrides: Any) -> list[FinetuneConfig]:
+    """Table 2's LED rows: every loss, Train variant, SVD init; plus BPR with Proj."""
+    from training.finetune import FinetuneConfig
+
+    rows = [("mult", "train"), ("css", "train"), ("bpr", "train"), ("ns", "train"), ("bpr", "proj")]
+    return [
+        FinetuneConfig(loss=loss, variant=variant, init="svd", dim=dim, seed=seed, **overrides)
+        for loss, variant in rows
+    ]
+
+
+def default_scarce_configs(dim: int, seed: int, **overrides: Any) -> list[FinetuneConfig]:
+    """Paper Table 3's question: does pre-training help when clicks are scarce?"""
+    from training.finetune import FinetuneConfig
+
+    return [
+        FinetuneConfig(loss="bpr", variant=v, init=i, dim=dim, seed=seed, **overrides)
+        for i in ("svd", "random")
+        for v in ("proj", "train")
+    ]
+
+
+def _row(
+    model: str, loss: str, variant: str, init: str, seconds: float, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "loss": loss,
+        "variant": variant,
+        "init": init,
+        "seconds": seconds,
+        **extra,
+    }
+
+
+def run_evaluate(
+    data: Interactions,
+    out_dir: Path,
+    finetune_configs: Sequence[FinetuneConfig] | None = None,
+    scarce_configs: Sequence[FinetuneConfig] | None = None,
+    *,
+    pretrain: PretrainConfig | None = None,
+    ease_lambdas: Sequence[float] = EASE_LAMBDAS,
+    n_heldout: int = 600,
+    scarce_keep: float = 0.1,
+    seed: int = 0,
+    source: str = "",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Popularity, EASE, SVD-only LED and fine-tuned LED on one split; test-user metrics.
+
+    Writes ``report.json`` and ``report.md`` to ``out_dir`` and returns the report.
+    ``None`` configs mean the defaults; pass ``[]`` to skip fine-tuning.
+    """
+    from training.finetune import finetune
+
+    pre = pretrain or PretrainConfig()
+    finetune_configs = (
+        default_finetune_configs(pre.dim, seed) if finetune_configs is None else finetune_configs
+    )
+    scarce_configs = (
+        default_scarce_configs(pre.dim, seed) if scarce_configs is None else scarce_configs
+    )
+    clock = Stopwatch(progress)
+    with clock.stage("split"):
+        split = strong_generalization_split(data, n_heldout=n_heldout, seed=seed)
+
+    def test(score_fn: Callable[[Any], Any]) -> dict[str, float]:
+        return evaluate_scores(score_fn, split.test_in, split.test_out)
+
+    rows: list[dict[str, Any]] = []
+    with clock.stage("popularity"):
+        rows.append(
+            _row("Popularity", "", "", "", 0.0, **test(popularity_score_fn(split.train_clicks)))
+        )
+    with clock.stage("ease"):
+        ease = tune_ease(split.train_clicks, split.val_in, split.val_out, ease_lambdas)
+    rows.append(
+        _row(
+            "EASE",
+            "",
+            "",
+            "",
+            clock.seconds["ease"],
+            **test(ease_score_fn(ease.weights)),
+            lam=ease.lam,
+        )
+    )
+    del ease  # (I, I) dense: free it before training
+    with clock.stage("pretrain"):
+        svd = pretrain_embeddings(
+            split.train_views, pre.dim, seed, pre.min_count, pre.smoothing, pre.n_iter
+        )
+    with clock.stage("zero-shot"):
+        zero = zero_shot(split, svd, pre.zero_shot_scales)
+    rows.append(
+        _row(
+            "LED", "", "SVD-only", "svd", clock.seconds["pretrain"],
+            **test(led_score_fn(zero.embeddings, zero.biases)), scale=zero.scale,
+        )
+    )  # fmt: skip
+
+    def run(cfg: FinetuneConfig, on: Split, zero: ZeroShot, setting: str) -> dict[str, Any]:
+        name = f"finetune {setting} {cfg.loss}/{cfg.variant}/{cfg.init}"
+        with clock.stage(name):
+            result = finetune(on, cfg, _finetune_init(cfg, zero, seed), progress=clock.say)
+        pre_seconds = clock.seconds["pretrain"] if cfg.init == "svd" else 0.0
+        metrics = evaluate_scores(
+            led_score_fn(result.embeddings, result.biases), on.test_in, on.test_out
+        )
+        return _row(
+            "LED", cfg.loss, cfg.variant.capitalize(), cfg.init, pre_seconds + result.seconds,
+            **metrics, val=result.val_metrics, config=asdict(cfg),
+        )  # fmt: skip
+
+    rows += [run(cfg, split, zero, "full") for cfg in finetune_configs]
+    for row in rows:
+        for k in ("recall@20", "recall@50"):
+            row[f"{k} / EASE"] = row[k] / rows[1][k]
+
+    scarce_rows: list[dict[str, Any]] = []
+    if scarce_configs:
+        scarce = scarce_clicks(split, scarce_keep, seed)
+        scarce_zero = zero_shot(scarce, svd, pre.zero_shot_scales)
+        scarce_rows.append(
+            _row(
+                "LED", "", "SVD-only", "svd", clock.seconds["pretrain"],
+                **test(led_score_fn(scarce_zero.embeddings, scarce_zero.biases)),
+            )
+        )  # fmt: skip
+        scarce_rows += [run(cfg, scarce, scarce_zero, "scarce") for cfg in scarce_configs]
+
+    report = {
+        "source": source,
+        "seed": seed,
+        "data": _counts(data, split),
+        "pretrain": asdict(pre),
+        "ease_lambda": rows[1]["lam"],
+        "zero_shot_scale": zero.scale,
+        "rows": rows,
+        "scarce_keep": scarce_keep,
+        "scarce_train_clicks": int(scarce.train_clicks.nnz) if scarce_configs else None,
+        "scarce_rows": scarce_rows,
+        "stage_seconds": clock.seconds,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    (out_dir / "report.md").write_text(render_markdown(report))
+    clock.say(f"report written to {out_dir}")
+    return report
+
+
+def _counts(data: Interactions, split: Split) -> dict[str, int]:
+    return {
+        "users": data.n_users,
+        "items": data.n_items,
+        "views": int(data.views.nnz),
+        "clicks": int(data.clicks.nnz),
+        "items_kept": int(split.item_ids.shape[0]),
+        "train_users": int(split.train_clicks.shape[0]),
+        "train_clicks": int(split.train_clicks.nnz),
+        "train_views": int(split.train_views.nnz),
+        "val_users": int(split.val_in.shape[0]),
+        "test_users": int(split.test_in.shape[0]),
+    }
+
+
+def _table(rows: Sequence[dict[str, Any]], with_ratio: bool) -> list[str]:
+    head = "| Model | Loss | Variant | Init | Recall@20 | Recall@50 | NDCG@100 |"
+    head += " R@20 / EASE | R@50 / EASE |" if with_ratio else ""
+    lines = [head + " Train s |", "|" + "---|" * (head.count("|"))]
+    for r in rows:
+        cells = [r["model"], r["loss"], r["variant"], r["init"]]
+        cells += [f"{r[k]:.3f}" for k in ("recall@20", "recall@50", "ndcg@100")]
+        if with_ratio:
+            cells += [f"{r['recall@20 / EASE']:.2f}", f"{r['recall@50 / EASE']:.2f}"]
+        cells.append(f"{r['seconds']:.1f}")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    d = report["data"]
+    lines = [
+        f"# LED evaluation — {report['source'] or 'interactions'}",
+        "",
+        f"Strong generalization (Mult-VAE protocol), seed {report['seed']}: "
+        f"{d['train_users']} training users, {d['val_users']} validation and {d['test_users']} "
+        f"test users, {d['items_kept']} items. Metrics on the test users; held-out users are "
+        "encoded from their fold-in clicks. EASE λ = "
+        f"{report['ease_lambda']:g}; SVD-only dot-product scale = {report['zero_shot_scale']:g}; "
+        f"d = {report['pretrain']['dim']}. Train s = pre-training (SVD init) + fine-tuning "
+        "seconds (EASE: fitting every λ of the grid).",
+        "",
+        *_table(report["rows"], with_ratio=True),
+    ]
+    if report["scarce_rows"]:
+        lines += [
+            "",
+            f"## Click-scarce: {report['scarce_keep']:.0%} of the training clicks "
+            f"({report['scarce_train_clicks']}), all views",
+            "",
+            *_table(report["scarce_rows"], with_ratio=False),
+        ]
+    seconds = ", ".join(f"{k} {v:.1f}s" for k, v in report["stage_seconds"].items())
+    return "\n".join([*lines, "", f"Stage seconds: {seconds}.", ""])
+
+
+def run_train(
+    data: Interactions,
+    store: Path,
+    config: TrainConfig,
+    parent: str | None = None,
+    progress: Progress | None = None,
+    source: str = "",
+) -> Path:
+    """Pre-train (and fine-tune unless ``config.finetune`` is None), then publish a model
+    version to ``store`` with validation metrics and provenance; returns its directory."""
+    clock = Stopwatch(progress)
+    pre = config.pretrain
+    with clock.stage("split"):
+        split = strong_generalization_split(data, n_heldout=config.n_heldout, seed=config.seed)
+    with clock.stage("pretrain"):
+        svd = pretrain_embeddings(
+            split.train_views, pre.dim, config.seed, pre.min_count, pre.smoothing, pre.n_iter
+        )
+    with clock.stage("zero-shot"):
+        zero = zero_shot(split, svd, pre.zero_shot_scales)
+    embeddings, biases, val_metrics = zero.embeddings, zero.biases, zero.val_metrics
+    if config.finetune is not None:
+        from training.finetune import finetune
+
+        if config.finetune.dim != pre.dim:
+            raise ValueError(f"finetune dim {config.finetune.dim} != pretrain dim {pre.dim}")
+        with clock.stage("finetune"):
+            result = finetune(
+                split,
+                config.finetune,
+                _finetune_init(config.finetune, zero, config.seed),
+                clock.say,
+            )
+        embeddings, biases, val_metrics = result.embeddings, result.biases, result.val_metrics
+    with clock.stage("test"):
+        test = evaluate_scores(led_score_fn(embeddings, biases), split.test_in, split.test_out)
+    metrics = {**val_metrics, **{f"test_{k}": v for k, v in test.items()}}
+    model = Model(
+        item_ids=split.item_ids.astype(str),
+        embeddings=np.ascontiguousarray(embeddings, dtype=np.float32),
+        biases=np.ascontiguousarray(biases, dtype=np.float32),
+        metrics={k: float(v) for k, v in metrics.items()},
+        provenance={
+            "source": source,
+            "counts": _counts(data, split),
+            "config": asdict(config),
+            "zero_shot_scale": zero.scale,
+            "stage_seconds": clock.seconds,
+            "metrics_on": "validation users (test_* on test users)",
+        },
+        parent=parent,
+    )
+    path = save_model(model, store)
+    clock.say(
+        f"published {path.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items())
+    )
+    return path
+
+
+def _load(args: argparse.Namespace) -> tuple[Interactions, str]:
+    if args.movielens:
+        return load_movielens(Path(args.movielens)), f"movielens:{Path(args.movielens).name}"
+    if args.csv:
+        return load_csv(Path(args.csv)), f"csv:{Path(args.csv).name}"
+    raise SystemExit("give --movielens DIR or --csv FILE")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.jobs", description=__doc__)
+    parser.add_argument("job", choices=("evaluate", "train"))
+    parser.add_argument("--movielens", help="directory with ratings.csv or ratings.dat")
+    parser.add_argument("--csv", help="events CSV with user_id,item_id,type")
+    parser.add_argument("--out", default="reports/evaluate", help="evaluate: report directory")
+    parser.add_argument("--store", default="models", help="train: model store")
+    parser.add_argument("--dim", type=int, default=PretrainConfig.dim)
+    parser.add_argument("--n-heldout", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs")
+    parser.add_argument("--loss", default="css", help="train: fine-tuning loss")
+    parser.add_argument("--variant", default="train", help="train: proj | train")
+    parser.add_argument("--svd-only", action="store_true", help="evaluate/train: no fine-tuning")
+    args = parser.parse_args(argv)
+    data, source = _load(args)
+    overrides = {} if args.epochs is None else {"epochs": args.epochs}
+    pre = PretrainConfig(dim=args.dim)
+    if args.job == "evaluate":
+        none: list[FinetuneConfig] = []
+        run_evaluate(
+            data,
+            Path(args.out),
+            none if args.svd_only else default_finetune_configs(args.dim, args.seed, **overrides),
+            none if args.svd_only else default_scarce_configs(args.dim, args.seed, **overrides),
+            pretrain=pre,
+            n_heldout=args.n_heldout,
+            seed=args.seed,
+            source=source,
+            progress=print,
+        )
+    else:
+        ft = None
+        if not args.svd_only:
+            from training.finetune import FinetuneConfig
+
+            ft = FinetuneConfig(
+                loss=args.loss, variant=args.variant, dim=args.dim, seed=args.seed, **overrides
+            )
+        cfg = TrainConfig(pretrain=pre, finetune=ft, n_heldout=args.n_heldout, seed=args.seed)
+        run_train(data, Path(args.store), cfg, progress=print, source=source)
+
+
+if __name__ == "__main__":
+    main()
