@@ -14,8 +14,7 @@ from sklearn.utils.extmath import randomized_svd
 
 def cooccurrence(views: sp.csr_matrix) -> sp.csr_matrix:
     """(I, I) number of users who viewed both items, zero diagonal."""
-    x = views.astype(np.float32).tocsr()
-    x.data[:] = 1.0
+    x = (views > 0).astype(np.float32).tocsr()  # explicit zeros are not views
     counts = (x.T @ x).tocsr()  # (I, I)
     counts.setdiag(0)
     counts.eliminate_zeros()
@@ -30,7 +29,7 @@ def pmi_matrix(views: sp.csr_matrix, min_count: int = 10, smoothing: float = 0.7
     negative values are dropped. Items viewed by fewer than ``min_count`` users get an
     all-zero row and column.
     """
-    n_viewers = np.diff(views.tocsc().indptr)  # (I,) users per item
+    n_viewers = np.asarray((views > 0).sum(axis=0)).ravel()  # (I,) users per item
     keep = sp.diags((n_viewers >= min_count).astype(np.float32))
     counts = (keep @ cooccurrence(views) @ keep).tocsr()  # (I, I)
     counts.eliminate_zeros()
@@ -59,8 +58,9 @@ def pretrain_embeddings(
     """(I, dim) item embeddings: randomized SVD of the PMI matrix, rows L2-normalised.
 
     The embedding is the left singular vectors U (``scale_by_singular_values=False``, the
-    default: it evaluated better on MovieLens-1M) or U·sqrt(S). Items cut by
-    ``min_count`` get a zero row; when I <= dim the extra columns are zero.
+    default: it evaluated better on MovieLens-1M) or U·sqrt(S). Items with an empty PMI
+    row (cut by ``min_count``, or never co-viewed) get a zero row;
+    when I <= dim the extra columns are zero.
     """
     pmi = pmi_matrix(views, min_count=min_count, smoothing=smoothing)
     n_items = pmi.shape[0]
@@ -70,6 +70,7 @@ def pretrain_embeddings(
         u = u * np.sqrt(s)
     emb = np.zeros((n_items, dim), dtype=np.float32)
     emb[:, :k] = u
+    emb[np.diff(pmi.indptr) == 0] = 0.0  # no PMI signal (rare or isolated item): no direction
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     normalised: npt.NDArray[np.float32] = emb / np.maximum(norms, 1e-12)
     return normalised

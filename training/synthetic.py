@@ -43,6 +43,8 @@ class SyntheticEvents:
     item: npt.NDArray[np.int64]  # (E,) item row
     kind: npt.NDArray[np.int8]  # (E,) index into EVENT_TYPES
     ts: npt.NDArray[np.float64]  # (E,) epoch seconds, non-decreasing
+    user_cluster: npt.NDArray[np.int64]  # (U,) ground-truth taste of each user
+    item_cluster: npt.NDArray[np.int64]  # (I,) cluster of each item
 
     def __len__(self) -> int:
         return int(self.user.shape[0])
@@ -113,6 +115,8 @@ def generate(config: SyntheticConfig) -> SyntheticEvents:
         item=np.concatenate([item, item[clicked], item[sold]])[order],
         kind=kind[order],
         ts=all_ts[order],
+        user_cluster=user_cluster.astype(np.int64),
+        item_cluster=item_cluster.astype(np.int64),
     )
 
 
