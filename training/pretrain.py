@@ -46,6 +46,33 @@ def pmi_matrix(views: sp.csr_matrix, min_count: int = 10, smoothing: float = 0.7
     return out
 
 
+def svd_embeddings(
+    pmi: sp.csr_matrix,
+    dim: int,
+    seed: int = 0,
+    n_iter: int = 5,
+    scale_by_singular_values: bool = False,
+) -> npt.NDArray[np.float32]:
+    """(I, dim) randomized SVD of a PMI matrix, rows L2-normalised.
+
+    The embedding is the left singular vectors U (``scale_by_singular_values=False``, the
+    default: it evaluated better on MovieLens-1M) or U·sqrt(S). Items with an empty PMI
+    row (cut by ``min_count``, or never co-viewed) get a zero row; when I <= dim the extra
+    columns are zero.
+    """
+    n_items = pmi.shape[0]
+    k = max(1, min(dim, n_items - 1))
+    u, s, _ = randomized_svd(pmi, n_components=k, n_iter=n_iter, random_state=seed)
+    if scale_by_singular_values:
+        u = u * np.sqrt(s)
+    emb = np.zeros((n_items, dim), dtype=np.float32)
+    emb[:, :k] = u
+    emb[np.diff(pmi.indptr) == 0] = 0.0  # no PMI signal: no direction
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    normalised: npt.NDArray[np.float32] = emb / np.maximum(norms, 1e-12)
+    return normalised
+
+
 def pretrain_embeddings(
     views: sp.csr_matrix,
     dim: int,
@@ -55,25 +82,9 @@ def pretrain_embeddings(
     n_iter: int = 5,
     scale_by_singular_values: bool = False,
 ) -> npt.NDArray[np.float32]:
-    """(I, dim) item embeddings: randomized SVD of the PMI matrix, rows L2-normalised.
-
-    The embedding is the left singular vectors U (``scale_by_singular_values=False``, the
-    default: it evaluated better on MovieLens-1M) or U·sqrt(S). Items with an empty PMI
-    row (cut by ``min_count``, or never co-viewed) get a zero row;
-    when I <= dim the extra columns are zero.
-    """
+    """(I, dim) pre-trained item embeddings: ``svd_embeddings(pmi_matrix(views))``."""
     pmi = pmi_matrix(views, min_count=min_count, smoothing=smoothing)
-    n_items = pmi.shape[0]
-    k = max(1, min(dim, n_items - 1))
-    u, s, _ = randomized_svd(pmi, n_components=k, n_iter=n_iter, random_state=seed)
-    if scale_by_singular_values:
-        u = u * np.sqrt(s)
-    emb = np.zeros((n_items, dim), dtype=np.float32)
-    emb[:, :k] = u
-    emb[np.diff(pmi.indptr) == 0] = 0.0  # no PMI signal (rare or isolated item): no direction
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    normalised: npt.NDArray[np.float32] = emb / np.maximum(norms, 1e-12)
-    return normalised
+    return svd_embeddings(pmi, dim, seed, n_iter, scale_by_singular_values)
 
 
 def popularity_biases(clicks: sp.csr_matrix) -> npt.NDArray[np.float32]:
