@@ -24,6 +24,8 @@ class DeliveryReport:
     delivered: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    # partition -> highest acknowledged offset: what a consumer must reach to have seen all
+    last_offsets: dict[int, int] = field(default_factory=dict)
 
 
 class EventPublisher:
@@ -53,9 +55,13 @@ class EventPublisher:
         )
         self.report = DeliveryReport()
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             self.report.delivered += 1
+            partition, offset = msg.partition(), msg.offset()
+            if partition is not None and offset is not None:
+                last = self.report.last_offsets.get(partition, -1)
+                self.report.last_offsets[partition] = max(last, offset)
         else:
             self.report.failed += 1
             if len(self.report.errors) < 10:
