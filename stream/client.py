@@ -1,7 +1,7 @@
 """Recommendation clients (sync and asyncio) over the Redis RPC.
 
-    client = RecommenderClient.from_url("redis://127.0.0.1:6379/0")
-    client.recommend("user-42", k=10)   # -> [("item-7", 3.2), ...]
+client = RecommenderClient.from_url("redis://127.0.0.1:6379/0")
+client.recommend("user-42", k=10)   # -> [("item-7", 3.2), ...]
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import redis.asyncio as aredis
 
 from stream import protocol
 from stream.protocol import Request
-
 
 # Enqueue only while the queue is under its bound: an overloaded system says so at once
 # instead of queueing without end. KEYS[1] queue; ARGV: request, bound.
@@ -54,7 +53,12 @@ class Recommendations:
 
 
 def _request(
-    prefix: str, k: int, timeout_s: float, user_id: str | None, items: list[str] | None, exclude_seen: bool
+    prefix: str,
+    k: int,
+    timeout_s: float,
+    user_id: str | None,
+    items: list[str] | None,
+    exclude_seen: bool,
 ) -> Request:
     rid = uuid.uuid4().hex
     return Request(
@@ -108,10 +112,16 @@ class RecommenderClient:
         self, user_id: str, k: int = 10, exclude_seen: bool = True, timeout_s: float | None = None
     ) -> list[tuple[str, float]]:
         """Top-k (item_id, score) for a known user (popularity if unknown)."""
-        return self.request(user_id=user_id, k=k, exclude_seen=exclude_seen, timeout_s=timeout_s).items
+        return self.request(
+            user_id=user_id, k=k, exclude_seen=exclude_seen, timeout_s=timeout_s
+        ).items
 
     def recommend_for_items(
-        self, items: list[str], k: int = 10, exclude_seen: bool = True, timeout_s: float | None = None
+        self,
+        items: list[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        timeout_s: float | None = None,
     ) -> list[tuple[str, float]]:
         """Top-k for an explicit timeline (anonymous or session users)."""
         return self.request(items=items, k=k, exclude_seen=exclude_seen, timeout_s=timeout_s).items
@@ -126,7 +136,12 @@ class RecommenderClient:
     ) -> Recommendations:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         req = _request(self.prefix, k, timeout, user_id, items, exclude_seen)
-        if self._push(keys=[self.queue], args=[protocol.encode_request(req), self.max_queue_length]) < 0:
+        if (
+            self._push(
+                keys=[self.queue], args=[protocol.encode_request(req), self.max_queue_length]
+            )
+            < 0
+        ):
             raise Overloaded(f"request queue is full ({self.max_queue_length} waiting)")
         return _result(self.client.blpop([req.reply_to], timeout=timeout), timeout)
 
@@ -153,12 +168,20 @@ class AsyncRecommenderClient:
     async def recommend(
         self, user_id: str, k: int = 10, exclude_seen: bool = True, timeout_s: float | None = None
     ) -> list[tuple[str, float]]:
-        return (await self.request(user_id=user_id, k=k, exclude_seen=exclude_seen, timeout_s=timeout_s)).items
+        return (
+            await self.request(user_id=user_id, k=k, exclude_seen=exclude_seen, timeout_s=timeout_s)
+        ).items
 
     async def recommend_for_items(
-        self, items: list[str], k: int = 10, exclude_seen: bool = True, timeout_s: float | None = None
+        self,
+        items: list[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        timeout_s: float | None = None,
     ) -> list[tuple[str, float]]:
-        return (await self.request(items=items, k=k, exclude_seen=exclude_seen, timeout_s=timeout_s)).items
+        return (
+            await self.request(items=items, k=k, exclude_seen=exclude_seen, timeout_s=timeout_s)
+        ).items
 
     async def request(
         self,
@@ -170,7 +193,9 @@ class AsyncRecommenderClient:
     ) -> Recommendations:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         req = _request(self.prefix, k, timeout, user_id, items, exclude_seen)
-        pushed = await self._push(keys=[self.queue], args=[protocol.encode_request(req), self.max_queue_length])
+        pushed = await self._push(
+            keys=[self.queue], args=[protocol.encode_request(req), self.max_queue_length]
+        )
         if pushed < 0:
             raise Overloaded(f"request queue is full ({self.max_queue_length} waiting)")
         return _result(await self.client.blpop([req.reply_to], timeout=timeout), timeout)

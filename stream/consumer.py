@@ -169,7 +169,7 @@ class StateUpdater:
         log.info("partitions revoked", extra={"partitions": self.assigned})
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
-        headers = [
+        headers: list[tuple[str, str | bytes | None]] = [
             ("ledrec.error", reason.encode()),
             ("ledrec.source", f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()),
         ]

@@ -87,9 +87,10 @@ class EventCodec:
         return event
 
     def encode(self, event: Event) -> bytes:
-        return msgpack.packb(
+        packed: bytes = msgpack.packb(
             {"user_id": event.user_id, "item_id": event.item_id, "type": event.type, "ts": event.ts}
         )
+        return packed
 
     def decode(self, payload: bytes | None) -> Event:
         """Decode wire bytes into a validated Event, or raise EventError."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def client_config(bootstrap: str, extra: dict[str, str] | None = None, **base: Any) -> dict[str, Any]:
+def client_config(
+    bootstrap: str, extra: dict[str, str] | None = None, **base: Any
+) -> dict[str, Any]:
     """librdkafka settings: the component's defaults, then the user's passthrough (SASL/SSL...)."""
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, **base}
     conf.update(extra or {})

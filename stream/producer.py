@@ -154,5 +154,3 @@ def sniff_format(path_name: str, first: str) -> str:
     if path_name.endswith((".json", ".jsonl")) or first.lstrip().startswith("{"):
         return "jsonl"
     return "csv"
-
-

@@ -61,7 +61,8 @@ def encode_request(req: Request) -> bytes:
         body["user_id"] = req.user_id
     if req.items is not None:
         body["items"] = list(req.items)
-    return msgpack.packb(body)
+    packed: bytes = msgpack.packb(body)
+    return packed
 
 
 def decode_request(raw: bytes, limits: Limits) -> Request:
@@ -103,7 +104,9 @@ def decode_request(raw: bytes, limits: Limits) -> Request:
         if not isinstance(items, list) or len(items) > limits.max_timeline:
             raise bad(f"items must be a list of at most {limits.max_timeline} item ids")
         if not all(_valid_id(i, limits) for i in items):
-            raise bad(f"every item id must be a non-empty string of at most {limits.max_id_length} chars")
+            raise bad(
+                f"every item id must be a non-empty string of at most {limits.max_id_length} chars"
+            )
         items = tuple(items)
     return Request(rid, reply_to, float(deadline), k, user_id, items, exclude_seen)
 
@@ -112,14 +115,20 @@ def _valid_id(v: Any, limits: Limits) -> bool:
     return isinstance(v, str) and 0 < len(v) <= limits.max_id_length
 
 
-def encode_reply(request_id: str, items: list[tuple[str, float]], version: str, source: str) -> bytes:
-    return msgpack.packb(
+def encode_reply(
+    request_id: str, items: list[tuple[str, float]], version: str, source: str
+) -> bytes:
+    packed: bytes = msgpack.packb(
         {"id": request_id, "ok": True, "items": items, "version": version, "source": source}
     )
+    return packed
 
 
 def encode_error(request_id: str, code: str, message: str) -> bytes:
-    return msgpack.packb({"id": request_id, "ok": False, "error": {"code": code, "message": message}})
+    packed: bytes = msgpack.packb(
+        {"id": request_id, "ok": False, "error": {"code": code, "message": message}}
+    )
+    return packed
 
 
 def decode_reply(raw: bytes) -> dict[str, Any]:

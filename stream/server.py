@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import faiss
 import redis
@@ -87,7 +88,7 @@ class RecommendServer:
 
     def _watch_models(self) -> None:
         """Follow the active pointer: pub/sub for speed, a periodic check as a safety net."""
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.subscribe(self.registry.channel)
         try:
             while not self.stop_event.is_set():
@@ -127,9 +128,9 @@ class RecommendServer:
         """Pop and answer one batch; returns how many requests were popped."""
         self._swap_if_ready()
         queue = self.settings.request_queue
-        raw = self.client.rpop(queue, self.settings.serve_batch_size)
+        raw = cast("list[bytes] | None", self.client.rpop(queue, self.settings.serve_batch_size))
         if not raw:
-            popped = self.client.brpop([queue], timeout=block_s)
+            popped = cast("tuple[bytes, bytes] | None", self.client.brpop([queue], timeout=block_s))
             if popped is None:
                 return 0
             raw = [popped[1]]
@@ -151,7 +152,10 @@ class RecommendServer:
                 REQUESTS.labels("bad_request").inc()
                 if e.reply_to is not None:
                     replies.append(
-                        (e.reply_to, protocol.encode_error(e.request_id, protocol.BAD_REQUEST, str(e)))
+                        (
+                            e.reply_to,
+                            protocol.encode_error(e.request_id, protocol.BAD_REQUEST, str(e)),
+                        )
                     )
                 continue
             if req.deadline < now:
@@ -163,7 +167,10 @@ class RecommendServer:
         if requests and scorer is None:
             for req in requests:
                 replies.append(
-                    (req.reply_to, protocol.encode_error(req.id, protocol.UNAVAILABLE, "no active model"))
+                    (
+                        req.reply_to,
+                        protocol.encode_error(req.id, protocol.UNAVAILABLE, "no active model"),
+                    )
                 )
             requests = []
         if requests and scorer is not None:
@@ -190,7 +197,9 @@ class RecommendServer:
                     timeline, vector, source = [], scorer.encode_sum(None, 0.0), "popularity"
                 elif scorer.version in state.sums:
                     timeline = state.timeline
-                    vector = scorer.encode_sum(state.sums[scorer.version], state.weights[scorer.version])
+                    vector = scorer.encode_sum(
+                        state.sums[scorer.version], state.weights[scorer.version]
+                    )
                     source = "state"
                 else:  # this version's sum is not back-filled yet: encode on the fly
                     timeline, source = state.timeline, "timeline"

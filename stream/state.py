@@ -217,12 +217,24 @@ class UserStateStore:
         return state.seq, mapping
 
     def set_sum(
-        self, user_id: str, expected_seq: int, model: Model, total: npt.NDArray[np.float64], weight: float
+        self,
+        user_id: str,
+        expected_seq: int,
+        model: Model,
+        total: npt.NDArray[np.float64],
+        weight: float,
     ) -> bool:
         """Write one version's sum if the user is unchanged since read (the re-encoder's write)."""
         ok = self._apply(
             keys=[self.key(user_id)],
-            args=[expected_seq, 0, f"s:{model.version}", total.tobytes(), f"w:{model.version}", repr(weight)],
+            args=[
+                expected_seq,
+                0,
+                f"s:{model.version}",
+                total.tobytes(),
+                f"w:{model.version}",
+                repr(weight),
+            ],
         )
         return bool(ok)
 

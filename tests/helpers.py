@@ -29,7 +29,9 @@ def random_model(n_items: int = 200, dim: int = 8, seed: int = 0, version: str =
     )
 
 
-def publish_model(settings: Settings, client: redis.Redis, model: Model, activate: bool = True) -> Model:
+def publish_model(
+    settings: Settings, client: redis.Redis, model: Model, activate: bool = True
+) -> Model:
     save_model(model, settings.model_store_path)
     registry = Registry(client, settings.key_prefix)
     registry.register(model)
@@ -88,7 +90,9 @@ def settings_env(settings: Settings, **overrides: object) -> dict[str, str]:
     for name, value in data.items():
         if value is None:
             continue
-        env[f"LEDREC_{name.upper()}"] = json.dumps(value) if isinstance(value, dict | list) else str(value)
+        env[f"LEDREC_{name.upper()}"] = (
+            json.dumps(value) if isinstance(value, dict | list) else str(value)
+        )
     return env
 
 
@@ -100,7 +104,9 @@ def committed_lag(settings: Settings, last_offsets: dict[int, int]) -> int:
     """
     from confluent_kafka import Consumer, TopicPartition
 
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.consumer_group})
+    probe = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.consumer_group}
+    )
     try:
         parts = [TopicPartition(settings.events_topic, p) for p in last_offsets]
         return sum(

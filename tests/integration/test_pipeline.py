@@ -36,8 +36,12 @@ def _wait_applied(settings: Settings, r: redis.Redis, n: int, timeout: float = 6
 
 def _dead_letters(settings: Settings, n: int) -> list[tuple[bytes | None, dict[str, bytes]]]:
     consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "dlq-reader-" + settings.consumer_group,
-         "auto.offset.reset": "earliest", "session.timeout.ms": 6000}  # fmt: skip
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": "dlq-reader-" + settings.consumer_group,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }  # fmt: skip
     )
     consumer.subscribe([settings.dead_letter_topic])
     out: list[tuple[bytes | None, dict[str, bytes]]] = []
@@ -58,7 +62,11 @@ def test_events_reach_user_state_and_bad_ones_the_dead_letter_topic(
     rng = np.random.default_rng(0)
     events = []
     for n in range(400):
-        user, item, kind = f"u{rng.integers(20)}", f"i{rng.integers(60)}", ["view", "click", "sale"][n % 3]
+        user, item, kind = (
+            f"u{rng.integers(20)}",
+            f"i{rng.integers(60)}",
+            ["view", "click", "sale"][n % 3],
+        )
         publisher.send(user, item, kind, ts=float(n))
         events.append((user, item, settings.event_weights[kind]))
     raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
@@ -80,7 +88,9 @@ def test_events_reach_user_state_and_bad_ones_the_dead_letter_topic(
     letters = _dead_letters(settings, len(bad))
     assert sorted(v or b"" for v, _ in letters) == sorted(bad)
     reasons = sorted(h["ledrec.error"].decode() for _, h in letters)
-    assert any("undecodable" in r for r in reasons) and any("unknown event type" in r for r in reasons)
+    assert any("undecodable" in r for r in reasons) and any(
+        "unknown event type" in r for r in reasons
+    )
     assert all(h["ledrec.source"].startswith(settings.events_topic.encode()) for _, h in letters)
 
 
@@ -105,11 +115,17 @@ def test_recommendations_follow_published_events_and_match_offline_scoring(
     # Offline: the same model and timeline, scored directly.
     u = model.embeddings[[model.row_of[i] for i in timeline]].astype(np.float64).mean(axis=0)
     scores = model.embeddings.astype(np.float64) @ u + model.biases
-    offline = [str(model.item_ids[i]) for i in np.argsort(-scores) if str(model.item_ids[i]) not in timeline][:10]
+    offline = [
+        str(model.item_ids[i])
+        for i in np.argsort(-scores)
+        if str(model.item_ids[i]) not in timeline
+    ][:10]
     assert [i for i, _ in after.items] == offline
 
 
-def test_explicit_timeline_bad_request_and_async_client(settings: Settings, redis_client: redis.Redis) -> None:
+def test_explicit_timeline_bad_request_and_async_client(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
     model = publish_model(settings, redis_client, random_model(n_items=100))
     client = _client(settings, redis_client)
     with running_server(settings, redis_client):
@@ -126,7 +142,9 @@ def test_explicit_timeline_bad_request_and_async_client(settings: Settings, redi
                 settings.redis_url, queue=settings.request_queue, prefix=settings.key_prefix
             )
             try:
-                return await asyncio.gather(*(aclient.recommend_for_items([f"i{n}"], k=3) for n in range(20)))
+                return await asyncio.gather(
+                    *(aclient.recommend_for_items([f"i{n}"], k=3) for n in range(20))
+                )
             finally:
                 await aclient.aclose()
 

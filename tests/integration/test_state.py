@@ -12,7 +12,9 @@ def _store(settings: Settings, client: redis.Redis, timeline_max: int = 5) -> Us
     return UserStateStore(client, settings.key_prefix, timeline_max, ttl_seconds=3600)
 
 
-def test_window_sum_is_exact_after_items_fall_off(settings: Settings, redis_client: redis.Redis) -> None:
+def test_window_sum_is_exact_after_items_fall_off(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
     model = random_model(version="v1")
     store = _store(settings, redis_client)
     events = [("u", f"i{(7 * n) % 50}", 1.0 + (n % 3)) for n in range(23)] + [("u", "unknown", 1.0)]
@@ -25,13 +27,17 @@ def test_window_sum_is_exact_after_items_fall_off(settings: Settings, redis_clie
     assert state.weights["v1"] == weight  # the unknown item counts toward nothing
 
 
-def test_redelivered_events_are_not_applied_twice(settings: Settings, redis_client: redis.Redis) -> None:
+def test_redelivered_events_are_not_applied_twice(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
     model = random_model(version="v1")
     store = _store(settings, redis_client, timeline_max=100)
     batch = {"u": [TimelineEvent(2, o, f"i{o}", 1.0) for o in range(10)]}
     first = store.apply(batch, [model])
     again = store.apply(batch, [model])  # a crash before the Kafka commit redelivers it
-    overlapping = store.apply({"u": [TimelineEvent(2, o, f"i{o}", 1.0) for o in range(5, 15)]}, [model])
+    overlapping = store.apply(
+        {"u": [TimelineEvent(2, o, f"i{o}", 1.0) for o in range(5, 15)]}, [model]
+    )
     assert (first.applied_events, again.applied_events, again.skipped_events) == (10, 0, 10)
     assert (overlapping.applied_events, overlapping.skipped_events) == (5, 5)
     state = store.read("u", ["v1"])
@@ -40,7 +46,9 @@ def test_redelivered_events_are_not_applied_twice(settings: Settings, redis_clie
     np.testing.assert_allclose(state.sums["v1"], total, rtol=1e-9)
 
 
-def test_a_stale_writer_loses_the_race_and_changes_nothing(settings: Settings, redis_client: redis.Redis) -> None:
+def test_a_stale_writer_loses_the_race_and_changes_nothing(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
     model = random_model(version="v1")
     store = _store(settings, redis_client)
     store.apply({"u": [TimelineEvent(0, 0, "i1", 1.0)]}, [model])
@@ -52,7 +60,9 @@ def test_a_stale_writer_loses_the_race_and_changes_nothing(settings: Settings, r
     assert state is not None and state.weights["v1"] == 2.0
 
 
-def test_a_new_version_gets_its_sum_from_the_whole_timeline(settings: Settings, redis_client: redis.Redis) -> None:
+def test_a_new_version_gets_its_sum_from_the_whole_timeline(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
     v1, v2 = random_model(seed=1, version="v1"), random_model(seed=2, version="v2")
     store = _store(settings, redis_client)
     store.apply({"u": [TimelineEvent(0, o, f"i{o}", 1.0) for o in range(4)]}, [v1])

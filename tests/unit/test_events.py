@@ -23,7 +23,10 @@ def test_integer_ids_and_ts_are_accepted_as_strings_and_float() -> None:
     [
         (b"\xc1", "undecodable"),
         (msgpack.packb([1, 2]), "must be a map"),
-        (msgpack.packb({"user_id": "u", "item_id": "i", "type": "buy", "ts": 1.0}), "unknown event type"),
+        (
+            msgpack.packb({"user_id": "u", "item_id": "i", "type": "buy", "ts": 1.0}),
+            "unknown event type",
+        ),
         (msgpack.packb({"user_id": "u", "item_id": "i", "type": "view"}), "ts"),
         (msgpack.packb({"user_id": "", "item_id": "i", "type": "view", "ts": 1.0}), "user_id"),
         (msgpack.packb({"user_id": "u" * 17, "item_id": "i", "type": "view", "ts": 1.0}), "longer"),

@@ -9,7 +9,13 @@ LIMITS = Limits(max_request_bytes=4096, max_id_length=32, max_k=100, max_timelin
 
 
 def _raw(**body: object) -> bytes:
-    base: dict[str, object] = {"id": "r1", "reply_to": "q:r1", "deadline": time.time() + 1, "k": 5, "user_id": "u"}
+    base: dict[str, object] = {
+        "id": "r1",
+        "reply_to": "q:r1",
+        "deadline": time.time() + 1,
+        "k": 5,
+        "user_id": "u",
+    }
     base.update(body)
     return msgpack.packb({k: v for k, v in base.items() if v is not None})
 
