@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         default="", validation_alias=AliasChoices("KAFKA_BOOTSTRAP", "LEDREC_KAFKA_BOOTSTRAP")
     )
-    redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "LEDREC_REDIS_URL"))
+    redis_url: str = Field(
+        default="", validation_alias=AliasChoices("REDIS_URL", "LEDREC_REDIS_URL")
+    )
     # Extra librdkafka settings (SASL/SSL...), passed through to every client as is.
     kafka_config: dict[str, str] = Field(default_factory=dict)
 
@@ -59,6 +61,16 @@ class Settings(BaseSettings):
     exact_index_max_items: int = 200_000  # above: IVF inner-product index
     ivf_nprobe: int = 32
     max_queue_length: int = 10_000  # a client refuses to enqueue past this (load shedding)
+
+    # Model versions (stream/swap.py). Retained versions keep their sums maintained, so a
+    # rollback to one is a pointer flip; older ones are retired and their sums dropped.
+    retained_versions: int = 1
+    # Quality gate: a candidate worse than the active version on any of these validation
+    # metrics (by more than the tolerance) is not activated unless forced.
+    gate_metrics: list[str] = Field(default_factory=lambda: ["ndcg@100", "recall@20"])
+    gate_tolerance: float = 0.0
+    backfill_batch: int = 500  # users per re-encoder round trip
+    scorer_ack_timeout_s: float = 15.0  # how long an activation waits for scorers to switch
 
     @field_validator("event_weights")
     @classmethod

@@ -17,7 +17,8 @@ loser of a race re-reads and recomputes.
 Sums are kept in float64 and updated incrementally (add what enters the window, subtract
 what falls off), so a user's sum is the exact window sum up to float rounding. A version
 whose sum is missing for a user (new version, not yet back-filled) is computed from the
-whole timeline on the next write.
+whole timeline on the next write. A timeline write drops the sums it does not carry (a
+writer that did not know a version yet), so a stored sum is never stale.
 """
 
 from __future__ import annotations
@@ -33,9 +34,21 @@ import redis
 from stream.artifact import Model
 
 # KEYS[1] user hash; ARGV: expected seq, ttl seconds, then field/value pairs to set.
+# A write that carries a new timeline ('tl') deletes every sum it does not carry: its
+# writer read the live set before those versions joined it, and a sum left behind would
+# no longer match the timeline. So a stored sum is always the exact sum of the stored
+# timeline, and a missing one is recomputed (next write, re-encoder, or the scorer).
 _APPLY = """
 local cur = redis.call('HGET', KEYS[1], 'seq') or '0'
 if cur ~= ARGV[1] then return 0 end
+local carried = {}
+for i = 3, #ARGV, 2 do carried[ARGV[i]] = true end
+if carried['tl'] then
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    local p = string.sub(f, 1, 2)
+    if (p == 's:' or p == 'w:') and not carried[f] then redis.call('HDEL', KEYS[1], f) end
+  end
+end
 redis.call('HSET', KEYS[1], 'seq', tostring(tonumber(ARGV[1]) + 1), unpack(ARGV, 3))
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
@@ -225,18 +238,23 @@ class UserStateStore:
         weight: float,
     ) -> bool:
         """Write one version's sum if the user is unchanged since read (the re-encoder's write)."""
-        ok = self._apply(
-            keys=[self.key(user_id)],
-            args=[
-                expected_seq,
-                0,
-                f"s:{model.version}",
-                total.tobytes(),
-                f"w:{model.version}",
-                repr(weight),
-            ],
-        )
-        return bool(ok)
+        return self.set_sums(model, [(user_id, expected_seq, total, weight)])[0]
+
+    def set_sums(
+        self, model: Model, writes: Sequence[tuple[str, int, npt.NDArray[np.float64], float]]
+    ) -> list[bool]:
+        """``set_sum`` for many (user, expected seq, sum, weight) in one round trip."""
+        if not writes:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        s_field, w_field = f"s:{model.version}", f"w:{model.version}"
+        for user_id, expected_seq, total, weight in writes:
+            self._apply(
+                keys=[self.key(user_id)],
+                args=[expected_seq, 0, s_field, total.tobytes(), w_field, repr(weight)],
+                client=pipe,
+            )
+        return [bool(ok) for ok in pipe.execute()]
 
     def drop_version(self, user_ids: Iterable[str], version: str) -> None:
         """Remove a retired version's sums."""
