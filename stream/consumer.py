@@ -26,7 +26,7 @@ from ledrec.settings import Settings
 from stream.events import EventCodec, EventError
 from stream.kafka import client_config
 from stream.registry import ModelCache, Registry
-from stream.state import TimelineEvent, UserStateStore
+from stream.state import ApplyStats, TimelineEvent, UserStateStore
 
 log = logging.getLogger("ledrec.consumer")
 
@@ -34,6 +34,12 @@ EVENTS_APPLIED = Counter("ledrec_events_applied_total", "Events applied to user 
 EVENTS_SKIPPED = Counter("ledrec_events_redelivered_total", "Redelivered events skipped")
 EVENTS_DEAD = Counter("ledrec_events_dead_lettered_total", "Events sent to the dead-letter topic")
 BATCH_SECONDS = Histogram("ledrec_consume_batch_seconds", "Time to apply and commit one batch")
+REDIS_RETRIES = Counter("ledrec_consume_redis_retries_total", "Batches retried: Redis unreachable")
+
+# Test-only fault injection (tests/faults): exit hard right after the Nth batch's Redis
+# write, before its offsets are committed — the window the per-user offsets must cover.
+FAULT_KILL_AFTER_REDIS_WRITE = "LEDREC_FAULT_KILL_AFTER_REDIS_WRITE"
+MAX_BACKOFF_S = 5.0
 
 
 @dataclass
@@ -83,6 +89,8 @@ class StateUpdater:
         self.redis = redis_client
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.assigned: list[int] = []
+        # Read once: unset costs one integer comparison per batch.
+        self._kill_after_write = int(os.environ.get(FAULT_KILL_AFTER_REDIS_WRITE) or 0)
 
     def run(self, max_idle_s: float | None = None) -> ConsumerTotals:
         """Consume until stopped (or idle for ``max_idle_s``), then leave the group cleanly."""
@@ -132,7 +140,9 @@ class StateUpdater:
                 )
             )
         if by_user:
-            stats = self.store.apply(by_user, self.models.live_models())
+            stats = self._apply(by_user)
+            if self._kill_after_write == self.totals.batches + 1:
+                os._exit(137)  # as SIGKILL would: no commit, no cleanup
             self.totals.applied += stats.applied_events
             self.totals.skipped += stats.skipped_events
             self.totals.conflicts += stats.conflicts
@@ -153,11 +163,37 @@ class StateUpdater:
         BATCH_SECONDS.observe(time.perf_counter() - started)
         self.report_status()
 
+    def _apply(self, by_user: dict[str, list[TimelineEvent]]) -> ApplyStats:
+        """Apply to Redis, retrying with backoff while Redis is unreachable.
+
+        Nothing is committed to Kafka until this returns, so an outage only delays the
+        batch; a write that landed before the connection broke is skipped on the retry by
+        the per-user offsets.
+        """
+        delay = 0.1
+        while True:
+            try:
+                return self.store.apply(by_user, self.models.live_models())
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if self.stop_event.is_set():
+                    raise
+                REDIS_RETRIES.inc()
+                log.warning(
+                    "redis unavailable; batch not committed, retrying",
+                    extra={"error": str(e), "retry_in_s": delay},
+                )
+                self.stop_event.wait(delay)
+                delay = min(2 * delay, MAX_BACKOFF_S)
+
     def report_status(self) -> None:
         """Publish this consumer's totals in Redis (``ledrec status``, the demo, operators)."""
         key = f"{self.settings.key_prefix}:consumers:{self.name}"
         status = {**vars(self.totals), "partitions": self.assigned, "updated_at": time.time()}
-        self.redis.set(key, json.dumps(status), ex=300)
+        try:
+            self.redis.set(key, json.dumps(status), ex=300)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            # Informational only: never let it stop consumption (the next batch retries).
+            log.warning("status not reported: redis unavailable", extra={"error": str(e)})
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned = sorted(set(self.assigned) | {p.partition for p in partitions})

@@ -23,12 +23,15 @@ from prometheus_client import Counter, Histogram
 
 from ledrec.settings import Settings
 from stream import protocol
+from stream.artifact import ArtifactError
 from stream.protocol import Limits, Request, RequestError
 from stream.registry import ModelCache, Registry
 from stream.scorer import Query, Scorer
 from stream.state import UserStateStore
 
 log = logging.getLogger("ledrec.server")
+
+MAX_BACKOFF_S = 5.0
 
 REQUESTS = Counter("ledrec_requests_total", "Requests answered", ["outcome"])
 SHED = Counter("ledrec_requests_shed_total", "Requests dropped past their deadline")
@@ -70,24 +73,41 @@ class RecommendServer:
         self._lock = threading.Lock()
         self.totals = ServerTotals()
         self.stop_event = threading.Event()
+        self._refused: str | None = None  # a version that failed to load (artifacts are immutable)
 
     # -- model versions ------------------------------------------------------------------
     def load_active(self) -> bool:
         """Prepare the registry's active version if it is not the one serving."""
         version = self.registry.active()
         current = self._next or self.scorer
-        if version is None or (current is not None and current.version == version):
+        if version is None or version == self._refused:
             return False
-        scorer = Scorer(
-            self.models.get(version), self.settings.exact_index_max_items, self.settings.ivf_nprobe
-        )
+        if current is not None and current.version == version:
+            return False
+        try:
+            model = self.models.get(version)
+        except ArtifactError:
+            self._refused = version  # do not re-read and re-hash it every second
+            raise
+        scorer = Scorer(model, self.settings.exact_index_max_items, self.settings.ivf_nprobe)
         with self._lock:
             self._next = scorer
         log.info("model prepared", extra={"version": version, "exact": scorer.exact})
         return True
 
     def _watch_models(self) -> None:
-        """Follow the active pointer: pub/sub for speed, a periodic check as a safety net."""
+        """Follow the active pointer, resubscribing with backoff while Redis is unreachable."""
+        delay = 0.1
+        while not self.stop_event.is_set():
+            try:
+                self._follow_active()
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                log.warning("model watcher: redis unavailable", extra={"error": str(e)})
+                self.stop_event.wait(delay)
+                delay = min(2 * delay, MAX_BACKOFF_S)
+
+    def _follow_active(self) -> None:
+        """Pub/sub for speed, a periodic check as a safety net."""
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.subscribe(self.registry.channel)
         try:
@@ -112,13 +132,26 @@ class RecommendServer:
 
     # -- serving -------------------------------------------------------------------------
     def run(self) -> ServerTotals:
-        """Serve until stopped."""
-        self.load_active()
+        """Serve until stopped; a Redis outage pauses serving (with backoff), never ends it."""
+        try:
+            self.load_active()
+        except (ArtifactError, redis.ConnectionError, redis.TimeoutError):
+            log.exception("no usable active model yet; the watcher keeps trying")
         watcher = threading.Thread(target=self._watch_models, name="model-watcher", daemon=True)
         watcher.start()
+        delay = 0.1
         try:
             while not self.stop_event.is_set():
-                self.serve_once(block_s=0.5)
+                try:
+                    self.serve_once(block_s=0.5)
+                    delay = 0.1
+                except (redis.ConnectionError, redis.TimeoutError) as e:
+                    log.warning(
+                        "redis unavailable; serving paused",
+                        extra={"error": str(e), "retry_in_s": delay},
+                    )
+                    self.stop_event.wait(delay)
+                    delay = min(2 * delay, MAX_BACKOFF_S)
         finally:
             self.stop_event.set()
             watcher.join(timeout=2)
