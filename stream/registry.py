@@ -14,13 +14,16 @@ names them.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from stream.artifact import Model, load_model
+from stream.artifact import ArtifactError, Model, load_model
+
+log = logging.getLogger("ledrec.registry")
 
 STATES = ("staged", "warming", "active", "retained", "retired")
 
@@ -116,6 +119,7 @@ class ModelCache:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._models: dict[str, Model] = {}
+        self._refused: set[str] = set()
 
     def get(self, version: str) -> Model:
         model = self._models.get(version)
@@ -125,11 +129,24 @@ class ModelCache:
         return model
 
     def live_models(self) -> list[Model]:
-        """The models whose sums must be maintained, loading any new one."""
+        """The models whose sums must be maintained, loading any new one.
+
+        A live version whose artifacts do not load is left out (logged once, never re-read:
+        artifacts are immutable), so a corrupt version cannot stop the consumers.
+        """
         live = self.registry.live()
         for gone in set(self._models) - set(live):
             del self._models[gone]
-        return [self.get(v) for v in live]
+        models = []
+        for version in live:
+            if version in self._refused:
+                continue
+            try:
+                models.append(self.get(version))
+            except ArtifactError as e:
+                self._refused.add(version)
+                log.error("model version refused", extra={"version": version, "error": str(e)})
+        return models
 
 
 def _s(v: bytes | str) -> str:
