@@ -6,6 +6,11 @@ Keys (under the deployment's prefix)::
     models:active    the version that answers requests (one atomic pointer)
     models:live      set of versions whose sums consumers maintain (active, warming, retained)
     models:events    pub/sub channel announcing every change
+    scorers:<name>   what each running scorer serves and has prepared (expiring heartbeat)
+
+Lifecycle (``stream.swap`` drives it): staged → warming (live: consumers dual-write it, the
+re-encoder back-fills it, scorers load it) → active (pointer flip) → retained (still live,
+so a rollback is a flip) → retired (not live; its sums are dropped).
 
 A version's artifacts live in the model store (see ``stream.artifact``); the registry only
 names them.
@@ -55,6 +60,8 @@ class Registry:
             "dim": model.dim,
             "n_items": model.n_items,
             "parent": model.parent,
+            "created_at": model.created_at,
+            "source": model.provenance.get("source", ""),
             "registered_at": time.time(),
         }
         self.client.hset(self._k("info"), model.version, json.dumps(info))
@@ -87,17 +94,68 @@ class Registry:
         self._announce(state, version)
 
     def activate(self, version: str) -> str | None:
-        """Flip the active pointer to ``version``; returns the previously active version."""
+        """Flip the active pointer to ``version`` in one transaction; returns the previous one.
+
+        The previously active version becomes ``retained`` (still live) in the same
+        transaction, so there is no instant without an active, maintained version.
+        """
         self.info(version)  # must exist
-        previous = self.active()
-        pipe = self.client.pipeline(transaction=True)
-        pipe.set(self._k("active"), version)
-        pipe.sadd(self._k("live"), version)
-        pipe.execute()
-        if previous and previous != version:
-            self.set_state(previous, "retained")
-        self.set_state(version, "active")
+        active_key, info_key = self._k("active"), self._k("info")
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(active_key, info_key)  # type: ignore[no-untyped-call]
+                    raw = pipe.get(active_key)
+                    previous = _s(raw) if raw is not None else None
+                    now = time.time()
+                    info = json.loads(pipe.hget(info_key, version) or b"{}")
+                    info.update(state="active", active_at=now)
+                    before: dict[str, Any] | None = None
+                    if previous is not None and previous != version:
+                        before = json.loads(pipe.hget(info_key, previous) or b"{}")
+                        before.update(state="retained", retained_at=now)
+                    pipe.multi()
+                    pipe.set(active_key, version)
+                    pipe.sadd(self._k("live"), version)
+                    pipe.hset(info_key, version, json.dumps(info))
+                    if previous is not None and before is not None:
+                        pipe.hset(info_key, previous, json.dumps(before))
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue  # a concurrent registry change: read again
+        self._announce("active", version)
         return previous
+
+    def retained(self) -> list[str]:
+        """Retained versions, most recently active first (the rollback targets)."""
+        versions = self.versions()
+        retained = [v for v, info in versions.items() if info["state"] == "retained"]
+        return sorted(retained, key=lambda v: versions[v].get("retained_at", 0.0), reverse=True)
+
+    def check_gate(self, candidate: str, metrics: list[str], tolerance: float = 0.0) -> None:
+        """Raise RegistryError if ``candidate`` is worse than the active version.
+
+        Worse means: below the active version's value (minus ``tolerance``) on any of
+        ``metrics`` that the active version has, or missing one of them.
+        """
+        active = self.active()
+        if active is None or active == candidate:
+            return
+        mine, theirs = self.info(candidate)["metrics"], self.info(active)["metrics"]
+        for name in metrics:
+            if name not in theirs:
+                continue
+            if name not in mine:
+                raise RegistryError(
+                    f"quality gate: {candidate} has no {name} to compare with the active "
+                    f"{active}'s {theirs[name]:.4f}; use --force to activate anyway"
+                )
+            if mine[name] < theirs[name] - tolerance:
+                raise RegistryError(
+                    f"quality gate: {candidate} is worse than the active {active} on {name} "
+                    f"({mine[name]:.4f} < {theirs[name]:.4f}); use --force to activate anyway"
+                )
 
     def active(self) -> str | None:
         raw = self.client.get(self._k("active"))
@@ -108,6 +166,24 @@ class Registry:
 
     def path(self, version: str) -> Path:
         return Path(self.info(version)["path"])
+
+    # -- scorers -------------------------------------------------------------------------
+    def report_scorer(
+        self, name: str, serving: str | None, prepared: list[str], ttl_s: float
+    ) -> None:
+        """A scorer's heartbeat: the version it serves and those it has ready."""
+        status = {"serving": serving, "prepared": prepared, "updated_at": time.time()}
+        self.client.set(f"{self.prefix}:scorers:{name}", json.dumps(status), px=int(ttl_s * 1000))
+
+    def scorers(self) -> dict[str, dict[str, Any]]:
+        """Every scorer whose heartbeat has not expired (name -> status)."""
+        out: dict[str, dict[str, Any]] = {}
+        head = f"{self.prefix}:scorers:"
+        for key in self.client.scan_iter(match=head + "*"):
+            raw = self.client.get(key)
+            if raw is not None:
+                out[_s(key)[len(head) :]] = json.loads(raw)
+        return out
 
     def _announce(self, what: str, version: str) -> None:
         self.client.publish(self.channel, json.dumps({"event": what, "version": version}))

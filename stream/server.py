@@ -10,14 +10,17 @@ batches, never in the middle of one.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import cast
 
 import faiss
+import numpy as np
 import redis
 from prometheus_client import Counter, Histogram
 
@@ -32,6 +35,7 @@ from stream.state import UserStateStore
 log = logging.getLogger("ledrec.server")
 
 MAX_BACKOFF_S = 5.0
+HEARTBEAT_TTL_S = 5.0  # a scorer silent this long no longer counts in a swap
 
 REQUESTS = Counter("ledrec_requests_total", "Requests answered", ["outcome"])
 SHED = Counter("ledrec_requests_shed_total", "Requests dropped past their deadline")
@@ -74,6 +78,11 @@ class RecommendServer:
         self.totals = ServerTotals()
         self.stop_event = threading.Event()
         self._refused: str | None = None  # a version that failed to load (artifacts are immutable)
+        # Scorers of the other live versions (warming: the next one; retained: a rollback
+        # target), loaded in the background so that a flip never loads on the request path.
+        self._prepared: dict[str, Scorer] = {}
+        self._unloadable: set[str] = set()
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     # -- model versions ------------------------------------------------------------------
     def load_active(self) -> bool:
@@ -84,12 +93,14 @@ class RecommendServer:
             return False
         if current is not None and current.version == version:
             return False
-        try:
-            model = self.models.get(version)
-        except ArtifactError:
-            self._refused = version  # do not re-read and re-hash it every second
-            raise
-        scorer = Scorer(model, self.settings.exact_index_max_items, self.settings.ivf_nprobe)
+        with self._lock:
+            scorer = self._prepared.pop(version, None)
+        if scorer is None:
+            try:
+                scorer = self._build_scorer(version)
+            except ArtifactError:
+                self._refused = version  # do not re-read and re-hash it every second
+                raise
         with self._lock:
             self._next = scorer
         log.info("model prepared", extra={"version": version, "exact": scorer.exact})
@@ -112,23 +123,78 @@ class RecommendServer:
         pubsub.subscribe(self.registry.channel)
         try:
             while not self.stop_event.is_set():
-                msg = pubsub.get_message(timeout=1.0)
-                if msg is None or json.loads(msg["data"]).get("event") == "active":
-                    try:
-                        self.load_active()
-                    except Exception:
-                        log.exception("could not load the active model; still serving the old one")
+                pubsub.get_message(timeout=1.0)
+                self.sync_models()
         finally:
             pubsub.close()
 
-    def _swap_if_ready(self) -> None:
-        if self._next is not None:
+    def sync_models(self) -> None:
+        """Prepare the live versions, switch to the active one, report (the watcher's round)."""
+        try:
+            self.prepare_live()
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception:
+            log.exception("could not prepare the live model versions")
+        try:
+            self.load_active()
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception:
+            log.exception("could not load the active model; still serving the old one")
+        # Swap here rather than wait for the serving loop (it may sit in BRPOP): a batch
+        # takes ``self.scorer`` once, so the switch still falls between two batches.
+        self._swap_if_ready()
+        self.heartbeat()
+
+    def prepare_live(self) -> None:
+        """Load and warm every live version not loaded yet; forget those no longer live."""
+        live = set(self.registry.live())
+        with self._lock:
+            for gone in set(self._prepared) - live:
+                del self._prepared[gone]
+            loaded = set(self._prepared) | {s.version for s in (self.scorer, self._next) if s}
+        for version in sorted(live - loaded - self._unloadable):
+            self.heartbeat()  # loading a big index takes a while: stay visible meanwhile
+            try:
+                scorer = self._build_scorer(version)
+            except ArtifactError:
+                self._unloadable.add(version)
+                log.exception("model version unusable", extra={"version": version})
+                continue
             with self._lock:
-                old, self.scorer, self._next = self.scorer, self._next, None
-            log.info(
-                "model swapped",
-                extra={"version": self.scorer.version, "previous": old.version if old else None},
-            )
+                self._prepared[version] = scorer
+            log.info("model prepared", extra={"version": version, "exact": scorer.exact})
+
+    def _build_scorer(self, version: str) -> Scorer:
+        """Load a version, build or read its index, and run a few searches to warm it."""
+        model = self.models.get(version)
+        scorer = Scorer(model, self.settings.exact_index_max_items, self.settings.ivf_nprobe)
+        zeros = np.zeros(model.dim, dtype=np.float32)
+        scorer.top_k([Query(zeros, frozenset(), 10)] * self.settings.serve_batch_size)
+        return scorer
+
+    def heartbeat(self) -> None:
+        """Tell swaps what this scorer serves and has ready (``Registry.scorers``)."""
+        with self._lock:
+            serving = self.scorer.version if self.scorer is not None else None
+            prepared = sorted(self._prepared)
+        self.registry.report_scorer(self.name, serving, prepared, HEARTBEAT_TTL_S)
+
+    def _swap_if_ready(self) -> None:
+        if self._next is None:
+            return
+        with self._lock:
+            if self._next is None:  # the other thread swapped first
+                return
+            old, self.scorer, self._next = self.scorer, self._next, None
+            if old is not None:
+                self._prepared[old.version] = old  # a rollback target until it leaves live
+        log.info(
+            "model swapped",
+            extra={"version": self.scorer.version, "previous": old.version if old else None},
+        )
+        self.heartbeat()
 
     # -- serving -------------------------------------------------------------------------
     def run(self) -> ServerTotals:

@@ -1,0 +1,224 @@
+"""Zero-downtime model swaps: activate (through the quality gate), roll back, retire.
+
+Activating a version:
+
+1. **Gate.** Refused (``RegistryError`` saying why) if its validation metrics are worse
+   than the active version's, unless forced. Its artifacts are loaded and validated.
+2. **Warm.** The version becomes ``warming``, i.e. live: consumers maintain its sum for
+   every user they write from now on, and scorers load its index in the background.
+3. **Back-fill.** The re-encoder computes every other user's sum from their timeline
+   (resumable; a retained version needs none: its sums were maintained all along).
+4. **Prepared.** Wait until every running scorer reports the version loaded and warm.
+5. **Flip.** The active pointer moves in one transaction and is announced over pub/sub;
+   each scorer switches between two batches and reports what it serves. The call returns
+   when all of them do (``SwapReport.flip_started`` .. ``serving_at``: the only window in
+   which both versions answer).
+6. **Retire.** Retained versions beyond ``settings.retained_versions`` leave the live set
+   and their sums are dropped.
+
+One activation at a time: a lock in Redis, held (and kept alive) for the whole call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from ledrec.settings import Settings
+from stream.artifact import load_model
+from stream.reencoder import BackfillProgress, Reencoder, clear_progress
+from stream.registry import Registry, RegistryError
+from stream.state import UserStateStore
+
+log = logging.getLogger("ledrec.swap")
+
+Progress = Callable[[str], None]
+LOCK_TTL_MS = 15_000
+
+# Release / extend the lock only if we still hold it. KEYS[1] lock; ARGV: token, ttl ms.
+_EXTEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+
+@dataclass
+class SwapReport:
+    version: str
+    previous: str | None
+    backfill: BackfillProgress | None  # None: no back-fill needed (retained version)
+    activate_started: float  # wall-clock times (time.time())
+    flip_started: float
+    serving_at: float  # every running scorer serves the version
+    retired: list[str]
+
+    @property
+    def seconds_to_serving(self) -> float:
+        return self.serving_at - self.activate_started
+
+
+class SwapLock:
+    """Mutual exclusion of swaps across processes, renewed while held."""
+
+    def __init__(self, client: redis.Redis, prefix: str, what: str) -> None:
+        self.client, self.key = client, f"{prefix}:models:lock"
+        self.token = f"{what}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._script = client.register_script(_EXTEND)
+
+    def __enter__(self) -> SwapLock:
+        if not self.client.set(self.key, self.token, nx=True, px=LOCK_TTL_MS):
+            holder = self.client.get(self.key)
+            raise RegistryError(f"another model swap is in progress ({holder!r}); try again")
+        return self
+
+    def renew(self) -> None:
+        if not self._script(keys=[self.key], args=[self.token, LOCK_TTL_MS]):
+            raise RegistryError("lost the model swap lock (expired while held)")
+
+    def __exit__(self, *_: object) -> None:
+        self._script(keys=[self.key], args=[self.token, 0])
+
+
+class Swapper:
+    """Drives the lifecycle of model versions for one deployment."""
+
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.settings = settings
+        self.client = client
+        self.registry = Registry(client, settings.key_prefix)
+        self.store = UserStateStore(
+            client, settings.key_prefix, settings.timeline_max, settings.user_ttl_seconds
+        )
+
+    def backfill(
+        self,
+        version: str,
+        progress: Progress | None = None,
+        max_rate: float | None = None,
+        lock: SwapLock | None = None,
+    ) -> BackfillProgress:
+        """Make ``version`` live (warming) and back-fill its sums; resumes an interrupted run."""
+        info = self.registry.info(version)
+        model = load_model(self.registry.path(version))  # checksummed, validated
+        if info["state"] in ("staged", "retired"):
+            self.registry.set_state(version, "warming")
+        last_report = [0.0]
+
+        def report(p: BackfillProgress) -> None:
+            if lock is not None:
+                lock.renew()
+            if progress is not None and (p.done or time.monotonic() - last_report[0] > 1.0):
+                last_report[0] = time.monotonic()
+                progress(p.line())
+
+        reencoder = Reencoder(self.store, model, self.settings.backfill_batch)
+        result = reencoder.run(report, max_rate)
+        log.info("backfill complete", extra={"version": version, "users_per_s": result.users_per_s})
+        return result
+
+    def activate(
+        self, version: str, force: bool = False, progress: Progress | None = None
+    ) -> SwapReport:
+        """Gate, warm, back-fill, wait for the scorers, flip, retire (see the module doc)."""
+        started = time.time()
+        say = progress or (lambda _: None)
+        with SwapLock(self.client, self.settings.key_prefix, f"activate {version}") as lock:
+            info = self.registry.info(version)
+            active = self.registry.active()
+            if version == active:
+                say(f"{version} is already active")
+                return SwapReport(version, active, None, started, started, started, [])
+            if not force:
+                self.registry.check_gate(
+                    version, self.settings.gate_metrics, self.settings.gate_tolerance
+                )
+            backfill = None
+            if info["state"] != "retained":
+                backfill = self.backfill(version, say, lock=lock)
+            return self._flip(version, started, backfill, lock, say)
+
+    def rollback(self, progress: Progress | None = None) -> SwapReport:
+        """Flip back to the most recently retained version (its sums are up to date)."""
+        started = time.time()
+        say = progress or (lambda _: None)
+        with SwapLock(self.client, self.settings.key_prefix, "rollback") as lock:
+            retained = self.registry.retained()
+            if not retained:
+                raise RegistryError("no retained version to roll back to")
+            return self._flip(retained[0], started, None, lock, say)
+
+    def retire(self, version: str, progress: Progress | None = None) -> int:
+        """Take a version out of the live set and drop its sums; returns users cleaned."""
+        if version == self.registry.active():
+            raise RegistryError(f"{version} is active; activate another version first")
+        self.registry.set_state(version, "retired")
+        clear_progress(self.client, self.settings.key_prefix, version)
+        cleaned, batch = 0, []
+        for user in self.store.scan_users(self.settings.backfill_batch):
+            batch.append(user)
+            if len(batch) >= self.settings.backfill_batch:
+                self.store.drop_version(batch, version)
+                cleaned, batch = cleaned + len(batch), []
+        if batch:
+            self.store.drop_version(batch, version)
+            cleaned += len(batch)
+        if progress is not None:
+            progress(f"retired {version}: sums dropped for {cleaned} users")
+        return cleaned
+
+    # -- steps ---------------------------------------------------------------------------
+    def _flip(
+        self,
+        version: str,
+        started: float,
+        backfill: BackfillProgress | None,
+        lock: SwapLock,
+        say: Progress,
+    ) -> SwapReport:
+        self._wait_scorers(version, "prepared", lock)
+        say(f"scorers have {version} loaded; flipping the active pointer")
+        flip_started = time.time()
+        previous = self.registry.activate(version)
+        self._wait_scorers(version, "serving", lock)
+        serving_at = time.time()
+        say(f"{version} is serving, {serving_at - started:.2f}s after activate (was {previous})")
+        log.info(
+            "model activated",
+            extra={"version": version, "previous": previous, "seconds": serving_at - started},
+        )
+        retired = []
+        for old in self.registry.retained()[self.settings.retained_versions :]:
+            self.retire(old, say)
+            retired.append(old)
+        return SwapReport(version, previous, backfill, started, flip_started, serving_at, retired)
+
+    def _wait_scorers(self, version: str, what: str, lock: SwapLock) -> None:
+        """Wait until every live scorer has ``version`` prepared (or serving).
+
+        A scorer that dies meanwhile stops counting when its heartbeat expires; one that
+        does not get there in time is an error (the version stays where it is).
+        """
+        deadline = time.monotonic() + self.settings.scorer_ack_timeout_s
+        while True:
+            lagging = [
+                name
+                for name, s in self.registry.scorers().items()
+                if s.get("serving") != version
+                and (what == "serving" or version not in s.get("prepared", []))
+            ]
+            if not lagging:
+                return
+            if time.monotonic() > deadline:
+                raise RegistryError(
+                    f"scorers {', '.join(sorted(lagging))} did not report {version} {what} "
+                    f"within {self.settings.scorer_ack_timeout_s:.0f}s (see their logs)"
+                )
+            lock.renew()
+            time.sleep(0.01)
