@@ -1,0 +1,77 @@
+"""Helpers shared by the fault tests: processes, waiting, the stream and its reference."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from ledrec.settings import Settings
+from stream.artifact import Model
+from stream.consumer import consumer_statuses
+from stream.producer import EventPublisher
+from stream.state import UserStateStore
+from tests.helpers import clean_pass
+
+Events = list[tuple[str, str, float]]
+
+
+def start_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``python -m ledrec.cli ARGS`` with its output appended to ``log`` (read on failure)."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ledrec.cli", *args], env=env, stdout=out, stderr=out
+        )
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(step)
+
+
+def applied_by(client: redis.Redis, settings: Settings, pid: int) -> float:
+    """Events the consumer process ``pid`` reports as applied (0 before its first batch)."""
+    statuses = consumer_statuses(client, settings.key_prefix)
+    return sum(s["applied"] for name, s in statuses.items() if name.endswith(f":{pid}"))
+
+
+def publish_stream(
+    settings: Settings, n_events: int, n_users: int, n_items: int, seed: int
+) -> tuple[Events, dict[int, int]]:
+    """Publish ``n_events`` random views; returns them in order and the acked end offsets."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(n_users, size=n_events)
+    items = rng.integers(n_items, size=n_events)
+    publisher = EventPublisher(settings, settings.kafka_bootstrap)
+    events: Events = []
+    for u, i in zip(users.tolist(), items.tolist(), strict=True):
+        event = publisher.send(f"u{u}", f"i{i}", "view", ts=1.0)
+        events.append((event.user_id, event.item_id, 1.0))
+    return events, publisher.flush().last_offsets
+
+
+def assert_clean_pass(client: redis.Redis, settings: Settings, events: Events, model: Model) -> int:
+    """Every user's state equals one clean pass over ``events``; returns the users checked.
+
+    With ``timeline_max`` above every user's event count the timeline is the user's whole
+    history, so one event lost or applied twice anywhere in the stream shows up here.
+    """
+    store = UserStateStore(client, settings.key_prefix, settings.timeline_max, 60)
+    expected = clean_pass(events, settings.timeline_max, model)
+    users = sorted(expected)
+    for start in range(0, len(users), 1000):
+        chunk = users[start : start + 1000]
+        for user, state in zip(chunk, store.read_many(chunk, [model.version]), strict=True):
+            window, total, weight = expected[user]
+            assert state is not None, f"{user}: no state"
+            assert state.timeline == window, f"{user}: timeline differs from a clean pass"
+            np.testing.assert_allclose(state.sums[model.version], total, rtol=1e-9, atol=1e-9)
+            assert state.weights[model.version] == weight, user
+    return len(users)
