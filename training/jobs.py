@@ -339,9 +339,14 @@ def run_train(
     parent: str | None = None,
     progress: Progress | None = None,
     source: str = "",
+    exact_index_max_items: int | None = None,
 ) -> Path:
     """Pre-train (and fine-tune unless ``config.finetune`` is None), then publish a model
-    version to ``store`` with validation metrics and provenance; returns its directory."""
+    version to ``store`` with validation metrics and provenance; returns its directory.
+
+    With ``exact_index_max_items``, a catalog larger than that ships its ANN index
+    (``index.faiss``), so that no scorer builds one while loading the version.
+    """
     clock = Stopwatch(progress)
     pre = config.pretrain
     with clock.stage("split"):
@@ -384,7 +389,13 @@ def run_train(
         },
         parent=parent,
     )
-    path = save_model(model, store)
+    index_bytes = None
+    if exact_index_max_items is not None and model.n_items > exact_index_max_items:
+        from stream.index import build_index, serialize
+
+        with clock.stage("index"):
+            index_bytes = serialize(build_index(model, exact_index_max_items, seed=config.seed))
+    path = save_model(model, store, index_bytes)
     clock.say(
         f"published {path.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items())
     )
