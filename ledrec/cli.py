@@ -13,6 +13,8 @@ from typing import Any, NoReturn
 
 import redis
 from confluent_kafka import KafkaException
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from ledrec.logs import setup_logging
 from ledrec.settings import Settings
@@ -47,7 +49,13 @@ def _addresses(settings: Settings) -> tuple[str, str]:
 
 
 def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, health_check_interval=30)
+    """A client that rides out a Redis restart: reconnect with capped, jittered backoff.
+
+    8 retries, backoff doubling from 50 ms to 2 s; components add their own outer loop for longer
+    outages. ``rediss://`` (TLS), user:password and ``?ssl_ca_certs=...`` come from the URL.
+    """
+    retry = Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), 8)
+    return redis.Redis.from_url(url, health_check_interval=30, retry=retry)
 
 
 def _stop_on_signals(stop: Callable[[], None]) -> None:
@@ -114,7 +122,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 print(f"line {line}: {error}", file=sys.stderr)
                 if args.on_error == "stop":
                     publisher.flush()
-                    raise CliError(f"stopped at line {line} ({publisher.report.delivered} published)")
+                    raise CliError(
+                        f"stopped at line {line} ({publisher.report.delivered} published)"
+                    )
                 continue
             publisher.publish(event)
         report = publisher.flush()
@@ -162,7 +172,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _, url = _addresses(settings)
     client = RecommenderClient(
-        _redis(url), settings.request_queue, settings.key_prefix, args.timeout, settings.max_queue_length
+        _redis(url),
+        settings.request_queue,
+        settings.key_prefix,
+        args.timeout,
+        settings.max_queue_length,
     )
     items = [i for i in args.items.split(",") if i] if args.items else None
     if (args.user is None) == (items is None):
@@ -187,7 +201,9 @@ def _load_data(args: argparse.Namespace) -> tuple[Any, str]:
         return dataset.load_csv(Path(args.events_csv)), f"csv:{args.events_csv}"
     from training import synthetic
 
-    data = synthetic.generate_interactions(n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed)
+    data = synthetic.generate_interactions(
+        n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed
+    )
     return data, f"synthetic:{args.synthetic_users}x{args.synthetic_items}:seed{args.seed}"
 
 
@@ -199,16 +215,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     data, source = _load_data(args)
-    config = FinetuneConfig(loss=args.loss, variant=args.variant, dim=args.dim, epochs=args.epochs, seed=args.seed)
+    config = FinetuneConfig(
+        loss=args.loss, variant=args.variant, dim=args.dim, epochs=args.epochs, seed=args.seed
+    )
     path = run_train(data, settings.model_store_path, config, progress=print, source=source)
     print(f"model saved: {path}")
     if args.register or args.activate:
+        from stream.swap import Swapper
+
         _, url = _addresses(settings)
-        registry = Registry(_redis(url), settings.key_prefix)
+        client = _redis(url)
         model = load_model(path)
-        registry.register(model)
-        if args.activate:
-            registry.activate(model.version)
+        Registry(client, settings.key_prefix).register(model)
+        if args.activate:  # the full swap: quality gate, back-fill, scorers, flip
+            Swapper(settings, client).activate(model.version, force=args.force, progress=print)
             print(f"activated {model.version}")
     return 0
 
@@ -217,24 +237,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.jobs import run_evaluate
 
     data, source = _load_data(args)
-    report = run_evaluate(data, Path(args.out), seed=args.seed, progress=print, source=source, quick=args.quick)
+    report = run_evaluate(
+        data, Path(args.out), seed=args.seed, progress=print, source=source, quick=args.quick
+    )
     print(f"report written to {args.out}/report.md and report.json ({len(report['rows'])} rows)")
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     from stream.artifact import load_model
+    from stream.reencoder import read_progress
     from stream.registry import Registry
+    from stream.swap import Swapper
 
     settings = _settings(args)
+    setup_logging(args.log_level, "models")
     _, url = _addresses(settings)
-    registry = Registry(_redis(url), settings.key_prefix)
+    client = _redis(url)
+    registry = Registry(client, settings.key_prefix)
+    swapper = Swapper(settings, client)
+    if args.action in ("register", "activate", "backfill", "retire") and not args.version:
+        raise CliError(f"models {args.action} needs a version")
     if args.action == "list":
         active = registry.active()
         for version, info in sorted(registry.versions().items()):
             marker = "*" if version == active else " "
             metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(info.get("metrics", {}).items()))
-            print(f"{marker} {version}  {info['state']:<9} items={info['n_items']} d={info['dim']}  {metrics}")
+            print(f"{marker} {version}  {info['state']:<9} items={info['n_items']} d={info['dim']}")
+            if metrics:
+                print(f"      metrics  {metrics}")
+            if info.get("source") or info.get("parent"):
+                print(f"      data     {info.get('source', '')}  parent={info.get('parent')}")
+            progress = read_progress(client, settings.key_prefix, version)
+            if progress is not None:
+                print(f"      {progress.line()}")
+        for name, status in sorted(registry.scorers().items()):
+            ready = ",".join(status["prepared"]) or "-"
+            print(f"scorer {name}: serving {status['serving']}, prepared {ready}")
         return 0
     if args.action == "register":
         model = load_model(Path(args.version))
@@ -242,10 +281,59 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"registered {model.version}")
         return 0
     if args.action == "activate":
-        previous = registry.activate(args.version)
-        print(f"activated {args.version} (previous: {previous})")
+        report = swapper.activate(args.version, force=args.force, progress=print)
+        print(f"activated {report.version} (previous: {report.previous})")
+        return 0
+    if args.action == "rollback":
+        report = swapper.rollback(progress=print)
+        print(f"rolled back to {report.version} (previous: {report.previous})")
+        return 0
+    if args.action == "backfill":
+        done = swapper.backfill(args.version, progress=print, max_rate=args.max_rate)
+        print(done.line())
+        return 0
+    if args.action == "retire":
+        swapper.retire(args.version, progress=print)
         return 0
     raise CliError(f"unknown models action {args.action}")
+
+
+def cmd_trainer(args: argparse.Namespace) -> int:
+    from training.finetune import FinetuneConfig
+    from training.jobs import PretrainConfig, TrainConfig
+    from training.retrain import RetrainConfig, Retrainer, parse_duration
+
+    settings = _settings(args)
+    setup_logging(args.log_level, "trainer")
+    if sum(bool(x) for x in (args.every, args.after_events, args.once)) != 1:
+        raise CliError("give one of --every, --after-events, --once")
+    bootstrap, url = _addresses(settings)
+    finetune = None
+    if not args.svd_only:
+        finetune = FinetuneConfig(loss=args.loss, dim=args.dim, epochs=args.epochs, seed=args.seed)
+    config = RetrainConfig(
+        train=TrainConfig(
+            pretrain=PretrainConfig(dim=args.dim, min_count=args.min_count),
+            finetune=finetune,
+            n_heldout=args.n_heldout,
+            seed=args.seed,
+        ),
+        window_s=parse_duration(args.window) if args.window else None,
+        max_per_partition=args.max_per_partition,
+        min_events=args.min_events,
+        force=args.force,
+    )
+    trainer = Retrainer(settings, bootstrap, _redis(url), config, progress=print)
+    if args.once:
+        result = trainer.run_once()
+        if result.activated:
+            print(f"activated {result.version}")
+            return 0
+        print(f"not activated: {result.reason}", file=sys.stderr)
+        return 1
+    _stop_on_signals(trainer.stop_event.set)
+    trainer.run(parse_duration(args.every) if args.every else None, args.after_events)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -311,14 +399,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--register", action="store_true", help="register the version in Redis")
     train.add_argument("--activate", action="store_true", help="register and activate it")
+    train.add_argument("--force", action="store_true", help="activate past the quality gate")
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--out", default="reports/evaluate")
     evaluate.add_argument("--quick", action="store_true", help="fewer variants, for a smoke run")
 
-    p = sub.add_parser("models", help="list, register or activate model versions")
-    p.add_argument("action", choices=["list", "register", "activate"])
-    p.add_argument("version", nargs="?")
+    p = sub.add_parser("models", help="list, register, activate, roll back model versions")
+    p.add_argument(
+        "action", choices=["list", "register", "activate", "rollback", "backfill", "retire"]
+    )
+    p.add_argument("version", nargs="?", help="version name (register: its directory)")
+    p.add_argument("--force", action="store_true", help="activate: skip the quality gate")
+    p.add_argument("--max-rate", type=float, help="backfill: at most this many users/s")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("trainer", help="retrain periodically from the events topic and activate")
+    p.add_argument("--every", help="retrain on a clock: 90s, 30m, 6h, 1d")
+    p.add_argument("--after-events", type=int, help="retrain when this many new events arrived")
+    p.add_argument("--once", action="store_true", help="one cycle, then exit (1 if not activated)")
+    p.add_argument("--window", help="replay the events of this last duration (default: all)")
+    p.add_argument("--max-per-partition", type=int, help="replay at most this many per partition")
+    p.add_argument("--min-events", type=int, default=1000, help="skip a cycle with fewer events")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--min-count", type=int, default=10, help="items with fewer views are left out")
+    p.add_argument("--n-heldout", type=int, default=600, help="validation + test users")
+    p.add_argument("--svd-only", action="store_true", help="publish the pre-trained model")
+    p.add_argument("--loss", default="css", choices=["bpr", "ns", "css", "mult"])
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="activate past the quality gate")
+    p.set_defaults(func=cmd_trainer)
 
     p = sub.add_parser("demo", help="the whole system on one machine, end to end")
     p.add_argument("--movielens", help="MovieLens-1M directory (default: search known places)")

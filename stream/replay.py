@@ -1,0 +1,146 @@
+"""Bounded replay of the events topic: the trainer's view of recent history.
+
+Partitions are assigned directly (no consumer group, nothing committed), each read from
+the start of the window to the high watermark seen when the replay began, so a replay
+always ends even while producers keep publishing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from ledrec.settings import Settings
+from stream.events import Event, EventCodec, EventError
+from stream.kafka import client_config
+
+
+@dataclass
+class Replay:
+    """The events of a window and where in the topic they came from."""
+
+    events: list[Event] = field(default_factory=list)
+    start: dict[int, int] = field(default_factory=dict)  # partition -> first offset read
+    end: dict[int, int] = field(default_factory=dict)  # partition -> end offset (exclusive)
+    bad: int = 0  # undecodable or invalid messages skipped
+
+    def describe(self, topic: str) -> str:
+        """The data range, for the model manifest's provenance."""
+        parts = ",".join(f"p{p}:{self.start[p]}-{self.end[p]}" for p in sorted(self.end))
+        span = ""
+        if self.events:
+            first, last = (
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(f(e.ts for e in self.events)))
+                for f in (min, max)
+            )
+            span = f" ts {first}..{last}"
+        return f"kafka:{topic} {parts}{span} ({len(self.events)} events)"
+
+
+def _consumer(settings: Settings, bootstrap: str) -> Consumer:
+    return Consumer(
+        client_config(
+            bootstrap,
+            settings.kafka_config,
+            **{
+                "group.id": f"{settings.consumer_group}-replay-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            },
+        )
+    )
+
+
+def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
+    meta = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+    if meta.error is not None:
+        raise RuntimeError(f"topic {topic}: {meta.error}")
+    return sorted(meta.partitions)
+
+
+def end_offsets(settings: Settings, bootstrap: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """High watermark of every partition of the events topic."""
+    consumer = _consumer(settings, bootstrap)
+    try:
+        topic = settings.events_topic
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1]
+            for p in _partitions(consumer, topic, timeout_s)
+        }
+    finally:
+        consumer.close()
+
+
+def replay_events(
+    settings: Settings,
+    bootstrap: str,
+    since_ts: float | None = None,
+    max_per_partition: int | None = None,
+    timeout_s: float = 60.0,
+) -> Replay:
+    """Events with ``ts >= since_ts`` (all retained ones if None), at most the last
+    ``max_per_partition`` of each partition, decoded and validated."""
+    codec = EventCodec(settings.event_weights, settings.max_id_length, settings.max_event_bytes)
+    topic = settings.events_topic
+    consumer = _consumer(settings, bootstrap)
+    replay = Replay()
+    try:
+        assign = []
+        for p in _partitions(consumer, topic, timeout_s):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            start = low
+            if max_per_partition is not None:
+                start = max(start, high - max_per_partition)
+            if since_ts is not None:
+                start = max(start, _offset_at(consumer, topic, p, since_ts, low, timeout_s))
+            replay.start[p], replay.end[p] = start, high
+            if start < high:
+                assign.append(TopicPartition(topic, p, start))
+        consumer.assign(assign)
+        remaining: set[int | None] = {tp.partition for tp in assign}
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replay of {topic} did not reach the end of {remaining}")
+            for msg in consumer.consume(1000, 0.5):
+                part, offset, err = msg.partition(), msg.offset(), msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        remaining.discard(part)
+                    continue
+                assert part is not None and offset is not None
+                if offset >= replay.end[part]:
+                    remaining.discard(part)
+                    continue
+                try:
+                    event = codec.decode(msg.value())
+                except EventError:
+                    replay.bad += 1
+                else:
+                    if since_ts is None or event.ts >= since_ts:
+                        replay.events.append(event)
+                if offset >= replay.end[part] - 1:
+                    remaining.discard(part)
+    finally:
+        consumer.close()
+    return replay
+
+
+def _offset_at(
+    consumer: Consumer, topic: str, partition: int, ts: float, low: int, timeout_s: float
+) -> int:
+    """First offset at or after ``ts`` (broker time index); ``low`` if the broker cannot say.
+
+    Events are filtered by their own ``ts`` as well, so this only saves reading.
+    """
+    try:
+        found = consumer.offsets_for_times(
+            [TopicPartition(topic, partition, int(ts * 1000))], timeout=timeout_s
+        )
+    except Exception:  # brokers without a time index (or ListOffsets by time): read it all
+        return low
+    offset = int(found[0].offset)
+    return offset if offset >= 0 else low

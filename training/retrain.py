@@ -1,0 +1,160 @@
+"""Periodic retraining: replay recent events, train, publish, activate through the gate.
+
+    ledrec trainer --every 30m --window 7d        # on a clock
+    ledrec trainer --after-events 100000          # when that many new events arrived
+    ledrec trainer --once                         # one cycle (tests, cron)
+
+Each cycle replays the window of the events topic (``stream.replay``), builds
+Interactions, trains with ``training.jobs.run_train`` (the parent is the active version),
+registers the new version and activates it with the full swap (``stream.swap``). A
+version the quality gate refuses stays ``staged``; any failure is logged and leaves the
+active version serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from ledrec.settings import Settings
+from stream.artifact import load_model
+from stream.registry import Registry, RegistryError
+from stream.replay import end_offsets, replay_events
+from stream.swap import Swapper
+from training.dataset import from_events
+from training.jobs import TrainConfig, run_train
+
+log = logging.getLogger("ledrec.trainer")
+
+Progress = Callable[[str], None]
+
+
+class RetrainError(RuntimeError):
+    """A cycle that cannot train (too little data...)."""
+
+
+@dataclass
+class RetrainConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    window_s: float | None = None  # replay events of the last window_s seconds (event time)
+    max_per_partition: int | None = None  # and at most this many per partition
+    min_events: int = 1000  # fewer than this in the window: skip the cycle
+    force: bool = False  # activate past the quality gate
+
+
+@dataclass
+class CycleResult:
+    version: str | None  # the version trained (None: no training happened)
+    activated: bool
+    reason: str = ""  # why not activated
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90"``, ``"90s"``, ``"30m"``, ``"6h"`` or ``"7d"``."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    text = text.strip().lower()
+    scale = units.get(text[-1:])
+    number = text[:-1] if scale is not None else text
+    try:
+        value = float(number) * (scale or 1.0)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (e.g. 90s, 30m, 6h, 7d)") from None
+    if value <= 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return value
+
+
+class Retrainer:
+    """Runs retraining cycles for one deployment."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        kafka_bootstrap: str,
+        client: redis.Redis,
+        config: RetrainConfig,
+        progress: Progress | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = kafka_bootstrap
+        self.client = client
+        self.config = config
+        self.progress = progress
+        self.registry = Registry(client, settings.key_prefix)
+        self.stop_event = threading.Event()
+
+    def cycle(self) -> CycleResult:
+        """Replay, train, publish, register, activate (raises on failure)."""
+        since = time.time() - self.config.window_s if self.config.window_s else None
+        replay = replay_events(self.settings, self.bootstrap, since, self.config.max_per_partition)
+        if len(replay.events) < self.config.min_events:
+            raise RetrainError(
+                f"only {len(replay.events)} events in the window (need {self.config.min_events})"
+            )
+        data = from_events((e.user_id, e.item_id, e.type) for e in replay.events)
+        path = run_train(
+            data,
+            self.settings.model_store_path,
+            self.config.train,
+            parent=self.registry.active(),
+            progress=self.progress,
+            source=replay.describe(self.settings.events_topic),
+            exact_index_max_items=self.settings.exact_index_max_items,
+        )
+        model = load_model(path)
+        self.registry.register(model)
+        try:
+            Swapper(self.settings, self.client).activate(
+                model.version, force=self.config.force, progress=self.progress
+            )
+        except RegistryError as e:  # refused by the gate (or scorers did not follow)
+            log.warning(
+                "new version not activated", extra={"version": model.version, "reason": str(e)}
+            )
+            return CycleResult(model.version, False, str(e))
+        log.info("new version active", extra={"version": model.version, "metrics": model.metrics})
+        return CycleResult(model.version, True)
+
+    def run_once(self) -> CycleResult:
+        """One cycle; a failure is logged and reported, the active version keeps serving."""
+        started = time.perf_counter()
+        try:
+            result = self.cycle()
+        except Exception as e:
+            log.exception(
+                "retraining failed; the active version keeps serving",
+                extra={"active": self.registry.active(), "error": str(e)},
+            )
+            return CycleResult(None, False, f"{type(e).__name__}: {e}")
+        log.info(
+            "retraining cycle done",
+            extra={"seconds": time.perf_counter() - started, **vars(result)},
+        )
+        return result
+
+    def run(self, every_s: float | None = None, after_events: int | None = None) -> None:
+        """Cycle every ``every_s`` seconds, or whenever ``after_events`` new events arrived."""
+        if (every_s is None) == (after_events is None):
+            raise ValueError("give exactly one of every_s and after_events")
+        if every_s is not None:
+            while not self.stop_event.is_set():
+                next_at = time.monotonic() + every_s
+                self.run_once()
+                self.stop_event.wait(max(0.0, next_at - time.monotonic()))
+            return
+        assert after_events is not None
+        baseline = sum(end_offsets(self.settings, self.bootstrap).values())
+        while not self.stop_event.wait(1.0):
+            try:
+                total = sum(end_offsets(self.settings, self.bootstrap).values())
+            except Exception as e:
+                log.warning("cannot read the topic's end offsets", extra={"error": str(e)})
+                continue
+            if total - baseline >= after_events:
+                baseline = total
+                self.run_once()
