@@ -16,14 +16,23 @@ from stream.kafka import client_config
 
 
 class PublishError(RuntimeError):
-    """Events that the broker did not acknowledge."""
+    """Events that the broker did not acknowledge, listed in ``undelivered`` (in order).
+
+    Not acknowledged is not proof of not written: an event in flight when the broker went
+    away may be in the log, so publishing ``undelivered`` again may duplicate it.
+    """
+
+    def __init__(self, message: str, undelivered: list[Event] | None = None) -> None:
+        super().__init__(message)
+        self.undelivered = undelivered or []
 
 
 @dataclass
 class DeliveryReport:
     delivered: int = 0
-    failed: int = 0
-    errors: list[str] = field(default_factory=list)
+    failed: int = 0  # since the last flush
+    errors: list[str] = field(default_factory=list)  # first few reasons, since the last flush
+    undelivered: list[Event] = field(default_factory=list)  # since the last flush
     # partition -> highest acknowledged offset: what a consumer must reach to have seen all
     last_offsets: dict[int, int] = field(default_factory=dict)
 
@@ -64,6 +73,7 @@ class EventPublisher:
                 self.report.last_offsets[partition] = max(last, offset)
         else:
             self.report.failed += 1
+            self.report.undelivered.append(self.codec.decode(msg.value()))
             if len(self.report.errors) < 10:
                 self.report.errors.append(str(err))
 
@@ -91,14 +101,23 @@ class EventPublisher:
         return event
 
     def flush(self, timeout_s: float = 30.0) -> DeliveryReport:
-        remaining = self.producer.flush(timeout_s)
-        if remaining:
-            self.report.failed += remaining
-            self.report.errors.append(f"{remaining} events unacknowledged after {timeout_s}s")
+        """Wait for every acknowledgement; raise PublishError listing the events without one.
+
+        Events still unacknowledged after ``timeout_s`` are purged (so the error lists them
+        and they cannot arrive later behind the caller's back). After the error the
+        publisher is usable again: ``failed``/``undelivered`` restart from zero.
+        """
+        if self.producer.flush(timeout_s):
+            self.report.errors.append(f"unacknowledged after {timeout_s}s")
+            self.producer.purge()  # their delivery callbacks fire with a purge error
+            self.producer.flush(5.0)
         if self.report.failed:
-            raise PublishError(
-                f"{self.report.failed} events not delivered: {'; '.join(self.report.errors)}"
+            error = PublishError(
+                f"{self.report.failed} events not delivered: {'; '.join(self.report.errors)}",
+                self.report.undelivered,
             )
+            self.report.failed, self.report.errors, self.report.undelivered = 0, [], []
+            raise error
         return self.report
 
 
