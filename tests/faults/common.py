@@ -42,18 +42,32 @@ def applied_by(client: redis.Redis, settings: Settings, pid: int) -> float:
     return sum(s["applied"] for name, s in statuses.items() if name.endswith(f":{pid}"))
 
 
-def publish_stream(
-    settings: Settings, n_events: int, n_users: int, n_items: int, seed: int
-) -> tuple[Events, dict[int, int]]:
-    """Publish ``n_events`` random views; returns them in order and the acked end offsets."""
+def random_views(n_events: int, n_users: int, n_items: int, seed: int) -> Events:
     rng = np.random.default_rng(seed)
-    users = rng.integers(n_users, size=n_events)
-    items = rng.integers(n_items, size=n_events)
+    users = rng.integers(n_users, size=n_events).tolist()
+    items = rng.integers(n_items, size=n_events).tolist()
+    return [(f"u{u}", f"i{i}", 1.0) for u, i in zip(users, items, strict=True)]
+
+
+def publish_stream(
+    settings: Settings,
+    n_events: int,
+    n_users: int,
+    n_items: int,
+    seed: int,
+    chunks: int = 1,
+    pause_s: float = 0.0,
+) -> tuple[Events, dict[int, int]]:
+    """Publish random views (in ``chunks``, ``pause_s`` apart); the events and acked ends."""
+    events = random_views(n_events, n_users, n_items, seed)
     publisher = EventPublisher(settings, settings.kafka_bootstrap)
-    events: Events = []
-    for u, i in zip(users.tolist(), items.tolist(), strict=True):
-        event = publisher.send(f"u{u}", f"i{i}", "view", ts=1.0)
-        events.append((event.user_id, event.item_id, 1.0))
+    size = -(-n_events // chunks)
+    for start in range(0, n_events, size):
+        if start:
+            time.sleep(pause_s)
+        for user, item, _ in events[start : start + size]:
+            publisher.send(user, item, "view", ts=1.0)
+        publisher.producer.poll(0)
     return events, publisher.flush().last_offsets
 
 
