@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KafkaBroker",
     "RedisServer",
+    "S3Server",
     "StackError",
     "StackInfo",
     "StackNotRunning",
@@ -428,6 +429,57 @@ class KafkaBroker(_ServerProcess):
     def bootstrap(self) -> str:
         """``127.0.0.1:port``, for ``bootstrap.servers`` / ``KAFKA_BOOTSTRAP``."""
         return f"{HOST}:{self.port}"
+
+
+class S3Server(_ServerProcess):
+    """A local S3 endpoint (``moto_server``, PyPI ``moto[server]``, in memory).
+
+    It gives Tansu a log that outlives the broker process: ``KafkaBroker(storage_engine=
+    f"s3://{bucket}/", env=s3.aws_env)`` comes back from a kill with every acknowledged message.
+    """
+
+    name = "moto_server"
+    log_name = "moto.log"
+    stop_signal = signal.SIGTERM
+
+    def __init__(
+        self, data_dir: Path | str, *, port: int | None = None, start_timeout: float = 30.0,
+        die_with_parent: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(
+            data_dir, port=port, extra_args=(), env=None, start_timeout=start_timeout,
+            detached=False, die_with_parent=die_with_parent,
+        )  # fmt: skip
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)]
+
+    def _probe(self) -> bool:
+        return _port_open(self.port)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def aws_env(self) -> dict[str, str]:
+        """What Tansu needs to use this endpoint (any credentials: moto checks none)."""
+        return {
+            "AWS_ENDPOINT": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "ledrec",
+            "AWS_SECRET_ACCESS_KEY": "ledrec",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def create_bucket(self, bucket: str) -> None:
+        """Create ``bucket`` (Tansu expects it to exist)."""
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.endpoint}/{bucket}", method="PUT")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            if response.status != 200:
+                raise StackError(f"cannot create bucket {bucket!r}: HTTP {response.status}")
 
 
 # --------------------------------------------------------------------------- Kafka helpers
