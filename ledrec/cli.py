@@ -199,48 +199,76 @@ def _load_data(args: argparse.Namespace) -> tuple[Any, str]:
         return dataset.load_movielens(Path(args.movielens)), f"movielens:{args.movielens}"
     if args.events_csv:
         return dataset.load_csv(Path(args.events_csv)), f"csv:{args.events_csv}"
-    from training import synthetic
+    from training.synthetic import SyntheticConfig, synthetic_interactions
 
-    data = synthetic.generate_interactions(
+    config = SyntheticConfig(
         n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed
     )
-    return data, f"synthetic:{args.synthetic_users}x{args.synthetic_items}:seed{args.seed}"
+    return synthetic_interactions(config), f"synthetic:{config}"
+
+
+def _finetune_config(args: argparse.Namespace) -> Any:
+    if args.svd_only:
+        return None
+    from training.finetune import FinetuneConfig
+
+    overrides = {} if args.epochs is None else {"epochs": args.epochs}
+    return FinetuneConfig(
+        loss=args.loss, variant=args.variant, dim=args.dim, seed=args.seed, **overrides
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from stream.artifact import load_model
     from stream.registry import Registry
-    from training.finetune import FinetuneConfig
-    from training.jobs import run_train
+    from training.jobs import PretrainConfig, TrainConfig, run_train
 
     settings = _settings(args)
     data, source = _load_data(args)
-    config = FinetuneConfig(
-        loss=args.loss, variant=args.variant, dim=args.dim, epochs=args.epochs, seed=args.seed
+    config = TrainConfig(
+        pretrain=PretrainConfig(dim=args.dim), finetune=_finetune_config(args), seed=args.seed
     )
-    path = run_train(data, settings.model_store_path, config, progress=print, source=source)
+    path = run_train(
+        data,
+        settings.model_store_path,
+        config,
+        progress=print,
+        source=source,
+        exact_index_max_items=settings.exact_index_max_items,
+    )
     print(f"model saved: {path}")
     if args.register or args.activate:
-        from stream.swap import Swapper
-
         _, url = _addresses(settings)
-        client = _redis(url)
+        registry = Registry(_redis(url), settings.key_prefix)
         model = load_model(path)
-        Registry(client, settings.key_prefix).register(model)
-        if args.activate:  # the full swap: quality gate, back-fill, scorers, flip
-            Swapper(settings, client).activate(model.version, force=args.force, progress=print)
+        registry.register(model)
+        if args.activate:
+            registry.activate(model.version)
             print(f"activated {model.version}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.jobs import run_evaluate
+    from training.jobs import (
+        PretrainConfig,
+        default_finetune_configs,
+        default_scarce_configs,
+        run_evaluate,
+    )
 
     data, source = _load_data(args)
-    report = run_evaluate(
-        data, Path(args.out), seed=args.seed, progress=print, source=source, quick=args.quick
+    overrides = {} if args.epochs is None else {"epochs": args.epochs}
+    run_evaluate(
+        data,
+        Path(args.out),
+        [] if args.svd_only else default_finetune_configs(args.dim, args.seed, **overrides),
+        [] if args.svd_only else default_scarce_configs(args.dim, args.seed, **overrides),
+        pretrain=PretrainConfig(dim=args.dim),
+        seed=args.seed,
+        source=source,
+        progress=print,
     )
-    print(f"report written to {args.out}/report.md and report.json ({len(report['rows'])} rows)")
+    print(f"report written to {args.out}/report.md and {args.out}/report.json")
     return 0
 
 
@@ -388,21 +416,21 @@ def build_parser() -> argparse.ArgumentParser:
         src = p.add_mutually_exclusive_group()
         src.add_argument("--movielens", help="MovieLens directory (ratings.csv or ratings.dat)")
         src.add_argument("--events-csv", help="CSV with user_id,item_id,type")
-        p.add_argument("--synthetic-users", type=int, default=5000)
-        p.add_argument("--synthetic-items", type=int, default=1000)
+        p.add_argument("--synthetic-users", type=int, default=10_000)
+        p.add_argument("--synthetic-items", type=int, default=2_000)
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--dim", type=int, default=256)
+        p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the config's)")
+        p.add_argument("--svd-only", action="store_true", help="pre-training only, no fine-tuning")
         p.set_defaults(func=func)
     train = sub.choices["train"]
     train.add_argument("--loss", default="css", choices=["bpr", "ns", "css", "mult"])
     train.add_argument("--variant", default="train", choices=["train", "proj"])
-    train.add_argument("--dim", type=int, default=256)
-    train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--register", action="store_true", help="register the version in Redis")
     train.add_argument("--activate", action="store_true", help="register and activate it")
     train.add_argument("--force", action="store_true", help="activate past the quality gate")
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--out", default="reports/evaluate")
-    evaluate.add_argument("--quick", action="store_true", help="fewer variants, for a smoke run")
 
     p = sub.add_parser("models", help="list, register, activate, roll back model versions")
     p.add_argument(
@@ -434,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--movielens", help="MovieLens-1M directory (default: search known places)")
     p.add_argument("--synthetic", action="store_true", help="use the synthetic generator")
     p.add_argument("--users", type=int, default=600, help="held-out users replayed online")
+    p.add_argument("--dim", type=int, default=256, help="embedding dimension")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -50,7 +50,7 @@ def find_movielens(explicit: str | None) -> Path | None:
     try:  # offline machines fail here within the timeout and use the synthetic data
         CACHE.mkdir(parents=True, exist_ok=True)
         archive = CACHE / "ml-1m.zip"
-        with urllib.request.urlopen(MOVIELENS_URL, timeout=5) as r:  # noqa: S310 (fixed https URL)
+        with urllib.request.urlopen(MOVIELENS_URL, timeout=5) as r:
             archive.write_bytes(r.read())
         with zipfile.ZipFile(archive) as z:
             z.extractall(CACHE)
@@ -81,23 +81,27 @@ def run_demo(args: argparse.Namespace) -> int:
     from training.dataset import load_movielens
     from training.evaluate import led_score_fn
     from training.finetune import FinetuneConfig
-    from training.jobs import run_train
+    from training.jobs import PretrainConfig, TrainConfig, run_train
     from training.split import strong_generalization_split
-    from training.synthetic import generate_interactions
+    from training.synthetic import SyntheticConfig, synthetic_interactions
 
     home = Path(tempfile.mkdtemp(prefix="ledrec-demo-"))
     path = None if args.synthetic else find_movielens(args.movielens)
     if path is not None:
         data, source = load_movielens(path), f"MovieLens-1M ({path})"
     else:
-        data, source = generate_interactions(n_users=6000, n_items=2000, seed=0), "synthetic (seeded)"
+        data, source = (
+            generate_interactions(n_users=6000, n_items=2000, seed=0),
+            "synthetic (seeded)",
+        )
     _say(f"data: {source}: {data.n_users} users, {data.n_items} items, {data.clicks.nnz} clicks")
 
     # The test users of the evaluation protocol never reach the trainer; their fold-in
     # events are replayed online below.
     split = strong_generalization_split(data, seed=0)
     t0 = time.perf_counter()
-    model_path = run_train(data, home / "models", FinetuneConfig(), progress=_say, source=source)
+    config = TrainConfig(PretrainConfig(dim=args.dim), FinetuneConfig(dim=args.dim), seed=0)
+    model_path = run_train(data, home / "models", config, progress=_say, source=source)
     model = load_model(model_path)
     _say(f"trained {model.version} (d={model.dim}) in {time.perf_counter() - t0:.1f}s")
 
@@ -119,7 +123,8 @@ def run_demo(args: argparse.Namespace) -> int:
             "LEDREC_TIMELINE_MAX": str(settings.timeline_max),
         }
         ensure_topics(
-            stack.kafka_bootstrap, {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1}
+            stack.kafka_bootstrap,
+            {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
         )
         r = redis.Redis.from_url(stack.redis_url)
         registry = Registry(r, settings.key_prefix)
@@ -129,7 +134,9 @@ def run_demo(args: argparse.Namespace) -> int:
         processes.append(_spawn(["consume"], env, home / "logs" / "consumer.log"))
         processes.append(_spawn(["serve"], env, home / "logs" / "scorer.log"))
         deadline = time.time() + 60
-        while not any(s.get("partitions") for s in consumer_statuses(r, settings.key_prefix).values()):
+        while not any(
+            s.get("partitions") for s in consumer_statuses(r, settings.key_prefix).values()
+        ):
             if time.time() > deadline:
                 raise RuntimeError(f"consumer did not join; see {home / 'logs' / 'consumer.log'}")
             time.sleep(0.2)
@@ -141,25 +148,31 @@ def run_demo(args: argparse.Namespace) -> int:
         publisher = EventPublisher(settings, stack.kafka_bootstrap)
         n_events = 0
         t_pub = time.perf_counter()
-        for j in range(users):
+        assert split.test_users is not None
+        user_ids = [str(data.user_ids[row]) for row in split.test_users[:users]]
+        for j, user in enumerate(user_ids):
             for col in test_in.indices[test_in.indptr[j] : test_in.indptr[j + 1]]:
-                publisher.send(f"test-{j}", str(split.item_ids[col]), "click")
+                publisher.send(user, str(split.item_ids[col]), "click")
                 n_events += 1
         publisher.flush()
         published_s = time.perf_counter() - t_pub
-        while sum(s["applied"] for s in consumer_statuses(r, settings.key_prefix).values()) < n_events:
+        while (
+            sum(s["applied"] for s in consumer_statuses(r, settings.key_prefix).values()) < n_events
+        ):
             if time.perf_counter() - t_pub > 120:
                 raise RuntimeError("consumer did not apply every event in 120 s")
             time.sleep(0.01)
         ingest_s = time.perf_counter() - t_pub
-        _say(f"published {n_events} events in {published_s:.2f}s; all applied after {ingest_s:.2f}s")
+        _say(
+            f"published {n_events} events in {published_s:.2f}s; all applied after {ingest_s:.2f}s"
+        )
 
         client = RecommenderClient(r, settings.request_queue, settings.key_prefix, timeout_s=5.0)
         latencies, online = [], np.zeros((users, 50), dtype=np.int64)
         row_of = {str(item): i for i, item in enumerate(split.item_ids.tolist())}
-        for j in range(users):
+        for j, user in enumerate(user_ids):
             t = time.perf_counter()
-            items = client.recommend(f"test-{j}", k=50)
+            items = client.recommend(user, k=50)
             latencies.append(time.perf_counter() - t)
             online[j] = [row_of[i] for i, _ in items]
         # The same model, scored offline from the same timelines.
@@ -181,8 +194,12 @@ def run_demo(args: argparse.Namespace) -> int:
               f"(publish → applied in Redis, one consumer)")  # fmt: skip
         print(f"  request latency  p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms "
               f"({users} sequential requests, k=50, Redis RPC)")  # fmt: skip
-        print(f"  Recall@20        online {report['online'][20]:.4f}   offline {report['offline'][20]:.4f}")
-        print(f"  Recall@50        online {report['online'][50]:.4f}   offline {report['offline'][50]:.4f}")
+        print(
+            f"  Recall@20        online {report['online'][20]:.4f}   offline {report['offline'][20]:.4f}"
+        )
+        print(
+            f"  Recall@50        online {report['online'][50]:.4f}   offline {report['offline'][50]:.4f}"
+        )
         print(f"  agreement        identical top-20 for {same_top20}/{users} users (exact index)")
         ok = abs(report["online"][20] - report["offline"][20]) < 1e-3 and same_top20 >= 0.99 * users
         print(f"  online == offline: {'yes' if ok else 'NO'}")
