@@ -90,10 +90,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if path is not None:
         data, source = load_movielens(path), f"MovieLens-1M ({path})"
     else:
-        data, source = (
-            generate_interactions(n_users=6000, n_items=2000, seed=0),
-            "synthetic (seeded)",
-        )
+        data = synthetic_interactions(SyntheticConfig(n_users=10_000, n_items=2_000, seed=0))
+        source = "synthetic generator (seeded; no MovieLens-1M files found)"
     _say(f"data: {source}: {data.n_users} users, {data.n_items} items, {data.clicks.nnz} clicks")
 
     # The test users of the evaluation protocol never reach the trainer; their fold-in
@@ -187,20 +185,21 @@ def run_demo(args: argparse.Namespace) -> int:
         }
         same_top20 = int(sum(set(online[j, :20]) == set(offline[j, :20]) for j in range(users)))
         lat = np.array(latencies) * 1e3
-        print()
-        print(f"ledrec demo — {source}")
-        print(f"  model            {model.version}: {model.n_items} items, d={model.dim}")
-        print(f"  ingest           {n_events} events from {users} users: {n_events / ingest_s:,.0f} events/s "
-              f"(publish → applied in Redis, one consumer)")  # fmt: skip
-        print(f"  request latency  p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms "
-              f"({users} sequential requests, k=50, Redis RPC)")  # fmt: skip
-        print(
-            f"  Recall@20        online {report['online'][20]:.4f}   offline {report['offline'][20]:.4f}"
-        )
-        print(
-            f"  Recall@50        online {report['online'][50]:.4f}   offline {report['offline'][50]:.4f}"
-        )
-        print(f"  agreement        identical top-20 for {same_top20}/{users} users (exact index)")
+        p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
+        on, off = report["online"], report["offline"]
+        lines = [
+            "",
+            f"ledrec demo — {source}",
+            f"  model            {model.version}: {model.n_items} items, d={model.dim}",
+            f"  ingest           {n_events} events of {users} users: "
+            f"{n_events / ingest_s:,.0f} events/s (publish → applied in Redis, one consumer)",
+            f"  request latency  p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+            f"({users} sequential requests, k=50, Redis RPC)",
+            f"  Recall@20        online {on[20]:.4f}   offline {off[20]:.4f}",
+            f"  Recall@50        online {on[50]:.4f}   offline {off[50]:.4f}",
+            f"  agreement        identical top-20 for {same_top20}/{users} users (exact index)",
+        ]
+        print("\n".join(lines))
         ok = abs(report["online"][20] - report["offline"][20]) < 1e-3 and same_top20 >= 0.99 * users
         print(f"  online == offline: {'yes' if ok else 'NO'}")
         return 0 if ok else 1
