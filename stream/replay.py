@@ -1,14 +1,17 @@
 """Bounded replay of the events topic: the trainer's view of recent history.
 
-Partitions are assigned directly (no consumer group, nothing committed), each read from
-the start of the window to the high watermark seen when the replay began, so a replay
-always ends even while producers keep publishing.
+Partitions are assigned directly (no consumer group, nothing committed) and read from the
+start of the window to their end. The end is where the partition reports EOF, or the
+first message produced after the replay began, so a replay ends even while producers keep
+publishing. (High watermarks are not used: Tansu was measured to report 1 for partitions
+holding thousands of messages.)
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -61,15 +64,19 @@ def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
     return sorted(meta.partitions)
 
 
-def end_offsets(settings: Settings, bootstrap: str, timeout_s: float = 10.0) -> dict[int, int]:
-    """High watermark of every partition of the events topic."""
+def consumed_total(settings: Settings, bootstrap: str, timeout_s: float = 10.0) -> int:
+    """Events the state updaters' consumer group has committed, over all partitions."""
     consumer = _consumer(settings, bootstrap)
     try:
         topic = settings.events_topic
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1]
-            for p in _partitions(consumer, topic, timeout_s)
-        }
+        parts = [TopicPartition(topic, p) for p in _partitions(consumer, topic, timeout_s)]
+        probe = Consumer(
+            client_config(bootstrap, settings.kafka_config, **{"group.id": settings.consumer_group})
+        )
+        try:
+            return sum(max(0, tp.offset) for tp in probe.committed(parts, timeout=timeout_s))
+        finally:
+            probe.close()
     finally:
         consumer.close()
 
@@ -87,45 +94,46 @@ def replay_events(
     topic = settings.events_topic
     consumer = _consumer(settings, bootstrap)
     replay = Replay()
+    began_ms = int(time.time() * 1000)
+    kept: dict[int, deque[Event]] = {}
     try:
         assign = []
         for p in _partitions(consumer, topic, timeout_s):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            low, _ = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
             start = low
-            if max_per_partition is not None:
-                start = max(start, high - max_per_partition)
             if since_ts is not None:
                 start = max(start, _offset_at(consumer, topic, p, since_ts, low, timeout_s))
-            replay.start[p], replay.end[p] = start, high
-            if start < high:
-                assign.append(TopicPartition(topic, p, start))
+            replay.start[p] = replay.end[p] = start
+            kept[p] = deque(maxlen=max_per_partition)
+            assign.append(TopicPartition(topic, p, start))
         consumer.assign(assign)
-        remaining: set[int | None] = {tp.partition for tp in assign}
+        remaining = set(kept)
         deadline = time.monotonic() + timeout_s
         while remaining:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"replay of {topic} did not reach the end of {remaining}")
             for msg in consumer.consume(1000, 0.5):
                 part, offset, err = msg.partition(), msg.offset(), msg.error()
+                if part is None or part not in remaining:
+                    continue
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         remaining.discard(part)
                     continue
-                assert part is not None and offset is not None
-                if offset >= replay.end[part]:
-                    remaining.discard(part)
+                if offset is None or msg.timestamp()[1] > began_ms:
+                    remaining.discard(part)  # produced after the replay began
                     continue
+                replay.end[part] = offset + 1
                 try:
                     event = codec.decode(msg.value())
                 except EventError:
                     replay.bad += 1
-                else:
-                    if since_ts is None or event.ts >= since_ts:
-                        replay.events.append(event)
-                if offset >= replay.end[part] - 1:
-                    remaining.discard(part)
+                    continue
+                if since_ts is None or event.ts >= since_ts:
+                    kept[part].append(event)
     finally:
         consumer.close()
+    replay.events = [e for p in sorted(kept) for e in kept[p]]
     return replay
 
 

@@ -24,7 +24,7 @@ import redis
 from ledrec.settings import Settings
 from stream.artifact import load_model
 from stream.registry import Registry, RegistryError
-from stream.replay import end_offsets, replay_events
+from stream.replay import consumed_total, replay_events
 from stream.swap import Swapper
 from training.dataset import from_events
 from training.jobs import TrainConfig, run_train
@@ -138,7 +138,8 @@ class Retrainer:
         return result
 
     def run(self, every_s: float | None = None, after_events: int | None = None) -> None:
-        """Cycle every ``every_s`` seconds, or whenever ``after_events`` new events arrived."""
+        """Cycle every ``every_s`` seconds, or whenever the state updaters have consumed
+        ``after_events`` more events (their group's committed offsets)."""
         if (every_s is None) == (after_events is None):
             raise ValueError("give exactly one of every_s and after_events")
         if every_s is not None:
@@ -148,12 +149,12 @@ class Retrainer:
                 self.stop_event.wait(max(0.0, next_at - time.monotonic()))
             return
         assert after_events is not None
-        baseline = sum(end_offsets(self.settings, self.bootstrap).values())
+        baseline = consumed_total(self.settings, self.bootstrap)
         while not self.stop_event.wait(1.0):
             try:
-                total = sum(end_offsets(self.settings, self.bootstrap).values())
+                total = consumed_total(self.settings, self.bootstrap)
             except Exception as e:
-                log.warning("cannot read the topic's end offsets", extra={"error": str(e)})
+                log.warning("cannot read the consumed offsets", extra={"error": str(e)})
                 continue
             if total - baseline >= after_events:
                 baseline = total
