@@ -119,6 +119,7 @@ class StateUpdater:
         by_user: dict[str, list[TimelineEvent]] = defaultdict(list)
         last_offsets: dict[tuple[str, int], int] = {}
         dead = 0
+        decode, weights = self.codec.decode_fields, self.settings.event_weights
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -129,16 +130,12 @@ class StateUpdater:
             assert topic is not None and partition is not None and offset is not None
             last_offsets[(topic, partition)] = offset
             try:
-                event = self.codec.decode(msg.value())
+                user_id, item_id, kind, _ts = decode(msg.value())
             except EventError as e:
                 self._dead_letter(msg, e.reason)
                 dead += 1
                 continue
-            by_user[event.user_id].append(
-                TimelineEvent(
-                    partition, offset, event.item_id, self.settings.event_weights[event.type]
-                )
-            )
+            by_user[user_id].append(TimelineEvent(partition, offset, item_id, weights[kind]))
         if by_user:
             stats = self._apply(by_user)
             if self._kill_after_write == self.totals.batches + 1:
