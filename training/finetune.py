@@ -69,7 +69,7 @@ class Batch:
     inputs: sparse.csr_matrix  # (B, R) row-normalised input items: u = inputs @ V_R
     owner: Array  # (P,) user of each positive pair
     targets: Array  # (P,) local id of each positive pair's item
-    negatives: Array  # (B, N) local ids, or (N,) shared by every user (Mult: all items)
+    negatives: Array  # (B, N) local ids of each user's negatives (Mult: every item)
     valid: Array  # (B, N) the negative is not one of the user's input items
 
 
@@ -97,7 +97,8 @@ def _sample_batch(
     n_users, n_items = clicks.shape
     user, item, is_target = _split_timelines(clicks, dropout, rng)
     if negative_sampler is None:
-        negatives, items = np.arange(n_items), np.arange(n_items)
+        items = np.arange(n_items)
+        negatives = np.broadcast_to(items, (n_users, n_items))
     else:
         negatives = negative_sampler(n_users)  # (B, N) catalog ids
         items = np.unique(np.concatenate([item, negatives.ravel()]))
@@ -133,37 +134,69 @@ def _gradients(
     vectors = _item_vectors(params, base, batch.items)  # (R, d)
     biases = params["biases"][batch.items]  # (R,)
     users = batch.inputs @ vectors  # (B, d)
-    pos = np.einsum("pd,pd->p", users[batch.owner], vectors[batch.targets])
-    pos += biases[batch.targets]  # (P,)
-    if batch.negatives.ndim == 1:
-        neg = users @ vectors[batch.negatives].T + biases[batch.negatives]  # (B, N)
-        negatives = np.broadcast_to(batch.negatives, batch.valid.shape)
-    else:
-        neg = np.einsum("bd,bnd->bn", users, vectors[batch.negatives])
-        neg += biases[batch.negatives]
-        negatives = batch.negatives
-    value, dpos, dneg = loss(pos, neg, batch.owner, batch.valid)
-    # dL/ds(u_b, item r) for every scored pair, as one sparse (R, B) matrix.
-    n_users = batch.inputs.shape[0]
-    dscores = sparse.csr_matrix(
-        (
-            np.concatenate([dpos, dneg.ravel()]),
-            (
-                np.concatenate([batch.targets, negatives.ravel()]),
-                np.concatenate([batch.owner, np.repeat(np.arange(n_users), neg.shape[1])]),
-            ),
-        ),
-        shape=(len(batch.items), n_users),
-    )
-    dusers = np.asarray(dscores.T @ vectors)  # (B, d)
-    dvectors = np.asarray(dscores @ users + batch.inputs.T @ dusers)  # (R, d)
-    grads = {"biases": np.asarray(dscores.sum(axis=1)).ravel()}
+    scorer = _dense_scores if _dense_is_cheaper(batch) else _gathered_scores
+    value, dusers, dvectors, dbiases = scorer(users, vectors, biases, batch, loss)
+    dvectors += batch.inputs.T @ dusers  # through u = inputs @ V_R
+    grads = {"biases": dbiases}
     if "projection" in params:
         assert base is not None
         grads["projection"] = dvectors.T @ base[batch.items]  # (d, d)
     else:
         grads["embeddings"] = dvectors
     return value, grads
+
+
+Scorer = Callable[[Array, Array, Array, Batch, Loss], tuple[float, Array, Array, Array]]
+
+
+def _dense_is_cheaper(batch: Batch) -> bool:
+    """One (B, R) GEMM beats gathering B·N vectors unless R ≫ N (never when R grows with I)."""
+    return bool(len(batch.items) <= _DENSE_RATIO * batch.negatives.shape[1])
+
+
+_DENSE_RATIO = 16  # BLAS GEMM vs numpy gather throughput, measured on 2 cores
+
+
+def _dense_scores(
+    users: Array, vectors: Array, biases: Array, batch: Batch, loss: Loss
+) -> tuple[float, Array, Array, Array]:
+    """Scores of every (user, batch item) pair at once; loss, dL/du, dL/dV_R, dL/db_R."""
+    n_users, n_items = len(users), len(vectors)
+    scores = users @ vectors.T + biases  # (B, R)
+    pos = scores[batch.owner, batch.targets]  # (P,)
+    neg = np.take_along_axis(scores, batch.negatives, axis=1)  # (B, N)
+    value, dpos, dneg = loss(pos, neg, batch.owner, batch.valid)
+    flat = np.concatenate([batch.owner * n_items + batch.targets, _flat_negatives(batch)])
+    weights = np.concatenate([dpos, dneg.ravel()])
+    dscores = np.bincount(flat, weights, n_users * n_items).reshape(n_users, n_items)
+    return value, dscores @ vectors, dscores.T @ users, dscores.sum(axis=0)
+
+
+def _gathered_scores(
+    users: Array, vectors: Array, biases: Array, batch: Batch, loss: Loss
+) -> tuple[float, Array, Array, Array]:
+    """Scores of the scored pairs only, O((P + B·N)·d); same outputs as ``_dense_scores``."""
+    n_users, n_items = len(users), len(vectors)
+    pos = np.einsum("pd,pd->p", users[batch.owner], vectors[batch.targets])
+    pos += biases[batch.targets]  # (P,)
+    neg = np.einsum("bd,bnd->bn", users, vectors[batch.negatives])
+    neg += biases[batch.negatives]  # (B, N)
+    value, dpos, dneg = loss(pos, neg, batch.owner, batch.valid)
+    flat = np.concatenate([batch.owner * n_items + batch.targets, _flat_negatives(batch)])
+    dscores = sparse.csr_matrix(  # (B, R), summing duplicate pairs
+        (np.concatenate([dpos, dneg.ravel()]), np.divmod(flat, n_items)),
+        shape=(n_users, n_items),
+    )
+    dbiases = np.asarray(dscores.sum(axis=0)).ravel()
+    return value, np.asarray(dscores @ vectors), np.asarray(dscores.T @ users), dbiases
+
+
+def _flat_negatives(batch: Batch) -> Array:
+    """(B·N,) flat index user·R + item of every negative."""
+    n_users, n_negatives = batch.negatives.shape
+    rows = np.repeat(np.arange(n_users) * len(batch.items), n_negatives)
+    flat: Array = rows + batch.negatives.ravel()
+    return flat
 
 
 class _Adam:

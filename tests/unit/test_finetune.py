@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import training.finetune as finetune_module
 from training.dataset import binary_matrix
 from training.evaluate import evaluate_scores, led_score_fn
 from training.finetune import (
@@ -53,11 +54,13 @@ def _full_gradient(params: dict[str, np.ndarray], grads: dict[str, np.ndarray], 
     return full
 
 
+@pytest.mark.parametrize("dense_ratio", [0, 10**9], ids=["gathered", "dense"])
 @pytest.mark.parametrize("loss_name", ["bpr", "ns", "css", "mult"])
 @pytest.mark.parametrize("variant", ["train", "proj"])
 def test_chain_gradient_matches_finite_differences(
-    split: Split, loss_name: str, variant: str
+    split: Split, loss_name: str, variant: str, dense_ratio: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(finetune_module, "_DENSE_RATIO", dense_ratio)
     rng = np.random.default_rng(1)
     dim = 5
     config = FinetuneConfig(loss=loss_name, n_negatives=7, dim=dim)
