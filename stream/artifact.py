@@ -149,15 +149,27 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path} has no {MANIFEST}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path / MANIFEST} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path / MANIFEST} is not a JSON object")
     if manifest.get("format") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: unsupported artifact format {manifest.get('format')!r}")
+    for key, kind in (("version", str), ("dim", int), ("n_items", int), ("files", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise ArtifactError(f"{path / MANIFEST}: {key!r} missing or not a {kind.__name__}")
     return manifest
 
 
 def verify_files(path: Path, manifest: dict[str, Any]) -> None:
-    """Check every file listed in the manifest for size and sha256."""
-    for name, meta in manifest.get("files", {}).items():
+    """Check every file listed in the manifest for size and sha256; every array must be listed
+    (an unlisted file would be loaded unchecked)."""
+    files = manifest["files"]
+    unlisted = [name for name in ARRAY_FILES if name not in files]
+    if unlisted:
+        raise ArtifactError(f"{path.name}: manifest has no checksum for {', '.join(unlisted)}")
+    for name, meta in files.items():
         f = path / name
+        if not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int):
+            raise ArtifactError(f"{path.name}: malformed manifest entry for {name}")
         if not f.is_file():
             raise ArtifactError(f"{path.name}: missing {name}")
         if f.stat().st_size != meta["bytes"]:
@@ -173,7 +185,7 @@ def load_model(path: Path) -> Model:
     verify_files(path, manifest)
     try:
         arrays = {name: np.load(path / name, allow_pickle=False) for name in ARRAY_FILES}
-    except ValueError as e:
+    except (ValueError, EOFError, OSError) as e:
         raise ArtifactError(f"{path.name}: unreadable array: {e}") from None
     model = Model(
         item_ids=arrays["item_ids.npy"],
@@ -186,7 +198,10 @@ def load_model(path: Path) -> Model:
         created_at=float(manifest.get("created_at", 0.0)),
         path=path,
     )
-    model.validate()
+    try:
+        model.validate()
+    except ArtifactError as e:
+        raise ArtifactError(f"{path.name}: {e}") from None
     if model.dim != manifest["dim"] or model.n_items != manifest["n_items"]:
         raise ArtifactError(f"{path.name}: arrays disagree with the manifest's dim/n_items")
     return model
