@@ -100,14 +100,15 @@ def _sample_batch(
         items = np.arange(n_items)
         negatives = np.broadcast_to(items, (n_users, n_items))
     else:
-        negatives = negative_sampler(n_users)  # (B, N) catalog ids
-        items = np.unique(np.concatenate([item, negatives.ravel()]))
-        negatives = np.searchsorted(items, negatives)
+        sampled = negative_sampler(n_users)  # (B, N) catalog ids
+        items, local = np.unique(np.concatenate([item, sampled.ravel()]), return_inverse=True)
+        negatives = local[len(item) :].reshape(sampled.shape)
     local = np.searchsorted(items, item)
     n_inputs = np.bincount(user[~is_target], minlength=n_users)
     inputs = sparse.csr_matrix(
         (1.0 / n_inputs[user[~is_target]], (user[~is_target], local[~is_target])),
         shape=(n_users, len(items)),
+        dtype=np.float32,
     )
     # A negative is valid unless it is one of its user's inputs (keys user·R + item).
     input_keys = user[~is_target] * len(items) + local[~is_target]
@@ -168,8 +169,10 @@ def _dense_scores(
     value, dpos, dneg = loss(pos, neg, batch.owner, batch.valid)
     flat = np.concatenate([batch.owner * n_items + batch.targets, _flat_negatives(batch)])
     weights = np.concatenate([dpos, dneg.ravel()])
-    dscores = np.bincount(flat, weights, n_users * n_items).reshape(n_users, n_items)
-    return value, dscores @ vectors, dscores.T @ users, dscores.sum(axis=0)
+    dscores = np.bincount(flat, weights, n_users * n_items).astype(users.dtype)
+    dscores = dscores.reshape(n_users, n_items)
+    dvectors = np.ascontiguousarray((users.T @ dscores).T)  # (R, d)
+    return value, dscores @ vectors, dvectors, dscores.sum(axis=0)
 
 
 def _gathered_scores(

@@ -73,7 +73,7 @@ class BPR:
         self, pos: Array, neg: Array, owner: Array, valid: Array
     ) -> tuple[float, Array, Array]:
         n_pairs = len(pos)
-        weight = valid / valid.sum(axis=1, keepdims=True)  # (B, N): 1/n_b on valid negatives
+        weight = (valid / valid.sum(axis=1, keepdims=True)).astype(neg.dtype)  # (B, N): 1/n_b
         margin = pos[:, None] - neg[owner]  # (P, N)
         value = float(np.sum(_softplus(-margin) * weight[owner]) / n_pairs)
         dmargin = -_sigmoid(-margin) * weight[owner] / n_pairs  # (P, N)
