@@ -30,7 +30,7 @@ from stream.artifact import ArtifactError
 from stream.protocol import Limits, Request, RequestError
 from stream.registry import ModelCache, Registry
 from stream.scorer import Query, Scorer
-from stream.state import UserStateStore
+from stream.state import UserStateStore, execute_raw
 
 log = logging.getLogger("ledrec.server")
 
@@ -275,11 +275,17 @@ class RecommendServer:
         if requests and scorer is not None:
             replies += self._score(scorer, requests)
         if replies:
-            pipe = self.client.pipeline(transaction=False)
-            for key, body in replies:
-                pipe.lpush(key, body)
-                pipe.expire(key, 30)
-            pipe.execute()
+            commands: list[bytes] = []
+            for key, body in replies:  # LPUSH key body; EXPIRE key 30 (packed: hot path)
+                k = key.encode()
+                commands.append(
+                    b"*3\r\n$5\r\nLPUSH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+                    % (len(k), k, len(body), body)
+                )
+                commands.append(b"*3\r\n$6\r\nEXPIRE\r\n$%d\r\n%b\r\n$2\r\n30\r\n" % (len(k), k))
+            for reply in execute_raw(self.client, commands):
+                if isinstance(reply, Exception):
+                    raise reply
 
     def _score(self, scorer: Scorer, requests: list[Request]) -> list[tuple[str, bytes]]:
         user_ids = [r.user_id for r in requests if r.user_id is not None]
