@@ -98,12 +98,13 @@ def _sample_batch(
     user, item, is_target = _split_timelines(clicks, dropout, rng)
     if negative_sampler is None:
         items = np.arange(n_items)
-        negatives = np.broadcast_to(items, (n_users, n_items))
+        sampled = np.broadcast_to(items, (n_users, n_items))  # Mult: every item
     else:
         sampled = negative_sampler(n_users)  # (B, N) catalog ids
-        items, local = np.unique(np.concatenate([item, sampled.ravel()]), return_inverse=True)
-        negatives = local[len(item) :].reshape(sampled.shape)
-    local = np.searchsorted(items, item)
+        items = np.unique(np.concatenate([item, sampled.ravel()]))
+    position = np.empty(n_items, dtype=np.int32)  # catalog id -> local id, set on touched ids
+    position[items] = np.arange(len(items))
+    local, negatives = position[item], position[sampled]
     n_inputs = np.bincount(user[~is_target], minlength=n_users)
     inputs = sparse.csr_matrix(
         (1.0 / n_inputs[user[~is_target]], (user[~is_target], local[~is_target])),
@@ -231,7 +232,7 @@ def _negative_sampler(
         return None
     n_items, n = clicks.shape[1], config.n_negatives
     if config.negatives == "uniform":
-        return lambda n_users: rng.integers(0, n_items, size=(n_users, n))
+        return lambda n_users: rng.integers(0, n_items, size=(n_users, n), dtype=np.int32)
     if config.negatives == "popularity":
         cdf = np.cumsum(np.asarray(clicks.sum(axis=0)).ravel() + 1.0)
         return lambda n_users: np.searchsorted(cdf, rng.random((n_users, n)) * cdf[-1], "right")
