@@ -47,6 +47,9 @@ class Limits:
     max_id_length: int = 256
     max_k: int = 1000
     max_timeline: int = 1000
+    # Reply keys are made by the client library from the key prefix, not by users: a bound of
+    # their own, so a small max_id_length cannot make every reply undeliverable.
+    max_reply_key: int = 512
 
 
 def encode_request(req: Request) -> bytes:
@@ -76,7 +79,7 @@ def decode_request(raw: bytes, limits: Limits) -> Request:
     if not isinstance(body, dict):
         raise RequestError("request must be a map")
     reply_to = body.get("reply_to")
-    if not isinstance(reply_to, str) or not 0 < len(reply_to) <= 2 * limits.max_id_length:
+    if not isinstance(reply_to, str) or not 0 < len(reply_to) <= limits.max_reply_key:
         raise RequestError("reply_to must be a non-empty string")
     rid = body.get("id", "")
     rid = rid if isinstance(rid, str) and len(rid) <= limits.max_id_length else ""

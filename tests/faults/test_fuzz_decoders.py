@@ -156,12 +156,12 @@ def _check_request(payload: bytes) -> None:
         req = decode_request(payload, LIMITS)
     except RequestError as e:
         assert str(e)
-        assert e.reply_to is None or 0 < len(e.reply_to) <= 2 * LIMITS.max_id_length
+        assert e.reply_to is None or 0 < len(e.reply_to) <= LIMITS.max_reply_key
         counts["request"][1] += 1
         return
     assert 1 <= req.k <= LIMITS.max_k and math.isfinite(req.deadline)
     assert (req.user_id is None) != (req.items is None)
-    assert 0 < len(req.reply_to) <= 2 * LIMITS.max_id_length and len(req.id) <= 256
+    assert 0 < len(req.reply_to) <= LIMITS.max_reply_key and len(req.id) <= 256
     ids = [req.user_id] if req.user_id is not None else list(req.items or ())
     assert len(ids) <= LIMITS.max_timeline and all(0 < len(i) <= 256 for i in ids)
     counts["request"][0] += 1
