@@ -370,6 +370,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """One speed benchmark (or all), on its own private Redis + Tansu; see benchmarks/."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "benchmarks" / "run_all.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))  # benchmarks/ ships with the source tree, not the wheel
+    try:
+        from benchmarks import run_all
+        from benchmarks.common import RESULTS
+    except ImportError as e:
+        raise CliError("benchmarks/ not found: run `ledrec bench` from a source checkout") from e
+    quick = ["--quick"] if args.quick else []
+    if args.part == "all":
+        return run_all.main([*quick, *args.extra])
+    run_all.PARTS[args.part]([*(run_all.QUICK[args.part] if args.quick else []), *args.extra])
+    print(f"wrote {run_all.write_summary(RESULTS)}")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ledrec", description=__doc__)
@@ -464,6 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=600, help="held-out users replayed online")
     p.add_argument("--dim", type=int, default=256, help="embedding dimension")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "bench",
+        help="speed benchmarks (ingest, serving, freshness) on a private stack",
+        description="Extra arguments go to the part, e.g. `ledrec bench serving --items 100000`.",
+    )
+    p.add_argument("part", choices=["ingest", "serving", "freshness", "all"])
+    p.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="flags passed to the benchmark")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

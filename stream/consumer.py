@@ -74,6 +74,9 @@ class StateUpdater:
                     "session.timeout.ms": settings.session_timeout_ms,
                     "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
                     "enable.partition.eof": False,
+                    # A fetch waits at most this long for data (librdkafka default 500 ms:
+                    # Tansu answers an idle fetch only then, which was the whole freshness).
+                    "fetch.wait.max.ms": max(1, round(settings.consume_batch_timeout_s * 1000)),
                 },
             )
         )

@@ -1,0 +1,190 @@
+"""Shared benchmark plumbing: the machine, a private stack, synthetic models, results.
+
+Every benchmark starts its own ``redis-server`` (and Tansu broker when it needs Kafka)
+on free ports in a temporary directory, measures its floor in the same run and writes
+``benchmarks/results/<name>.json`` with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LIBRARIES = (
+    "numpy", "faiss-cpu", "redis", "hiredis", "msgpack", "confluent-kafka", "pydantic",
+)  # fmt: skip
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, load, Python and library versions: what a figure was measured on."""
+    cpu = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions: dict[str, str] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    from deploy.stack import find_redis_server
+
+    try:
+        out = subprocess.run([find_redis_server(), "--version"], capture_output=True, text=True)
+        versions["redis-server"] = out.stdout.split()[2].removeprefix("v=")
+    except (OSError, IndexError):
+        versions["redis-server"] = "?"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": versions,
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", ""),
+    }
+
+
+def percentiles(samples_s: Sequence[float] | npt.NDArray[np.float64]) -> dict[str, float]:
+    """p50 / p99 / p99.9 / mean in microseconds."""
+    a = np.asarray(samples_s, dtype=np.float64) * 1e6
+    if a.size == 0:
+        return {"n": 0}
+    p50, p99, p999 = np.percentile(a, [50, 99, 99.9])
+    return {
+        "n": int(a.size),
+        "p50_us": round(float(p50), 1),
+        "p99_us": round(float(p99), 1),
+        "p999_us": round(float(p999), 1),
+        "mean_us": round(float(a.mean()), 1),
+    }
+
+
+def write_result(name: str, result: dict[str, Any], out_dir: Path = RESULTS) -> Path:
+    """Write ``<out_dir>/<name>.json`` with the machine and the end-of-run load."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": name, "machine": machine(), **result}
+    result["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+@dataclass
+class Stack:
+    """A private redis-server (and Tansu broker) for one benchmark."""
+
+    redis_url: str
+    kafka_bootstrap: str
+    home: Path
+
+
+@contextlib.contextmanager
+def private_stack(kafka: bool = True) -> Iterator[Stack]:
+    """Start redis-server (+ Tansu when ``kafka``) on free ports; stop both afterwards."""
+    from deploy.stack import KafkaBroker, RedisServer
+
+    with tempfile.TemporaryDirectory(prefix="ledrec-bench-") as tmp:
+        home = Path(tmp)
+        with RedisServer(home / "redis", die_with_parent=True) as redis_server:
+            if not kafka:
+                yield Stack(redis_server.url, "", home)
+                return
+            with KafkaBroker(home / "kafka", die_with_parent=True) as broker:
+                yield Stack(redis_server.url, broker.bootstrap, home)
+
+
+def bench_settings(stack: Stack, **overrides: Any) -> Any:
+    """Settings pointing at ``stack`` with a model store inside it."""
+    from ledrec.settings import Settings
+
+    return Settings(
+        kafka_bootstrap=stack.kafka_bootstrap,
+        redis_url=stack.redis_url,
+        home=stack.home,
+        **overrides,
+    )
+
+
+def synthetic_world(n_items: int, n_users: int, n_events: int, seed: int = 0) -> tuple[Any, Any]:
+    """(SyntheticConfig, SyntheticEvents) with 100 taste clusters (one per ~10^4 items)."""
+    from training.synthetic import SyntheticConfig, generate
+
+    config = SyntheticConfig(
+        n_users=n_users,
+        n_items=n_items,
+        n_events=n_events,
+        n_clusters=max(2, min(1000, n_items // 1000)),
+        seed=seed,
+    )
+    return config, generate(config)
+
+
+def clustered_model(
+    events: Any, n_items: int, dim: int = 64, seed: int = 0, version: str = ""
+) -> Any:
+    """An LED-like model on the world's clusters: ``v_i`` = cluster centre + sub-cluster
+    offset + noise (so items of one taste are near each other, as trained embeddings are),
+    ``b_i`` = log popularity (the paper's bias initialisation)."""
+    from stream.artifact import Model
+
+    rng = np.random.default_rng(seed + 1)
+    n_clusters = int(events.item_cluster.max()) + 1
+    centres = rng.normal(size=(n_clusters, dim)) / math.sqrt(dim)
+    n_sub = 16
+    sub = rng.normal(size=(n_clusters, n_sub, dim)) / math.sqrt(dim)
+    item_sub = rng.integers(n_sub, size=n_items)
+    noise = rng.normal(size=(n_items, dim)) / math.sqrt(dim)
+    emb = 1.0 * centres[events.item_cluster] + 0.5 * sub[events.item_cluster, item_sub]
+    emb += 0.5 * noise
+    counts = np.bincount(events.item, minlength=n_items).astype(np.float64)
+    biases = np.log1p(counts) - np.log1p(counts).mean()
+    return Model(
+        item_ids=np.char.add("i", np.arange(n_items).astype(str)),
+        embeddings=emb.astype(np.float32),
+        biases=(0.1 * biases).astype(np.float32),
+        version=version,
+        provenance={"source": "benchmarks.common.clustered_model", "seed": seed},
+    )
+
+
+def timeline_queries(
+    events: Any, model: Any, n_queries: int, timeline_max: int = 100, seed: int = 0
+) -> tuple[npt.NDArray[np.float32], list[list[str]]]:
+    """Real LED queries: ``u`` = mean of the item vectors of users' last ``timeline_max``
+    views and clicks in the synthetic world; returns (queries (n, d), timelines)."""
+    rng = np.random.default_rng(seed)
+    order = np.argsort(events.user, kind="stable")
+    users_sorted = events.user[order]
+    starts = np.searchsorted(users_sorted, np.arange(int(events.user.max()) + 2))
+    active = np.flatnonzero(np.diff(starts) >= 5)
+    picked = rng.choice(active, size=min(n_queries, active.size), replace=False)
+    queries = np.empty((picked.size, model.dim), dtype=np.float32)
+    timelines: list[list[str]] = []
+    for j, u in enumerate(picked.tolist()):
+        rows = events.item[order[starts[u] : starts[u + 1]]][-timeline_max:]
+        queries[j] = model.embeddings[rows].mean(axis=0)
+        timelines.append([f"i{r}" for r in rows.tolist()])
+    return queries, timelines
+
+
+def fmt_us(value: float) -> str:
+    return f"{value:,.0f} µs" if value < 10_000 else f"{value / 1000:,.1f} ms"

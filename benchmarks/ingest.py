@@ -1,0 +1,265 @@
+"""Ingest: events/s through one consumer process (Kafka → decode → state update → commit).
+
+Per catalog size: a clustered d=64 model is published and activated, the synthetic
+world's events are produced to a fresh topic, and one ``StateUpdater`` in its own process
+consumes them all (its real ``run`` loop: decode, ``UserStateStore.apply``, dead letters,
+synchronous offset commit, status). The rate is counted from the start of its first batch
+to the end of its last, so the group join is not in it. The floor, in the same run: the
+same number of user-hash writes of the same bytes, as raw pipelined ``HSET`` s (no read,
+no script, no Kafka), in batches of the same size.
+
+    python -m benchmarks.ingest --items 10000 1000000 --events 500000
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import msgpack
+import numpy as np
+
+from benchmarks.common import (
+    RESULTS,
+    bench_settings,
+    clustered_model,
+    private_stack,
+    synthetic_world,
+    write_result,
+)
+
+NAME = "ingest"
+TARGET_EVENTS_S = 50_000
+
+
+def _consume(
+    settings: Any, n_events: int, out: Any, profile_path: str | None
+) -> None:  # child process
+    import redis
+
+    from stream.consumer import StateUpdater
+
+    timings: dict[str, float] = {"first": 0.0, "last": 0.0, "apply_s": 0.0, "batches": 0}
+
+    class Timed(StateUpdater):
+        def process(self, messages: list[Any]) -> None:
+            start = time.perf_counter()
+            if not timings["first"]:
+                timings["first"] = start
+            super().process(messages)
+            timings["last"] = time.perf_counter()
+            timings["batches"] += 1
+            if self.totals.applied + self.totals.dead_lettered + self.totals.skipped >= n_events:
+                self.stop_event.set()
+
+    client = redis.Redis.from_url(settings.redis_url)
+    updater = Timed(settings, settings.kafka_bootstrap, client)
+    store_apply = updater.store.apply
+
+    def timed_apply(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return store_apply(*args, **kwargs)
+        finally:
+            timings["apply_s"] += time.perf_counter() - t0
+
+    updater.store.apply = timed_apply  # type: ignore[method-assign]
+    profiler = None
+    if profile_path:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.002)
+        profiler.start()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    totals = updater.run(max_idle_s=60.0)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    if profiler is not None:
+        profiler.stop()
+        Path(profile_path or "").write_text(profiler.output_text(unicode=True, color=False))
+    out.put(
+        {
+            **timings,
+            "applied": totals.applied,
+            "skipped": totals.skipped,
+            "dead_lettered": totals.dead_lettered,
+            "conflicts": totals.conflicts,
+            "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
+        }
+    )
+
+
+def _produce(settings: Any, events: Any, types: tuple[str, ...]) -> float:
+    """Produce every event (msgpack, key = user id); returns the seconds it took."""
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "linger.ms": 20,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    users = np.char.add("u", events.user.astype(str)).tolist()
+    items = np.char.add("i", events.item.astype(str)).tolist()
+    kinds = events.kind.tolist()
+    ts = events.ts.tolist()
+    start = time.perf_counter()
+    for u, i, k, t in zip(users, items, kinds, ts, strict=True):
+        payload = msgpack.packb({"user_id": u, "item_id": i, "type": types[k], "ts": t})
+        while True:
+            try:
+                producer.produce(settings.events_topic, value=payload, key=u.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120) > 0:
+        raise RuntimeError("events not delivered")
+    return time.perf_counter() - start
+
+
+def _floor(settings: Any, n_writes: int, batch: int, sample_users: list[str]) -> dict[str, Any]:
+    """Raw pipelined HSETs of the consumer's own hashes: same bytes, no read, no script."""
+    import redis
+
+    from stream.state import execute_raw
+
+    client = redis.Redis.from_url(settings.redis_url)
+    raw = [client.hgetall(f"{settings.key_prefix}:u:{u}") for u in sample_users]
+    hashes = [cast("dict[bytes, bytes]", h) for h in raw if h]
+    mean_bytes = float(np.mean([sum(len(k) + len(v) for k, v in h.items()) for h in hashes]))
+
+    def hset(key: bytes, mapping: dict[bytes, bytes]) -> bytes:
+        args = [b"HSET", key]
+        for k, v in mapping.items():
+            args += (k, v)
+        return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+    commands = [hset(f"floor:u:{j}".encode(), hashes[j % len(hashes)]) for j in range(n_writes)]
+    start = time.perf_counter()
+    for lo in range(0, n_writes, batch):
+        execute_raw(client, commands[lo : lo + batch])
+    seconds = time.perf_counter() - start
+    client.close()
+    return {
+        "writes": n_writes,
+        "seconds": round(seconds, 3),
+        "writes_per_s": round(n_writes / seconds),
+        "mean_hash_bytes": round(mean_bytes),
+    }
+
+
+def run_size(
+    stack: Any, n_items: int, n_events: int, n_users: int, dim: int, batch: int, profile: bool
+) -> dict[str, Any]:
+    import redis
+
+    from deploy.stack import ensure_topics
+    from stream.artifact import save_model
+    from stream.registry import Registry
+    from training.synthetic import EVENT_TYPES
+
+    tag = f"i{n_items}"
+    settings = bench_settings(
+        stack,
+        events_topic=f"bench.events.{tag}",
+        dead_letter_topic=f"bench.events.{tag}.dlq",
+        consumer_group=f"bench-{tag}",
+        key_prefix=f"b{tag}",
+        consume_batch_size=batch,
+    )
+    _, events = synthetic_world(n_items, n_users, n_events, seed=1)
+    model = clustered_model(events, n_items, dim, version=f"m-{tag}")
+    save_model(model, settings.model_store_path)
+    client = redis.Redis.from_url(settings.redis_url)
+    registry = Registry(client, settings.key_prefix)
+    registry.register(model)
+    registry.activate(model.version)
+    ensure_topics(
+        stack.kafka_bootstrap,
+        {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
+    )
+    produce_s = _produce(settings, events, EVENT_TYPES)
+    n = len(events)
+    print(f"  {n_items:>9,} items: produced {n:,} events in {produce_s:.1f}s", flush=True)
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    profile_path = str(RESULTS / f"ingest_profile_{tag}.txt") if profile else None
+    child = ctx.Process(target=_consume, args=(settings, n, queue, profile_path))
+    child.start()
+    got = queue.get(timeout=900)
+    child.join(30)
+    seconds = got["last"] - got["first"]
+    rate = n / seconds
+    # one hash write per user per batch at most: the floor writes one per event (upper bound)
+    sample = np.unique(events.user[:: max(1, n // 2000)])[:2000]
+    floor = _floor(settings, n, batch, [f"u{u}" for u in sample.tolist()])
+    client.close()
+    result = {
+        "items": n_items,
+        "dim": dim,
+        "users": n_users,
+        "events": n,
+        "batch_size": batch,
+        "partitions": settings.events_partitions,
+        "produce_events_per_s": round(n / produce_s),
+        "consume_seconds": round(seconds, 3),
+        "events_per_s": round(rate),
+        "applied": got["applied"],
+        "skipped": got["skipped"],
+        "conflicts": got["conflicts"],
+        "batches": got["batches"],
+        "consumer_cpu_s": round(got["cpu_s"], 2),
+        "consumer_cpu_share": round(got["cpu_s"] / seconds, 2),
+        "apply_share": round(got["apply_s"] / seconds, 2),
+        "us_per_event": round(1e6 / rate, 1),
+        "floor": floor,
+        "ratio_to_floor": round(rate / floor["writes_per_s"], 3),
+        "target_events_per_s": TARGET_EVENTS_S,
+        "target_met": rate >= TARGET_EVENTS_S,
+        "profile": Path(profile_path).name if profile_path else None,
+    }
+    print(
+        f"  {n_items:>9,} items: {rate:,.0f} events/s  floor {floor['writes_per_s']:,} writes/s"
+        f"  ratio {result['ratio_to_floor']}  consumer CPU {result['consumer_cpu_share']:.0%}",
+        flush=True,
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--items", type=int, nargs="+", default=[10_000, 1_000_000])
+    p.add_argument("--events", type=int, default=500_000)
+    p.add_argument("--users", type=int, default=0, help="default: events / 10")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=2000)
+    p.add_argument("--profile", action="store_true", help="pyinstrument the consumer")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    users = args.users or max(100, args.events // 10)
+    sizes = []
+    with private_stack(kafka=True) as stack:
+        for n_items in args.items:
+            sizes.append(
+                run_size(
+                    stack, n_items, args.events, users, args.dim, args.batch_size, args.profile
+                )
+            )
+    result = {
+        "what": "events/s through one consumer process into Redis, vs raw pipelined writes",
+        "processes": "redis-server, Tansu broker, one consumer process (this is the measured"
+        " one), the producer (done before the consumer starts) — all on this machine",
+        "sizes": sizes,
+    }
+    write_result(NAME, result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

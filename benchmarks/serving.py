@@ -1,0 +1,628 @@
+"""Serving: latency, throughput, recall and the server-side breakdown through the Redis RPC.
+
+Per catalog size (d=64, clustered model with log-popularity biases):
+
+* recall@10 of the ANN index against exact search on the *same* queries, which are real
+  LED queries (means of the item vectors of synthetic users' timelines), per nprobe;
+  the smallest nprobe reaching the target serves;
+* single-query user-embedding (state read + ``sum / weight``) and kNN times (Table 4);
+* one scorer process (``RecommendServer``, faiss at one OpenMP thread) per index kind, and
+  load-generator processes using the project's asyncio client: closed loop at N
+  concurrent clients (max throughput) and open loop at a fixed rate (latency measured
+  from each request's scheduled time, so queueing is not hidden);
+* the floor, same run, same load generators: an echo server process popping the same
+  list and pushing a reply with no work.
+
+    python -m benchmarks.serving --items 100000 1000000 --seconds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (
+    RESULTS,
+    bench_settings,
+    clustered_model,
+    percentiles,
+    private_stack,
+    synthetic_world,
+    timeline_queries,
+    write_result,
+)
+
+NAME = "serving"
+TARGET_RATE = 3200
+TARGET_RECALL = 0.95
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _echo(settings: Any, stop: Any) -> None:  # child: the floor, no work per request
+    import msgpack
+    import redis
+
+    from stream import protocol
+    from stream.state import execute_raw
+
+    client = redis.Redis.from_url(settings.redis_url)
+    queue = settings.request_queue
+    while not stop.is_set():
+        raw = client.rpop(queue, settings.serve_batch_size)
+        if not raw:
+            popped = client.brpop([queue], timeout=0.2)
+            if popped is None:
+                continue
+            raw = [popped[1]]
+        commands: list[bytes] = []
+        for payload in raw:
+            body = msgpack.unpackb(payload, raw=False)
+            key = body["reply_to"].encode()
+            reply = protocol.encode_reply(body["id"], [], "echo", "echo")
+            commands += (_resp(b"LPUSH", key, reply), _resp(b"EXPIRE", key, b"30"))
+        execute_raw(client, commands)
+
+
+def _resp(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+
+def _serve(settings: Any, stop: Any, out: Any) -> None:  # child: the real scorer, timed
+    import threading
+
+    import redis
+
+    from stream.scorer import Scorer
+    from stream.server import RecommendServer
+    from stream.state import UserStateStore
+
+    # per batch: n, answer, read, search, score (wall seconds), answer (thread CPU seconds)
+    batches: list[tuple[int, float, float, float, float, float]] = []
+    cur = {"read": 0.0, "search": 0.0, "score": 0.0}
+
+    def timed(cls: Any, name: str, slot: str) -> None:
+        original = getattr(cls, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                cur[slot] += time.perf_counter() - t0
+
+        setattr(cls, name, wrapper)
+
+    timed(UserStateStore, "read_many", "read")
+    timed(Scorer, "top_k", "search")
+    timed(RecommendServer, "_score", "score")
+    answer = RecommendServer._answer
+
+    def timed_answer(self: Any, raw: list[bytes]) -> None:
+        cur.update(read=0.0, search=0.0, score=0.0)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        answer(self, raw)
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        batches.append((len(raw), wall, cur["read"], cur["search"], cur["score"], cpu))
+
+    RecommendServer._answer = timed_answer  # type: ignore[method-assign]
+    server = RecommendServer(settings, redis.Redis.from_url(settings.redis_url))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    stop.wait()
+    server.stop_event.set()
+    thread.join(10)
+    out.put(batches)
+
+
+class _LeanClient:
+    """The RPC's wire protocol on one raw connection: the bounded-push script and the
+    BLOCKing pop of the reply sent in one write (one round trip), replies parsed by
+    hiredis. Same request/reply bytes as ``stream.client``; a fraction of its CPU, so the
+    load generator does not starve the scorer on a 2-core machine."""
+
+    def __init__(self, settings: Any, sha: bytes) -> None:
+        from urllib.parse import urlparse
+
+        url = urlparse(settings.redis_url)
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 6379
+        self.settings, self.sha = settings, sha
+        self.queue = settings.request_queue.encode()
+
+    async def open(self) -> None:
+        import hiredis
+
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.parser = hiredis.Reader()
+
+    async def request(self, user_id: str, k: int = 10, timeout_s: float = 2.0) -> Any:
+        from stream import protocol
+        from stream.client import Overloaded, _request, _result
+
+        req = _request(self.settings.key_prefix, k, timeout_s, user_id, None, True)
+        body = protocol.encode_request(req)
+        reply_key = req.reply_to.encode()
+        self.writer.write(
+            _resp(b"EVALSHA", self.sha, b"1", self.queue, body, b"1000000")
+            + _resp(b"BLPOP", reply_key, b"%d" % max(1, round(timeout_s)))
+        )
+        pushed, raw = await self._replies(2)
+        if pushed == -1:
+            raise Overloaded("request queue is full")
+        return _result(raw, timeout_s)
+
+    async def _replies(self, n: int) -> list[Any]:
+        out: list[Any] = []
+        while len(out) < n:
+            reply = self.parser.gets()
+            if reply is False:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise ConnectionError("redis closed the connection")
+                self.parser.feed(data)
+            else:
+                out.append(reply)
+        return out
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _load(
+    settings: Any,
+    users: list[str],
+    mode: str,
+    concurrency: int,
+    rate: float,
+    start_at: float,
+    warmup: float,
+    seconds: float,
+    client_kind: str,
+    out: Any,
+) -> None:  # child: a load generator (lean RPC client, or the project's asyncio client)
+    import redis.asyncio as aredis
+    from redis.exceptions import RedisError
+
+    from stream.client import _BOUNDED_PUSH, AsyncRecommenderClient, RecommendError
+
+    async def main() -> dict[str, Any]:
+        conn = aredis.Redis.from_url(settings.redis_url, max_connections=10_000)
+        library = AsyncRecommenderClient(
+            conn, settings.request_queue, settings.key_prefix, 2.0, 1_000_000
+        )
+        sha = (await conn.script_load(_BOUNDED_PUSH)).encode()
+        idle: list[_LeanClient] = []
+
+        async def lean_request(user_id: str) -> Any:
+            c = idle.pop() if idle else _LeanClient(settings, sha)
+            if not hasattr(c, "writer"):
+                await c.open()
+            try:
+                result = await c.request(user_id)
+            except BaseException:
+                c.close()
+                raise
+            idle.append(c)
+            return result
+
+        async def request(user_id: str) -> Any:
+            if client_kind == "lean":
+                return await lean_request(user_id)
+            return await library.request(user_id=user_id, k=10)
+
+        rng = random.Random()
+        lat: list[float] = []
+        errors: dict[str, int] = {}
+        measure_from = start_at + warmup
+        end = measure_from + seconds
+
+        async def one(scheduled: float) -> None:
+            try:
+                await request(rng.choice(users))
+            except (RecommendError, RedisError, OSError) as e:
+                if scheduled >= measure_from:
+                    errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                return
+            now = time.time()
+            if measure_from <= scheduled and now <= end + 2.5:
+                lat.append(now - scheduled)
+
+        # open the connections before the clock starts (connects are not requests)
+        n_conn = concurrency if mode == "closed" else 64
+        if client_kind == "lean":
+            idle.extend(_LeanClient(settings, sha) for _ in range(n_conn))
+            await asyncio.gather(*(c.open() for c in idle))
+        else:
+            await asyncio.gather(*(conn.ping() for _ in range(n_conn)))
+        while time.time() < start_at:
+            await asyncio.sleep(0.001)
+        cpu0 = time.process_time()
+        if mode == "closed":
+
+            async def worker() -> None:
+                while time.time() < end:
+                    await one(time.time())
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        else:
+            tasks: set[asyncio.Task[None]] = set()
+            n = 0
+            while True:
+                scheduled = start_at + n / rate
+                if scheduled >= end:
+                    break
+                delay = scheduled - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(one(scheduled))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                n += 1
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
+        cpu = time.process_time() - cpu0
+        for c in idle:
+            c.close()
+        await conn.aclose()
+        return {"latencies": lat, "errors": errors, "cpu_s": cpu}
+
+    out.put(asyncio.run(main()))
+
+
+def _run_load(
+    settings: Any,
+    users: list[str],
+    mode: str,
+    total: int,
+    procs: int,
+    seconds: float,
+    client_kind: str,
+) -> dict[str, Any]:
+    """Run ``procs`` load generators; ``total`` = concurrency (closed) or req/s (open)."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    warmup = 1.0
+    start_at = time.time() + 3.0  # time for the spawned interpreters to import
+    children = [
+        ctx.Process(
+            target=_load,
+            args=(
+                settings,
+                users,
+                mode,
+                max(1, total // procs),
+                total / procs,
+                start_at,
+                warmup,
+                seconds,
+                client_kind,
+                out,
+            ),
+        )
+        for _ in range(procs)
+    ]
+    for c in children:
+        c.start()
+    results = [out.get(timeout=seconds + 60) for _ in children]
+    for c in children:
+        c.join(10)
+    lat = np.concatenate([np.asarray(r["latencies"]) for r in results])
+    errors: dict[str, int] = {}
+    for r in results:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    cpu = sum(r["cpu_s"] for r in results)
+    return {
+        "load_generator_cpu_us_per_request": round(1e6 * cpu / max(1, lat.size), 1),
+        "mode": mode,
+        ("concurrency" if mode == "closed" else "offered_per_s"): total,
+        "load_processes": procs,
+        "client": client_kind,
+        "answered_per_s": round(lat.size / seconds),
+        "errors": errors,
+        "latency": percentiles(lat),
+    }
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def _recall_sweep(
+    model: Any, index: Any, queries: Any, nprobes: list[int]
+) -> tuple[list[dict[str, Any]], Any]:
+    import faiss
+
+    from stream.index import augmented, set_nprobe
+
+    x = np.hstack([queries, np.ones((len(queries), 1), np.float32)])
+    flat = faiss.IndexFlatIP(x.shape[1])
+    flat.add(augmented(model))
+    faiss.omp_set_num_threads(2)
+    _, truth = flat.search(x, 10)
+    faiss.omp_set_num_threads(1)
+    exact_t = []
+    for j in range(min(50, len(x))):
+        t0 = time.perf_counter()
+        flat.search(x[j : j + 1], 10)
+        exact_t.append(time.perf_counter() - t0)
+    sweep = []
+    for nprobe in nprobes:
+        set_nprobe(index, nprobe)
+        found = np.empty_like(truth)
+        times = []
+        for j in range(len(x)):
+            t0 = time.perf_counter()
+            _, found[j : j + 1] = index.search(x[j : j + 1], 10)
+            times.append(time.perf_counter() - t0)
+        recall = float(
+            np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found, strict=True)])
+        )
+        sweep.append({"nprobe": nprobe, "recall_at_10": round(recall, 4),
+                      "search_1_query": percentiles(times)})  # fmt: skip
+    return sweep, {"exact_search_1_query": percentiles(exact_t)}
+
+
+def _table4(settings: Any, model: Any, index: Any, users: list[str], nprobe: int) -> dict[str, Any]:
+    """Single-request user-embedding and kNN times, in this process, one thread."""
+    import redis
+
+    from stream.index import set_nprobe
+    from stream.scorer import Query, Scorer
+    from stream.state import UserStateStore
+
+    client = redis.Redis.from_url(settings.redis_url)
+    store = UserStateStore(client, settings.key_prefix, settings.timeline_max, 3600)
+    scorer = Scorer.__new__(Scorer)
+    scorer.model, scorer.index, scorer.exact = model, index, False
+    set_nprobe(index, nprobe)
+    rng = random.Random(0)
+    enc, knn, topk = [], [], []
+    for _ in range(500):
+        t0 = time.perf_counter()
+        state = store.read_many([rng.choice(users)], [model.version])[0]
+        assert state is not None
+        u = scorer.encode_sum(state.sums[model.version], state.weights[model.version])
+        t1 = time.perf_counter()
+        seen = frozenset(i for i, _ in state.timeline)
+        x = np.append(u, np.float32(1.0))[None, :]
+        t2 = time.perf_counter()
+        index.search(x, 10 + len(seen))
+        t3 = time.perf_counter()
+        scorer.top_k([Query(u, seen, 10)])
+        t4 = time.perf_counter()
+        enc.append(t1 - t0)
+        knn.append(t3 - t2)
+        topk.append(t4 - t3)
+    client.close()
+    return {
+        "user_embedding_incl_state_read": percentiles(enc),
+        "knn_search_k_plus_seen": percentiles(knn),
+        "top_k_incl_seen_filter": percentiles(topk),
+    }
+
+
+def _server_breakdown(
+    batches: list[tuple[int, float, float, float, float, float]],
+) -> dict[str, Any]:
+    if not batches:
+        return {}
+    a = np.asarray(batches, dtype=np.float64)
+    n = a[:, 0]
+    per = {
+        "total": a[:, 1] / n,
+        "state_read": a[:, 2] / n,
+        "search_top_k": a[:, 3] / n,
+        "encode_other": (a[:, 4] - a[:, 2] - a[:, 3]) / n,
+        "decode_and_reply": (a[:, 1] - a[:, 4]) / n,
+        "total_thread_cpu": a[:, 5] / n,
+    }
+    return {
+        "batches": int(n.size),
+        "requests": int(n.sum()),
+        "batch_size_mean": round(float(n.mean()), 2),
+        "batch_size_p99": float(np.percentile(n, 99)),
+        "per_request_amortised": {k: percentiles(v) for k, v in per.items()},
+        "batch_total": percentiles(a[:, 1]),
+    }
+
+
+def _with_server(settings: Any, kind: str, fn: Any) -> tuple[Any, dict[str, Any]]:
+    """Start the scorer (or the echo floor), wait until it answers, run ``fn``, stop it."""
+    import redis
+
+    from stream.client import RecommenderClient, RecommendError
+
+    ctx = mp.get_context("spawn")
+    stop, out = ctx.Event(), ctx.Queue()
+    target = _echo if kind == "echo" else _serve
+    args = (settings, stop) if kind == "echo" else (settings, stop, out)
+    child = ctx.Process(target=target, args=args)
+    child.start()
+    client = RecommenderClient(
+        redis.Redis.from_url(settings.redis_url), settings.request_queue, settings.key_prefix
+    )
+    deadline = time.time() + 180
+    while True:
+        try:
+            client.request(user_id="warm", k=10, timeout_s=1.0)
+            break
+        except RecommendError:
+            if time.time() > deadline or not child.is_alive():
+                stop.set()
+                raise RuntimeError(f"{kind} server did not answer") from None
+    try:
+        result = fn()
+    finally:
+        stop.set()
+    batches = out.get(timeout=60) if kind != "echo" else []
+    child.join(20)
+    return result, _server_breakdown(batches)
+
+
+def _populate(settings: Any, events: Any, models: list[Any], n_users: int) -> list[str]:
+    """Apply the world's events of the first ``n_users`` users to their Redis states."""
+    import redis
+
+    from stream.state import TimelineEvent, UserStateStore
+    from training.synthetic import EVENT_TYPES
+
+    client = redis.Redis.from_url(settings.redis_url)
+    store = UserStateStore(client, settings.key_prefix, settings.timeline_max, 24 * 3600)
+    keep = events.user < n_users
+    users, items, kinds = events.user[keep].tolist(), events.item[keep].tolist(), events.kind[keep]
+    weights = [settings.event_weights[EVENT_TYPES[k]] for k in kinds.tolist()]
+    chunk = 20_000
+    for lo in range(0, len(users), chunk):
+        by_user: dict[str, list[TimelineEvent]] = {}
+        for off in range(lo, min(lo + chunk, len(users))):
+            by_user.setdefault(f"u{users[off]}", []).append(
+                TimelineEvent(0, off, f"i{items[off]}", weights[off])
+            )
+        store.apply(by_user, models)
+    client.close()
+    return sorted({f"u{u}" for u in users})
+
+
+def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, Any]:
+    import redis
+
+    from stream.artifact import save_model
+    from stream.index import build_index, serialize
+    from stream.registry import Registry
+
+    tag = f"i{n_items}"
+    settings = bench_settings(stack, key_prefix=f"s{tag}", request_queue=f"s{tag}:rpc:requests")
+    settings = settings.model_copy(update={"serve_batch_size": args.batch_size})
+    t0 = time.perf_counter()
+    _, events = synthetic_world(n_items, args.users, args.users * 30, seed=2)
+    model = clustered_model(events, n_items, args.dim)
+    queries, _ = timeline_queries(events, model, args.queries, settings.timeline_max)
+    nlist = args.nlist or max(16, min(1024, n_items // 1000))
+    index = build_index(model, 0, nlist=nlist)
+    build_s = time.perf_counter() - t0
+    sweep, exact_single = _recall_sweep(model, index, queries, args.nprobes)
+    ok = [s for s in sweep if s["recall_at_10"] >= TARGET_RECALL]
+    nprobe = ok[0]["nprobe"] if ok else sweep[-1]["nprobe"]
+    print(f"  {n_items:>9,} items: built in {build_s:.0f}s; recall@10 "
+          + ", ".join(f"nprobe {s['nprobe']}: {s['recall_at_10']}" for s in sweep)
+          + f" -> nprobe {nprobe}", flush=True)  # fmt: skip
+
+    client = redis.Redis.from_url(settings.redis_url)
+    registry = Registry(client, settings.key_prefix)
+    versions = {}
+    for kind in ("exact", "ivf"):
+        m = clustered_model(events, n_items, args.dim, version=f"{tag}-{kind}")
+        save_model(m, settings.model_store_path, serialize(index) if kind == "ivf" else None)
+        registry.register(m)
+        registry.set_state(m.version, "warming")
+        versions[kind] = m
+    users = _populate(settings, events, list(versions.values()), args.users)
+    table4 = _table4(settings, versions["ivf"], index, users, nprobe)
+
+    runs: dict[str, Any] = {}
+    kinds = ["echo", "ivf", "exact"] if n_items <= args.exact_max_items_served else ["echo", "ivf"]
+    for kind in kinds:
+        s = settings.model_copy(
+            update={"ivf_nprobe": nprobe, "exact_index_max_items": 10**9 if kind == "exact" else 0}
+        )
+        if kind != "echo":  # only the served version live: scorers prepare every live one
+            registry.activate(versions[kind].version)
+            for other, m in versions.items():
+                if other != kind:
+                    registry.set_state(m.version, "retired")
+
+        def loads(s: Any = s, kind: str = kind) -> list[dict[str, Any]]:
+            points = []
+            for c in args.clients:
+                points.append(
+                    _run_load(s, users, "closed", c, args.procs, args.seconds, args.client)
+                )
+                print(f"    {kind:5s} closed {c:3d} clients: {_line(points[-1])}", flush=True)
+            if kind != "exact" or points[-1]["answered_per_s"] > args.rate:
+                points.append(
+                    _run_load(s, users, "open", args.rate, args.procs, args.seconds, args.client)
+                )
+                print(f"    {kind:5s} open {args.rate}/s: {_line(points[-1])}", flush=True)
+            return points
+
+        points, breakdown = _with_server(s, kind, loads)
+        runs[kind] = {"load": points, "server": breakdown}
+    client.close()
+    return {
+        "items": n_items,
+        "dim": args.dim,
+        "users_with_state": len(users),
+        "index": {
+            "kind": "HeadTailIndex: exact over the 2,048 highest-bias items + IVFFlat(IP)",
+            "nlist": nlist,
+            "nprobe_served": nprobe,
+            "build_seconds_incl_model": round(build_s, 1),
+            "recall_queries": len(queries),
+            "recall_sweep": sweep,
+            **exact_single,
+        },
+        "table4_single_request": table4,
+        "runs": runs,
+    }
+
+
+def _line(point: dict[str, Any]) -> str:
+    lat = point["latency"]
+    if not lat.get("n"):
+        return f"no answers, errors {point['errors']}"
+    return (
+        f"{point['answered_per_s']:>6,}/s  p50 {lat['p50_us']:,.0f} µs  p99 {lat['p99_us']:,.0f}"
+        f" µs  p99.9 {lat['p999_us']:,.0f} µs  errors {point['errors']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--users", type=int, default=5000, help="users with a state in Redis")
+    p.add_argument("--queries", type=int, default=300, help="recall queries")
+    p.add_argument("--nlist", type=int, default=0, help="default: items / 1000, in [16, 1024]")
+    p.add_argument("--nprobes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--seconds", type=float, default=8.0, help="per load point")
+    p.add_argument("--clients", type=int, nargs="+", default=[4, 16])
+    p.add_argument("--rate", type=int, default=TARGET_RATE, help="open-loop requests/s")
+    p.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    p.add_argument(
+        "--client",
+        choices=["lean", "library"],
+        default="lean",
+        help="load generator: lean raw-socket RPC client, or stream.client's asyncio client",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="scorer's serve_batch_size")
+    p.add_argument("--exact-max-items-served", type=int, default=10**6)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    sizes = []
+    with private_stack(kafka=False) as stack:
+        for n_items in args.items:
+            sizes.append(run_size(stack, args, n_items))
+    result = {
+        "what": "end-to-end latency/throughput through the Redis RPC, recall, breakdown",
+        "processes": (
+            f"redis-server; one scorer process (RecommendServer, faiss OpenMP 1 thread, "
+            f"serve_batch_size {args.batch_size}); {args.procs} load-generator processes "
+            "(asyncio, stream.client.AsyncRecommenderClient); the floor is an echo server "
+            "process on the same list — all on this machine's cores"
+        ),
+        "sizes": sizes,
+    }
+    write_result(NAME, result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

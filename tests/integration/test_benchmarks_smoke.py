@@ -1,0 +1,34 @@
+"""Every speed benchmark runs end to end at a tiny size (so they don't rot); no timings
+are asserted: speed is measured by ``make bench``, not by tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run_all
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_results(tmp_path: Path) -> None:
+    results = run_all.run(list(run_all.PARTS), quick=True, out=tmp_path)
+
+    assert set(results) == {"ingest", "serving", "freshness"}
+    for result in results.values():
+        assert result["machine"]["cores"] and result["machine"]["libraries"]["faiss-cpu"]
+    ingest = results["ingest"]["sizes"][0]
+    assert ingest["applied"] + ingest["skipped"] == ingest["events"] > 0
+    assert ingest["floor"]["writes_per_s"] > 0
+    serving = results["serving"]["sizes"][0]
+    assert {"echo", "ivf", "exact"} <= set(serving["runs"])
+    assert all(0.0 <= s["recall_at_10"] <= 1.0 for s in serving["index"]["recall_sweep"])
+    for run in serving["runs"].values():
+        assert all(point["latency"]["n"] > 0 for point in run["load"])
+    assert serving["runs"]["ivf"]["server"]["requests"] > 0
+    assert results["freshness"]["runs"][0]["probes"] == 5
+    summary = (tmp_path / "SUMMARY.md").read_text()
+    assert "Ingest" in summary and "Serving" in summary and "Freshness" in summary
+    assert json.loads((tmp_path / "serving.json").read_text())["benchmark"] == "serving"
