@@ -532,6 +532,8 @@ def ensure_topics(
     for name, future in futures.items():
         try:
             future.result(timeout=timeout)
+        except TimeoutError:  # concurrent.futures' (the builtin since 3.11)
+            raise StackError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s") from None
         except KafkaException as exc:
             error = exc.args[0]
             exists = (

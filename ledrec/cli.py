@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import redis
 from confluent_kafka import KafkaException
+from pydantic import ValidationError
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
@@ -101,14 +102,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from stream.producer import EventPublisher, events_from_rows, read_rows, sniff_format
 
     settings = _settings(args)
-    bootstrap, _ = _addresses(settings)
-    ensure_topics(
-        bootstrap,
-        {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
-        settings.kafka_config,
-    )
+    # The input first: a wrong path is reported at once, not after reaching (or not) Kafka.
     source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     with source:
+        bootstrap, _ = _addresses(settings)
+        ensure_topics(
+            bootstrap,
+            {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
+            settings.kafka_config,
+        )
         first = source.readline()
         fmt = args.format or sniff_format(args.file, first)
         import itertools
@@ -501,14 +503,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stream.artifact import ArtifactError
     from stream.client import RecommendError
     from stream.events import EventError
+    from stream.producer import PublishError
     from stream.registry import RegistryError
 
     expected = (
         CliError, StackError, ArtifactError, RecommendError, EventError, RegistryError,
-        KafkaException, redis.RedisError, FileNotFoundError, PermissionError, ValueError,
+        PublishError, KafkaException, redis.RedisError, OSError, ValueError,
     )  # fmt: skip
     try:
         return int(args.func(args) or 0)
+    except ValidationError as e:  # a bad LEDREC_* variable: one line naming each
+        where = "; ".join(
+            f"LEDREC_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors()
+        )
+        print(f"ledrec {args.command}: invalid settings: {where}", file=sys.stderr)
+        return 1
     except expected as e:
         print(f"ledrec {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
