@@ -150,3 +150,21 @@ def test_keyboard_interrupt_returns_the_best_epoch_so_far(split: Split) -> None:
 def test_proj_needs_pretrained_embeddings(split: Split) -> None:
     with pytest.raises(ValueError, match="init"):
         finetune(split, _tiny_config(variant="proj"), None)
+
+
+def test_dense_and_gathered_scoring_agree(split: Split, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    clicks = split.train_clicks[:64]
+    batch = _sample_batch(
+        clicks, 0.5, _negative_sampler(FinetuneConfig(n_negatives=9), clicks, rng), rng
+    )
+    params = {"embeddings": rng.normal(size=(N_ITEMS, 6)), "biases": rng.normal(size=N_ITEMS)}
+    monkeypatch.setattr(finetune_module, "_GATHER_FLOATS", 100)  # gathers in several chunks
+    results = []
+    for dense_ratio in (0, 10**9):
+        monkeypatch.setattr(finetune_module, "_DENSE_RATIO", dense_ratio)
+        results.append(_gradients(params, None, batch, make_loss("css", N_ITEMS)))
+    (gathered, gathered_grads), (dense, dense_grads) = results
+    assert gathered == pytest.approx(dense)
+    for name in gathered_grads:
+        np.testing.assert_allclose(gathered_grads[name], dense_grads[name], atol=1e-12)
