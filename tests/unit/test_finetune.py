@@ -43,7 +43,10 @@ def split() -> Split:
     return Split(np.arange(N_ITEMS).astype(str), train, train, val_in, val_out, val_in, val_out)
 
 
-def _full_gradient(params: dict[str, np.ndarray], grads: dict[str, np.ndarray], items: np.ndarray):  # type: ignore[no-untyped-def]
+def _full_gradient(
+    params: dict[str, np.ndarray], grads: dict[str, np.ndarray], items: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Row gradients (on the batch's items) scattered back to full parameter shapes."""
     full = {}
     for name, grad in grads.items():
         full[name] = np.zeros_like(params[name])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -21,14 +23,14 @@ def _batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     return pos, neg, owner, valid
 
 
-def _numerical_gradient(f: object, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+def _numerical_gradient(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     grad = np.zeros_like(x)
     for index in np.ndindex(x.shape):
         saved = x[index]
         x[index] = saved + eps
-        up = f()  # type: ignore[operator]
+        up = f()
         x[index] = saved - eps
-        down = f()  # type: ignore[operator]
+        down = f()
         x[index] = saved
         grad[index] = (up - down) / (2 * eps)
     return grad
