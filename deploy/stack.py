@@ -305,6 +305,7 @@ class RedisServer(_ServerProcess):
     Without ``appendonly`` nothing is persisted (no RDB snapshots either), so a restart
     comes back empty — a "Redis lost its data" fault. With ``appendonly`` the AOF in
     ``data_dir`` survives :meth:`restart` (and a :meth:`kill` with ``appendfsync="always"``).
+    ``binary`` picks a specific ``redis-server`` (default: :func:`find_redis_server`).
     """
 
     name = "redis-server"
@@ -323,6 +324,7 @@ class RedisServer(_ServerProcess):
         start_timeout: float = 15.0,
         detached: bool = False,
         die_with_parent: bool = False,
+        binary: str | None = None,
     ) -> None:
         super().__init__(
             data_dir,
@@ -336,7 +338,7 @@ class RedisServer(_ServerProcess):
         self.password = password
         self.appendonly = appendonly
         self.appendfsync = appendfsync
-        self.binary = find_redis_server()
+        self.binary = binary or find_redis_server()
 
     def _command(self) -> list[str]:
         cmd = [

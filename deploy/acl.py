@@ -1,0 +1,55 @@
+"""Least-privilege Redis ACL users, one per role: what each component needs and nothing else.
+
+``acl_rules(role, prefix, queue)`` gives the ``ACL SETUSER`` rules (after ``<user> on
+>password``); docs/security.md shows them for the default names, and tests/faults/
+test_access.py runs every component as its user against a real server. Redis 7 checks the
+commands a Lua script calls against the caller's ACL too, so a script's commands are listed.
+Selectors (``(...)``) grant a command only on its own keys.
+"""
+
+from __future__ import annotations
+
+ROLES = ("consumer", "scorer", "client", "operator")
+
+# redis-py's health-check PING. (The CLIENT SETINFO it sends on connect may be refused: it
+# ignores the error, and Redis < 7.2 does not know the command.)
+_CONNECT = ["+ping"]
+
+
+def acl_rules(role: str, prefix: str = "ledrec", queue: str | None = None) -> list[str]:
+    """``ACL SETUSER`` rules for ``role`` in a deployment with this key prefix and queue."""
+    queue = queue or f"{prefix}:rpc:requests"
+    models = f"{prefix}:models:*"
+    base = ["resetkeys", "resetchannels", "-@all", *_CONNECT]
+    if role == "consumer":  # user states (read + compare-and-set script), its status, models
+        return [
+            *base,
+            "+hmget", "+evalsha", "+script|load", "+hget", "+hset", "+hkeys", "+hdel", "+expire",
+            f"~{prefix}:u:*",
+            f"(+set ~{prefix}:consumers:*)",
+            f"(+get +hget +smembers %R~{models})",
+        ]  # fmt: skip
+    if role == "scorer":  # pop requests, read states and models, reply, heartbeat, follow swaps
+        return [
+            *base,
+            "+rpop", "+brpop", f"~{queue}",
+            f"(+hmget %R~{prefix}:u:*)",
+            f"(+lpush +expire ~{prefix}:rpc:reply:*)",
+            f"(+get +hget +smembers %R~{models})",
+            f"(+set ~{prefix}:scorers:*)",
+            f"(+subscribe +unsubscribe &{prefix}:models:events)",
+        ]  # fmt: skip
+    if role == "client":  # the bounded push (a script: LLEN + LPUSH) and its own reply key
+        return [
+            *base,
+            "+evalsha", "+script|load", "+llen", "+lpush", f"~{queue}",
+            f"(+blpop ~{prefix}:rpc:reply:*)",
+        ]  # fmt: skip
+    if role == "operator":  # train/register/activate/back-fill/retire, status: data commands only
+        return [
+            *base,
+            "+@read", "+@write", "+@scripting", "+@transaction", "+@pubsub", "+scan",
+            "-@dangerous", "-script|flush", "-script|kill", "-function",
+            f"~{prefix}:*", f"&{prefix}:models:events",
+        ]  # fmt: skip
+    raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
