@@ -76,7 +76,9 @@ def _resp(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
 
 
-def _serve(settings: Any, stop: Any, out: Any) -> None:  # child: the real scorer, timed
+def _serve(
+    settings: Any, stop: Any, out: Any, profile_path: str
+) -> None:  # child: the real scorer, timed
     import threading
 
     import redis
@@ -115,11 +117,22 @@ def _serve(settings: Any, stop: Any, out: Any) -> None:  # child: the real score
 
     RecommendServer._answer = timed_answer  # type: ignore[method-assign]
     server = RecommendServer(settings, redis.Redis.from_url(settings.redis_url))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    stop.wait()
-    server.stop_event.set()
-    thread.join(10)
+
+    def relay() -> None:
+        stop.wait()
+        server.stop_event.set()
+
+    threading.Thread(target=relay, daemon=True).start()
+    profiler = None
+    if profile_path:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.001)
+        profiler.start()
+    server.run()
+    if profiler is not None:
+        profiler.stop()
+        Path(profile_path).write_text(profiler.output_text(unicode=True, color=False))
     out.put(batches)
 
 
@@ -434,7 +447,9 @@ def _server_breakdown(
     }
 
 
-def _with_server(settings: Any, kind: str, fn: Any) -> tuple[Any, dict[str, Any]]:
+def _with_server(
+    settings: Any, kind: str, fn: Any, profile_path: str = ""
+) -> tuple[Any, dict[str, Any]]:
     """Start the scorer (or the echo floor), wait until it answers, run ``fn``, stop it."""
     import redis
 
@@ -443,7 +458,7 @@ def _with_server(settings: Any, kind: str, fn: Any) -> tuple[Any, dict[str, Any]
     ctx = mp.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
     target = _echo if kind == "echo" else _serve
-    args = (settings, stop) if kind == "echo" else (settings, stop, out)
+    args = (settings, stop) if kind == "echo" else (settings, stop, out, profile_path)
     child = ctx.Process(target=target, args=args)
     child.start()
     client = RecommenderClient(
@@ -553,7 +568,8 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
                 print(f"    {kind:5s} open {args.rate}/s: {_line(points[-1])}", flush=True)
             return points
 
-        points, breakdown = _with_server(s, kind, loads)
+        profile = str(args.out / f"serving_profile_{tag}_{kind}.txt") if args.profile else ""
+        points, breakdown = _with_server(s, kind, loads, profile)
         runs[kind] = {"load": points, "server": breakdown}
     client.close()
     return {
@@ -604,6 +620,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--batch-size", type=int, default=64, help="scorer's serve_batch_size")
     p.add_argument("--exact-max-items-served", type=int, default=10**6)
+    p.add_argument("--profile", action="store_true", help="pyinstrument the scorer process")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     sizes = []
