@@ -10,6 +10,7 @@ batches, never in the middle of one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -77,6 +78,7 @@ class RecommendServer:
         self._lock = threading.Lock()
         self.totals = ServerTotals()
         self.stop_event = threading.Event()
+        self._prefetched: list[bytes] | None = None  # popped with the last replies
         self._refused: str | None = None  # a version that failed to load (artifacts are immutable)
         # Scorers of the other live versions (warming: the next one; retained: a rollback
         # target), loaded in the background so that a flip never loads on the request path.
@@ -221,13 +223,21 @@ class RecommendServer:
         finally:
             self.stop_event.set()
             watcher.join(timeout=2)
+            if self._prefetched:  # popped but not answered: back where the next pop finds them
+                with contextlib.suppress(redis.RedisError):  # else their clients time out
+                    self.client.rpush(self.settings.request_queue, *reversed(self._prefetched))
+                self._prefetched = None
         return self.totals
 
     def serve_once(self, block_s: float = 0.5) -> int:
         """Pop and answer one batch; returns how many requests were popped."""
         self._swap_if_ready()
         queue = self.settings.request_queue
-        raw = cast("list[bytes] | None", self.client.rpop(queue, self.settings.serve_batch_size))
+        raw, self._prefetched = self._prefetched, None
+        if not raw:
+            raw = cast(
+                "list[bytes] | None", self.client.rpop(queue, self.settings.serve_batch_size)
+            )
         if not raw:
             popped = cast("tuple[bytes, bytes] | None", self.client.brpop([queue], timeout=block_s))
             if popped is None:
@@ -283,9 +293,18 @@ class RecommendServer:
                     % (len(k), k, len(body), body)
                 )
                 commands.append(b"*3\r\n$6\r\nEXPIRE\r\n$%d\r\n%b\r\n$2\r\n30\r\n" % (len(k), k))
-            for reply in execute_raw(self.client, commands):
+            # The next batch's RPOP rides on the replies' round trip (served next loop).
+            queue = self.settings.request_queue.encode()
+            count = b"%d" % self.settings.serve_batch_size
+            commands.append(
+                b"*3\r\n$4\r\nRPOP\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+                % (len(queue), queue, len(count), count)
+            )
+            *acks, popped = execute_raw(self.client, commands)
+            for reply in (*acks, popped):
                 if isinstance(reply, Exception):
                     raise reply
+            self._prefetched = popped or None
 
     def _score(self, scorer: Scorer, requests: list[Request]) -> list[tuple[str, bytes]]:
         user_ids = [r.user_id for r in requests if r.user_id is not None]
