@@ -252,7 +252,9 @@ def _initial_params(
     config: FinetuneConfig, split: Split, init: Array | None, rng: np.random.Generator
 ) -> Params:
     n_items = split.train_clicks.shape[1]
-    params = {"biases": popularity_biases(split.train_clicks).copy()}
+    # Log popularity relative to uniform, log(I·p_i): the softmax losses and BPR ignore a
+    # global shift, but NS reads scores as logits, and p_i alone starts every one near -8.
+    params = {"biases": popularity_biases(split.train_clicks) + np.float32(np.log(n_items))}
     if config.variant == "proj":
         if init is None:
             raise ValueError('variant="proj" projects pretrained embeddings: pass init')
