@@ -12,6 +12,7 @@ from training.evaluate import evaluate_scores, led_score_fn
 from training.finetune import (
     FinetuneConfig,
     _gradients,
+    _initial_params,
     _negative_sampler,
     _sample_batch,
     finetune,
@@ -171,3 +172,11 @@ def test_dense_and_gathered_scoring_agree(split: Split, monkeypatch: pytest.Monk
     assert gathered == pytest.approx(dense)
     for name in gathered_grads:
         np.testing.assert_allclose(gathered_grads[name], dense_grads[name], atol=1e-12)
+
+
+def test_initial_biases_are_log_popularity_relative_to_uniform(split: Split) -> None:
+    # Regression: biases at log p_i (about -8 on ML-1M) made NS diverge from random init.
+    params = _initial_params(_tiny_config(), split, None, np.random.default_rng(0))
+    assert np.exp(params["biases"]).mean() == pytest.approx(1.0, rel=1e-5)
+    clicks = np.asarray(split.train_clicks.sum(axis=0)).ravel()
+    assert np.argmax(params["biases"]) == np.argmax(clicks)
