@@ -53,3 +53,9 @@ def acl_rules(role: str, prefix: str = "ledrec", queue: str | None = None) -> li
             f"~{prefix}:*", f"&{prefix}:models:events",
         ]  # fmt: skip
     raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+
+
+def acl_command(role: str, prefix: str = "ledrec", queue: str | None = None) -> str:
+    """The ``ACL SETUSER`` line for ``role`` as an operator types it (redis-cli quoting)."""
+    rules = " ".join(f'"{r}"' if r.startswith("(") else r for r in acl_rules(role, prefix, queue))
+    return f"ACL SETUSER ledrec-{role} on >PASSWORD {rules}"

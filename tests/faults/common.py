@@ -85,7 +85,17 @@ def assert_clean_pass(client: redis.Redis, settings: Settings, events: Events, m
         for user, state in zip(chunk, store.read_many(chunk, [model.version]), strict=True):
             window, total, weight = expected[user]
             assert state is not None, f"{user}: no state"
-            assert state.timeline == window, f"{user}: timeline differs from a clean pass"
+            assert state.timeline == window, _difference(user, window, state.timeline)
             np.testing.assert_allclose(state.sums[model.version], total, rtol=1e-9, atol=1e-9)
             assert state.weights[model.version] == weight, user
     return len(users)
+
+
+def _difference(user: str, expected: list[tuple[str, float]], got: list[tuple[str, float]]) -> str:
+    at = next((i for i, (a, b) in enumerate(zip(expected, got, strict=False)) if a != b), None)
+    at = min(len(expected), len(got)) if at is None else at
+    return (
+        f"{user}: timeline differs from a clean pass: {len(got)} events, expected "
+        f"{len(expected)}; first difference at {at}: expected {expected[at : at + 3]}, "
+        f"got {got[at : at + 3]}"
+    )

@@ -193,3 +193,12 @@ def test_components_over_tls_as_least_privilege_users(
     assert model.version in listed.stdout, listed.stderr
     print(f"\nconsumer, scorer, client, operator over TLS as ACL users; "
           f"{sum(len(c) + 3 for c in refused.values())} forbidden commands refused")  # fmt: skip
+
+
+def test_security_doc_shows_the_tested_rules() -> None:
+    """docs/security.md carries exactly the ACL lines this file tests (default names)."""
+    from deploy.acl import acl_command
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    for role in ROLES:
+        assert acl_command(role) in doc, role
