@@ -30,6 +30,9 @@ QUICK: dict[str, list[str]] = {
     ],
     "freshness": ["--probes", "5", "--items", "1000", "--batch-timeouts", "0.01"],
 }  # fmt: skip
+# make bench: the default sizes, with the sampling profiler (pyinstrument, 1-2 ms) on the
+# consumer and the scorer so each result comes with what bounds it
+FULL: dict[str, list[str]] = {"ingest": ["--profile"], "serving": ["--profile"], "freshness": []}
 
 
 def run(parts: list[str], quick: bool, out: Path) -> dict[str, Any]:
@@ -37,7 +40,8 @@ def run(parts: list[str], quick: bool, out: Path) -> dict[str, Any]:
     for name in parts:
         print(f"== {name}", flush=True)
         started = time.perf_counter()
-        PARTS[name]([*(QUICK[name] if quick else []), "--out", str(out)])
+        extra = QUICK[name] if quick else FULL[name]
+        PARTS[name]([*extra, "--out", str(out)])
         print(f"== {name}: {time.perf_counter() - started:.0f}s", flush=True)
     summary = write_summary(out)
     print(f"wrote {summary}")
