@@ -175,8 +175,7 @@ def _dense_scores(
     weights = np.concatenate([dpos, dneg.ravel()])
     dscores = np.bincount(flat, weights, n_users * n_items).astype(users.dtype)
     dscores = dscores.reshape(n_users, n_items)
-    dvectors = np.ascontiguousarray((users.T @ dscores).T)  # (R, d)
-    return value, dscores @ vectors, dvectors, dscores.sum(axis=0)
+    return value, dscores @ vectors, dscores.T @ users, dscores.sum(axis=0)
 
 
 def _gathered_scores(
@@ -225,7 +224,9 @@ class _Adam:
         correction1 = 1.0 - self.beta1**self.steps
         correction2 = 1.0 - self.beta2**self.steps
         for name, grad in grads.items():
-            index = rows if name in _ROW_PARAMS else slice(None)
+            # batch.items are sorted and unique: all of them means every row, in order
+            every_row = name not in _ROW_PARAMS or len(rows) == len(params[name])
+            index = slice(None) if every_row else rows
             mean = self.beta1 * self.mean[name][index] + (1.0 - self.beta1) * grad
             var = self.beta2 * self.var[name][index] + (1.0 - self.beta2) * grad * grad
             self.mean[name][index], self.var[name][index] = mean, var
