@@ -44,7 +44,7 @@ class FinetuneConfig:
     loss: str = "css"  # "bpr" | "ns" | "css" | "mult"
     variant: str = "train"  # "proj" (P (d×d) + biases) | "train" (all embeddings + biases)
     init: str = "svd"  # "svd" | "random"
-    dim: int = 512
+    dim: int = 256
     epochs: int = 40
     lr: float = 5e-3  # Adam
     batch_size: int = 512
