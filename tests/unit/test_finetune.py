@@ -180,3 +180,15 @@ def test_initial_biases_are_log_popularity_relative_to_uniform(split: Split) -> 
     assert np.exp(params["biases"]).mean() == pytest.approx(1.0, rel=1e-5)
     clicks = np.asarray(split.train_clicks.sum(axis=0)).ravel()
     assert np.argmax(params["biases"]) == np.argmax(clicks)
+
+
+def test_popularity_negatives_follow_click_counts(split: Split) -> None:
+    sampler = _negative_sampler(
+        FinetuneConfig(negatives="popularity", n_negatives=500),
+        split.train_clicks,
+        np.random.default_rng(5),
+    )
+    assert sampler is not None
+    drawn = np.bincount(sampler(200).ravel(), minlength=N_ITEMS) / 100_000
+    clicks = np.asarray(split.train_clicks.sum(axis=0)).ravel() + 1.0
+    np.testing.assert_allclose(drawn, clicks / clicks.sum(), atol=0.005)
