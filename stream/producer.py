@@ -16,15 +16,21 @@ from stream.kafka import client_config
 
 
 class PublishError(RuntimeError):
-    """Events that the broker did not acknowledge, listed in ``undelivered`` (in order).
+    """Events that the broker did not acknowledge, listed in ``undelivered`` (each user's in
+    the order published: one partition per user).
 
     Not acknowledged is not proof of not written: an event in flight when the broker went
     away may be in the log, so publishing ``undelivered`` again may duplicate it.
     """
 
-    def __init__(self, message: str, undelivered: list[Event] | None = None) -> None:
+    def __init__(
+        self, message: str, undelivered: list[Event] | None = None, broker_lost: int = 0
+    ) -> None:
         super().__init__(message)
         self.undelivered = undelivered or []
+        # Acknowledgements at offsets the broker had already acknowledged: it reused offsets
+        # (lost its log's tail on a restart), so events acknowledged earlier may be gone.
+        self.broker_lost = broker_lost
 
 
 @dataclass
@@ -33,6 +39,7 @@ class DeliveryReport:
     failed: int = 0  # since the last flush
     errors: list[str] = field(default_factory=list)  # first few reasons, since the last flush
     undelivered: list[Event] = field(default_factory=list)  # since the last flush
+    reused_offsets: int = 0  # acks at an already acknowledged offset, since the last flush
     # partition -> highest acknowledged offset: what a consumer must reach to have seen all
     last_offsets: dict[int, int] = field(default_factory=dict)
 
@@ -70,6 +77,8 @@ class EventPublisher:
             partition, offset = msg.partition(), msg.offset()
             if partition is not None and offset is not None:
                 last = self.report.last_offsets.get(partition, -1)
+                if offset <= last:  # acks of one partition come in offset order
+                    self.report.reused_offsets += 1
                 self.report.last_offsets[partition] = max(last, offset)
         else:
             self.report.failed += 1
@@ -111,14 +120,23 @@ class EventPublisher:
             self.report.errors.append(f"unacknowledged after {timeout_s}s")
             self.producer.purge()  # their delivery callbacks fire with a purge error
             self.producer.flush(5.0)
-        if self.report.failed:
+        report = self.report
+        if report.failed or report.reused_offsets:
+            reasons = list(report.errors)
+            if report.reused_offsets:
+                reasons.append(
+                    f"the broker acknowledged {report.reused_offsets} events at offsets it had "
+                    "already acknowledged: it lost part of its log, earlier events may be gone"
+                )
             error = PublishError(
-                f"{self.report.failed} events not delivered: {'; '.join(self.report.errors)}",
-                self.report.undelivered,
+                f"{report.failed} events not delivered; {'; '.join(reasons)}",
+                report.undelivered,
+                report.reused_offsets,
             )
-            self.report.failed, self.report.errors, self.report.undelivered = 0, [], []
+            report.failed, report.errors, report.undelivered = 0, [], []
+            report.reused_offsets = 0
             raise error
-        return self.report
+        return report
 
 
 @dataclass

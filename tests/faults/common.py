@@ -57,10 +57,11 @@ def publish_stream(
     seed: int,
     chunks: int = 1,
     pause_s: float = 0.0,
+    publisher: EventPublisher | None = None,
 ) -> tuple[Events, dict[int, int]]:
     """Publish random views (in ``chunks``, ``pause_s`` apart); the events and acked ends."""
     events = random_views(n_events, n_users, n_items, seed)
-    publisher = EventPublisher(settings, settings.kafka_bootstrap)
+    publisher = publisher or EventPublisher(settings, settings.kafka_bootstrap)
     size = -(-n_events // chunks)
     for start in range(0, n_events, size):
         if start:
