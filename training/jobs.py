@@ -2,13 +2,11 @@
 ``run_train`` (pre-train, fine-tune, publish a model version).
 
 Both report progress as one line per stage with elapsed seconds through ``progress``.
-Usage: ``python -m training.jobs evaluate --movielens DIR --out DIR`` or
-``python -m training.jobs train --movielens DIR --store DIR [--svd-only]``.
+The command line is ``ledrec evaluate`` and ``ledrec train`` (ledrec/cli.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +20,7 @@ import numpy.typing as npt
 
 from stream.artifact import Model, save_model
 from training.baselines import EASE_LAMBDAS, ease_score_fn, popularity_score_fn, tune_ease
-from training.dataset import Interactions, load_csv, load_movielens
+from training.dataset import Interactions
 from training.evaluate import evaluate_scores, led_score_fn
 from training.pretrain import popularity_biases, pretrain_embeddings
 from training.split import Split, strong_generalization_split
@@ -125,13 +123,22 @@ def _finetune_init(config: FinetuneConfig, zero: ZeroShot, seed: int) -> Array |
 
 
 def default_finetune_configs(dim: int, seed: int, **overrides: Any) -> list[FinetuneConfig]:
-    """Table 2's LED rows: every loss, Train variant, SVD init; plus BPR with Proj."""
+    """Table 2's LED rows: every loss with the Train variant, and SVD vs random init for
+    both variants with the default loss."""
     from training.finetune import FinetuneConfig
 
-    rows = [("mult", "train"), ("css", "train"), ("bpr", "train"), ("ns", "train"), ("bpr", "proj")]
+    rows = [
+        ("css", "train", "svd"),
+        ("css", "train", "random"),
+        ("css", "proj", "svd"),
+        ("css", "proj", "random"),
+        ("bpr", "train", "svd"),
+        ("ns", "train", "svd"),
+        ("mult", "train", "svd"),
+    ]
     return [
-        FinetuneConfig(loss=loss, variant=variant, init="svd", dim=dim, seed=seed, **overrides)
-        for loss, variant in rows
+        FinetuneConfig(loss=loss, variant=variant, init=init, dim=dim, seed=seed, **overrides)
+        for loss, variant, init in rows
     ]
 
 
@@ -140,7 +147,7 @@ def default_scarce_configs(dim: int, seed: int, **overrides: Any) -> list[Finetu
     from training.finetune import FinetuneConfig
 
     return [
-        FinetuneConfig(loss="bpr", variant=v, init=i, dim=dim, seed=seed, **overrides)
+        FinetuneConfig(loss="css", variant=v, init=i, dim=dim, seed=seed, **overrides)
         for i in ("svd", "random")
         for v in ("proj", "train")
     ]
@@ -400,58 +407,3 @@ def run_train(
         f"published {path.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items())
     )
     return path
-
-
-def _load(args: argparse.Namespace) -> tuple[Interactions, str]:
-    if args.movielens:
-        return load_movielens(Path(args.movielens)), f"movielens:{Path(args.movielens).name}"
-    if args.csv:
-        return load_csv(Path(args.csv)), f"csv:{Path(args.csv).name}"
-    raise SystemExit("give --movielens DIR or --csv FILE")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.jobs", description=__doc__)
-    parser.add_argument("job", choices=("evaluate", "train"))
-    parser.add_argument("--movielens", help="directory with ratings.csv or ratings.dat")
-    parser.add_argument("--csv", help="events CSV with user_id,item_id,type")
-    parser.add_argument("--out", default="reports/evaluate", help="evaluate: report directory")
-    parser.add_argument("--store", default="models", help="train: model store")
-    parser.add_argument("--dim", type=int, default=PretrainConfig.dim)
-    parser.add_argument("--n-heldout", type=int, default=600)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs")
-    parser.add_argument("--loss", default="css", help="train: fine-tuning loss")
-    parser.add_argument("--variant", default="train", help="train: proj | train")
-    parser.add_argument("--svd-only", action="store_true", help="evaluate/train: no fine-tuning")
-    args = parser.parse_args(argv)
-    data, source = _load(args)
-    overrides = {} if args.epochs is None else {"epochs": args.epochs}
-    pre = PretrainConfig(dim=args.dim)
-    if args.job == "evaluate":
-        none: list[FinetuneConfig] = []
-        run_evaluate(
-            data,
-            Path(args.out),
-            none if args.svd_only else default_finetune_configs(args.dim, args.seed, **overrides),
-            none if args.svd_only else default_scarce_configs(args.dim, args.seed, **overrides),
-            pretrain=pre,
-            n_heldout=args.n_heldout,
-            seed=args.seed,
-            source=source,
-            progress=print,
-        )
-    else:
-        ft = None
-        if not args.svd_only:
-            from training.finetune import FinetuneConfig
-
-            ft = FinetuneConfig(
-                loss=args.loss, variant=args.variant, dim=args.dim, seed=args.seed, **overrides
-            )
-        cfg = TrainConfig(pretrain=pre, finetune=ft, n_heldout=args.n_heldout, seed=args.seed)
-        run_train(data, Path(args.store), cfg, progress=print, source=source)
-
-
-if __name__ == "__main__":
-    main()
