@@ -80,6 +80,8 @@ def test_redis_restarts_lose_nothing_and_components_reconnect(
         publisher.join(timeout=60)
         ((events, ends),) = published
         wait_until(lambda: committed_lag(settings, ends) == 0, 60, "catch-up", step=0.2)
+        wait_until(lambda: any(ok and t > last_restart for t, ok in outcomes), 30,
+                   "a client answered after the last restart")  # fmt: skip
         stop.set()
         asker.join(timeout=5)
         rpc = RecommenderClient(server.client(), settings.request_queue, settings.key_prefix)
