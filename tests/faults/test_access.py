@@ -91,7 +91,7 @@ def _ledrec(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 
 def _denied(client: redis.Redis, *command: object) -> bool:
     try:
-        client.execute_command(*command)
+        client.execute_command(*command)  # type: ignore[no-untyped-call]
     except redis.exceptions.NoPermissionError:
         return True
     return False
@@ -116,7 +116,7 @@ def test_components_over_tls_as_least_privilege_users(
     admin = server.client()
     prefix, queue = settings.key_prefix, settings.request_queue
     for role in ROLES:
-        admin.execute_command("ACL", "SETUSER", f"ledrec-{role}", "on", f">{role}-secret",
+        admin.execute_command("ACL", "SETUSER", f"ledrec-{role}", "on", f">{role}-secret",  # type: ignore[no-untyped-call]
                               *acl_rules(role, prefix, queue))  # fmt: skip
 
     def url(role: str) -> str:
@@ -161,7 +161,7 @@ def test_components_over_tls_as_least_privilege_users(
 
     user_key, reply_key = f"{prefix}:u:alice", f"{prefix}:rpc:reply:x"
     active, live = f"{prefix}:models:active", f"{prefix}:models:live"
-    refused = {
+    refused: dict[str, list[tuple[object, ...]]] = {
         "client": [("HMGET", user_key, "tl"), ("GET", active), ("RPOP", queue),
                    ("LPUSH", reply_key, "forged"), ("BLPOP", user_key, 0.01)],
         "consumer": [("LPUSH", queue, "x"), ("SET", active, "v"), ("SADD", live, "v"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import pytest
@@ -31,10 +31,11 @@ def _bad(reply_to: str, fields: dict[str, Any]) -> bytes:
     """A valid request with ``fields`` changed (``...`` removes a field)."""
     body = {"id": "bad", "reply_to": reply_to, "deadline": time.time() + 30, "k": 5,
             "user_id": "u1"} | fields  # fmt: skip
-    return msgpack.packb({k: v for k, v in body.items() if v is not ...})
+    packed: bytes = msgpack.packb({k: v for k, v in body.items() if v is not ...})
+    return packed
 
 
-ANSWERABLE = [  # each names its reply key: the client is told what is wrong
+ANSWERABLE: list[dict[str, Any]] = [  # each names its reply key: the client is told what is wrong
     {"k": 0}, {"k": -1}, {"k": 51}, {"k": 2**64 - 1}, {"k": "10"}, {"k": 1.5}, {"k": True},
     {"deadline": math.nan}, {"deadline": math.inf}, {"deadline": "soon"}, {"deadline": ...},
     {"user_id": ...}, {"items": ["i1"]}, {"user_id": "u" * 17}, {"user_id": ""},
@@ -71,7 +72,7 @@ def test_malformed_requests_get_errors_and_the_scorer_keeps_serving(
             for n in range(len(ANSWERABLE)):
                 popped = redis_client.blpop([f"{prefix}:{n}"], timeout=5)
                 assert popped is not None, f"no reply to {ANSWERABLE[n]}"
-                reply = protocol.decode_reply(popped[1])
+                reply = protocol.decode_reply(cast(bytes, popped[1]))
                 assert not reply["ok"] and reply["error"]["code"] == protocol.BAD_REQUEST
                 assert reply["error"]["message"], ANSWERABLE[n]
         assert redis_client.llen(settings.request_queue) == 0

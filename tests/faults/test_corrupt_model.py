@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,14 @@ def _manifest(path: Path) -> dict[str, object]:
 
 def _write_manifest(path: Path, manifest: dict[str, object]) -> None:
     (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _logged(log: Path, text: str) -> bool:
+    return text in log.read_text()
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
 
 
 def _truncate(path: Path) -> None:
@@ -99,8 +108,8 @@ CORRUPTIONS: dict[str, Callable[[Path], None]] = {
     "flipped byte": _flip_byte,
     "missing file": lambda p: (p / "item_ids.npy").unlink(),
     "no manifest": lambda p: (p / "manifest.json").unlink(),
-    "manifest not JSON": lambda p: (p / "manifest.json").write_bytes(b"\x00{not json"),
-    "manifest not a map": lambda p: (p / "manifest.json").write_text("[1, 2]"),
+    "manifest not JSON": lambda p: _write(p / "manifest.json", b"\x00{not json"),
+    "manifest not a map": lambda p: _write(p / "manifest.json", b"[1, 2]"),
     "array not listed in manifest": _unlisted_tamper,
     "malformed file entry": _set("files", {"item_ids.npy": "deadbeef"}),
     "files not a map": _set("files", ["item_ids.npy"]),
@@ -160,12 +169,12 @@ def test_activating_a_corrupt_version_keeps_the_running_system_on_the_old_one(
             registry.register(bad)
             CORRUPTIONS[corruption](path)
             registry.activate(bad.version)
-            wait_until(lambda v=bad.version: v in scorer_log.read_text(), 10, "the scorer noticing")
+            wait_until(partial(_logged, scorer_log, bad.version), 10, "the scorer noticing")
             for _ in range(20):
                 assert rpc.request(user_id="alice").version == good.version
             publisher.send("alice", f"i{n + 2}", "view")
             publisher.flush()
-            wait_until(lambda n=n: applied("alice", n + 2), 30, "the consumer still applying")
+            wait_until(partial(applied, "alice", n + 2), 30, "the consumer still applying")
         assert scorer.poll() is None and consumer.poll() is None
     finally:
         for proc in (scorer, consumer):

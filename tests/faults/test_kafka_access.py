@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 
 import deploy.stack
 import stream.consumer
@@ -38,7 +38,7 @@ def test_sasl_ssl_settings_reach_every_client(
     def recording(cls: type) -> type:
         """The real client class, noting each config it is built with."""
 
-        class Recorded(cls):  # type: ignore[misc,valid-type]
+        class Recorded(cls):  # type: ignore[misc]
             def __init__(self, conf: dict[str, Any]) -> None:
                 built.append((cls.__name__, dict(conf)))
                 super().__init__(conf)
