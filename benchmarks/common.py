@@ -186,5 +186,15 @@ def timeline_queries(
     return queries, timelines
 
 
+def raw_pipeline(client: Any, commands: Sequence[bytes]) -> list[Any]:
+    """Send RESP-packed ``commands`` in one write, read every reply (the floors' client)."""
+    conn = client.connection_pool.get_connection()
+    try:
+        conn.send_packed_command([b"".join(commands)])
+        return [conn.read_response(disable_decoding=True) for _ in commands]
+    finally:
+        client.connection_pool.release(conn)
+
+
 def fmt_us(value: float) -> str:
     return f"{value:,.0f} µs" if value < 10_000 else f"{value / 1000:,.1f} ms"

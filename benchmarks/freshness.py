@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--probes", type=int, default=300)
     p.add_argument("--items", type=int, default=10_000)
     p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--batch-timeouts", type=float, nargs="+", default=[0.05, 0.005])
+    p.add_argument("--batch-timeouts", type=float, nargs="+", default=[0.05, 0.01, 0.005])
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     with private_stack(kafka=True) as stack:

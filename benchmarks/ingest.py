@@ -28,6 +28,7 @@ from benchmarks.common import (
     bench_settings,
     clustered_model,
     private_stack,
+    raw_pipeline,
     synthetic_world,
     write_result,
 )
@@ -44,6 +45,7 @@ def _consume(
     from stream.consumer import StateUpdater
 
     timings: dict[str, float] = {"first": 0.0, "last": 0.0, "apply_s": 0.0, "batches": 0}
+    timings["startup_s"] = 0.0
 
     class Timed(StateUpdater):
         def process(self, messages: list[Any]) -> None:
@@ -68,6 +70,10 @@ def _consume(
             timings["apply_s"] += time.perf_counter() - t0
 
     updater.store.apply = timed_apply  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    for model in updater.models.live_models():  # startup, not ingest: load + id index once
+        _ = model.row_of
+    timings["startup_s"] = time.perf_counter() - t0
     profiler = None
     if profile_path:
         from pyinstrument import Profiler
@@ -126,8 +132,6 @@ def _floor(settings: Any, n_writes: int, batch: int, sample_users: list[str]) ->
     """Raw pipelined HSETs of the consumer's own hashes: same bytes, no read, no script."""
     import redis
 
-    from stream.state import execute_raw
-
     client = redis.Redis.from_url(settings.redis_url)
     raw = [client.hgetall(f"{settings.key_prefix}:u:{u}") for u in sample_users]
     hashes = [cast("dict[bytes, bytes]", h) for h in raw if h]
@@ -142,7 +146,7 @@ def _floor(settings: Any, n_writes: int, batch: int, sample_users: list[str]) ->
     commands = [hset(f"floor:u:{j}".encode(), hashes[j % len(hashes)]) for j in range(n_writes)]
     start = time.perf_counter()
     for lo in range(0, n_writes, batch):
-        execute_raw(client, commands[lo : lo + batch])
+        raw_pipeline(client, commands[lo : lo + batch])
     seconds = time.perf_counter() - start
     client.close()
     return {
@@ -154,7 +158,13 @@ def _floor(settings: Any, n_writes: int, batch: int, sample_users: list[str]) ->
 
 
 def run_size(
-    stack: Any, n_items: int, n_events: int, n_users: int, dim: int, batch: int, profile: bool
+    stack: Any,
+    n_items: int,
+    n_events: int,
+    n_users: int,
+    dim: int,
+    batch: int,
+    profile_dir: Path | None,
 ) -> dict[str, Any]:
     import redis
 
@@ -189,7 +199,7 @@ def run_size(
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    profile_path = str(RESULTS / f"ingest_profile_{tag}.txt") if profile else None
+    profile_path = str(profile_dir / f"ingest_profile_{tag}.txt") if profile_dir else None
     child = ctx.Process(target=_consume, args=(settings, n, queue, profile_path))
     child.start()
     got = queue.get(timeout=900)
@@ -214,7 +224,9 @@ def run_size(
         "skipped": got["skipped"],
         "conflicts": got["conflicts"],
         "batches": got["batches"],
+        "consumer_startup_s": round(got["startup_s"], 2),
         "consumer_cpu_s": round(got["cpu_s"], 2),
+        "events_per_consumer_cpu_s": round(n / got["cpu_s"]),
         "consumer_cpu_share": round(got["cpu_s"] / seconds, 2),
         "apply_share": round(got["apply_s"] / seconds, 2),
         "us_per_event": round(1e6 / rate, 1),
@@ -242,13 +254,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--profile", action="store_true", help="pyinstrument the consumer")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     users = args.users or max(100, args.events // 10)
     sizes = []
     with private_stack(kafka=True) as stack:
         for n_items in args.items:
             sizes.append(
                 run_size(
-                    stack, n_items, args.events, users, args.dim, args.batch_size, args.profile
+                    stack,
+                    n_items,
+                    args.events,
+                    users,
+                    args.dim,
+                    args.batch_size,
+                    args.out if args.profile else None,
                 )
             )
     result = {

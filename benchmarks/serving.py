@@ -623,6 +623,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--profile", action="store_true", help="pyinstrument the scorer process")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     sizes = []
     with private_stack(kafka=False) as stack:
         for n_items in args.items:
@@ -632,8 +633,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "processes": (
             f"redis-server; one scorer process (RecommendServer, faiss OpenMP 1 thread, "
             f"serve_batch_size {args.batch_size}); {args.procs} load-generator processes "
-            "(asyncio, stream.client.AsyncRecommenderClient); the floor is an echo server "
-            "process on the same list — all on this machine's cores"
+            + (
+                "(asyncio, a lean raw-socket client speaking the same RPC: bounded-push "
+                "script + BLPOP in one round trip)"
+                if args.client == "lean"
+                else "(asyncio, stream.client.AsyncRecommenderClient)"
+            )
+            + "; the floor is an echo server process on the same list, same load "
+            "generators — all on this machine's 2 cores"
         ),
         "sizes": sizes,
     }
