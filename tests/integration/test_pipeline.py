@@ -41,7 +41,7 @@ def _dead_letters(settings: Settings, n: int) -> list[tuple[bytes | None, dict[s
             "group.id": "dlq-reader-" + settings.consumer_group,
             "auto.offset.reset": "earliest",
             "session.timeout.ms": 6000,
-        }  # fmt: skip
+        }
     )
     consumer.subscribe([settings.dead_letter_topic])
     out: list[tuple[bytes | None, dict[str, bytes]]] = []
@@ -70,8 +70,13 @@ def test_events_reach_user_state_and_bad_ones_the_dead_letter_topic(
         publisher.send(user, item, kind, ts=float(n))
         events.append((user, item, settings.event_weights[kind]))
     raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
-    bad = [b"\xc1\xc1", msgpack.packb({"user_id": "u1"}), msgpack.packb({"user_id": "u1", "item_id": "i1",
-           "type": "purchase", "ts": 1.0}), b"", b"x" * 10_000]  # fmt: skip
+    bad = [
+        b"\xc1\xc1",
+        msgpack.packb({"user_id": "u1"}),
+        msgpack.packb({"user_id": "u1", "item_id": "i1", "type": "purchase", "ts": 1.0}),
+        b"",
+        b"x" * 10_000,
+    ]
     for payload in bad:
         raw.produce(settings.events_topic, value=payload, key=b"u1")
     raw.flush()
