@@ -14,6 +14,8 @@ from typing import Any
 import msgpack
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from stream.wire import unpack_untrusted
+
 
 class EventError(ValueError):
     """An event that cannot be accepted; ``reason`` goes to the dead-letter headers."""
@@ -96,12 +98,10 @@ class EventCodec:
         """Decode wire bytes into a validated Event, or raise EventError."""
         if payload is None:
             raise EventError("empty message")
-        if len(payload) > self.max_event_bytes:
-            raise EventError(f"message of {len(payload)} bytes exceeds {self.max_event_bytes}")
         try:
-            raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_bin_len=0)
-        except Exception as e:  # msgpack raises several unrelated types on garbage
-            raise EventError(f"undecodable msgpack: {type(e).__name__}") from None
+            raw = unpack_untrusted(payload, self.max_event_bytes, "message")
+        except ValueError as e:
+            raise EventError(str(e)) from None
         return self.validate(raw)
 
     def decode_fields(self, payload: bytes | None) -> tuple[str, str, str, float]:

@@ -16,6 +16,8 @@ from typing import Any
 
 import msgpack
 
+from stream.wire import unpack_untrusted
+
 BAD_REQUEST = "bad_request"
 OVERLOADED = "overloaded"
 UNAVAILABLE = "unavailable"
@@ -70,12 +72,10 @@ def encode_request(req: Request) -> bytes:
 
 def decode_request(raw: bytes, limits: Limits) -> Request:
     """Parse and check a request; raises RequestError with the reason."""
-    if len(raw) > limits.max_request_bytes:
-        raise RequestError(f"request of {len(raw)} bytes exceeds {limits.max_request_bytes}")
     try:
-        body = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_bin_len=0)
-    except Exception as e:  # msgpack raises several unrelated types on garbage
-        raise RequestError(f"undecodable msgpack: {type(e).__name__}") from None
+        body = unpack_untrusted(raw, limits.max_request_bytes, "request")
+    except ValueError as e:
+        raise RequestError(str(e)) from None
     if not isinstance(body, dict):
         raise RequestError("request must be a map")
     reply_to = body.get("reply_to")
