@@ -220,8 +220,8 @@ def _load_data(args: argparse.Namespace) -> tuple[Any, str]:
 
     if args.movielens:
         return dataset.load_movielens(Path(args.movielens)), f"movielens:{args.movielens}"
-    if args.events_csv:
-        return dataset.load_csv(Path(args.events_csv)), f"csv:{args.events_csv}"
+    if args.events:
+        return dataset.load_events_file(Path(args.events)), f"events:{args.events}"
     from training.synthetic import SyntheticConfig, synthetic_interactions
 
     config = SyntheticConfig(
@@ -456,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         src = p.add_mutually_exclusive_group()
         src.add_argument("--movielens", help="MovieLens directory (ratings.csv or ratings.dat)")
-        src.add_argument("--events-csv", help="CSV with user_id,item_id,type")
+        src.add_argument(
+            "--events", help="events file: CSV (user_id,item_id,type header) or .parquet"
+        )
         p.add_argument("--synthetic-users", type=int, default=10_000)
         p.add_argument("--synthetic-items", type=int, default=2_000)
         p.add_argument("--seed", type=int, default=0)

@@ -102,12 +102,22 @@ def from_events(
         users.append(user)
         items.append(item)
         types.append(kind)
-    kinds = np.array(types, dtype=str)
+    return from_typed_arrays(
+        np.array(users, dtype=str), np.array(items, dtype=str), np.array(types, dtype=str),
+        click_types, view_types,
+    )  # fmt: skip
+
+
+def from_typed_arrays(
+    users: npt.NDArray[np.str_],
+    items: npt.NDArray[np.str_],
+    kinds: npt.NDArray[np.str_],
+    click_types: Collection[str] = ("click", "sale"),
+    view_types: Collection[str] = ("view", "click", "sale"),
+) -> Interactions:
+    """Parallel (user_id, item_id, type) arrays → Interactions; other types are ignored."""
     return from_arrays(
-        np.array(users, dtype=str),
-        np.array(items, dtype=str),
-        np.isin(kinds, list(view_types)),
-        np.isin(kinds, list(click_types)),
+        users, items, np.isin(kinds, list(view_types)), np.isin(kinds, list(click_types))
     )
 
 
@@ -123,3 +133,28 @@ def load_csv(path: Path) -> Interactions:
                 f"{path}: header must name user_id,item_id,type; got {header}"
             ) from None
         return from_events((row[u], row[i], row[t]) for row in reader if row)
+
+
+def load_parquet(path: Path) -> Interactions:
+    """A Parquet file (or directory of files) of events with columns user_id, item_id, type.
+
+    Needs the ``parquet`` extra (pyarrow); only the three columns are read.
+    """
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("Parquet input needs pyarrow: pip install 'ledrec[parquet]'") from None
+    table = pq.read_table(Path(path), columns=["user_id", "item_id", "type"])
+    users, items, kinds = (
+        table.column(name).to_numpy(zero_copy_only=False).astype(str)
+        for name in ("user_id", "item_id", "type")
+    )
+    return from_typed_arrays(users, items, kinds)
+
+
+def load_events_file(path: Path) -> Interactions:
+    """Events from a ``.parquet`` file/directory or a CSV file, by name."""
+    path = Path(path)
+    if path.suffix == ".parquet" or path.is_dir():
+        return load_parquet(path)
+    return load_csv(path)

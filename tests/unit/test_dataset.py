@@ -41,3 +41,26 @@ def test_load_csv_extra_columns(tmp_path: Path) -> None:
     data = load_csv(path)
     assert data.clicks.toarray().tolist() == [[1, 0], [0, 0]]
     assert data.views.toarray().tolist() == [[1, 0], [0, 1]]
+
+
+def test_parquet_and_csv_events_give_the_same_interactions(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.dataset import load_events_file
+
+    rows = [("u1", "a", "view"), ("u1", "b", "click"), ("u2", "a", "sale"), ("u2", "c", "like")]
+    pq.write_table(
+        pa.table({k: [r[j] for r in rows] for j, k in enumerate(("user_id", "item_id", "type"))}),
+        tmp_path / "events.parquet",
+    )
+    (tmp_path / "events.csv").write_text(
+        "user_id,item_id,type\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows)
+    )
+    from_parquet = load_events_file(tmp_path / "events.parquet")
+    from_csv = load_events_file(tmp_path / "events.csv")
+    # "like" is not an event type: item c never enters
+    assert from_parquet.item_ids.tolist() == from_csv.item_ids.tolist() == ["a", "b"]
+    assert (from_parquet.clicks != from_csv.clicks).nnz == 0
+    assert (from_parquet.views != from_csv.views).nnz == 0
+    assert from_parquet.clicks.nnz == 2 and from_parquet.views.nnz == 3
