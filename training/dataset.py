@@ -144,7 +144,7 @@ def load_parquet(path: Path) -> Interactions:
         import pyarrow.parquet as pq
     except ImportError:
         raise ImportError("Parquet input needs pyarrow: pip install 'ledrec[parquet]'") from None
-    table = pq.read_table(Path(path), columns=["user_id", "item_id", "type"])
+    table = pq.read_table(Path(path), columns=["user_id", "item_id", "type"])  # type: ignore[no-untyped-call]
     users, items, kinds = (
         table.column(name).to_numpy(zero_copy_only=False).astype(str)
         for name in ("user_id", "item_id", "type")
