@@ -29,22 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 from deploy.stack import RedisServer  # noqa: E402
 from ledrec.settings import Settings  # noqa: E402
-from stream.artifact import Model, save_model  # noqa: E402
+from stream.artifact import save_model  # noqa: E402
 from stream.client import RecommenderClient  # noqa: E402
 from stream.reencoder import read_progress  # noqa: E402
 from stream.registry import Registry  # noqa: E402
 from stream.state import TimelineEvent, UserStateStore  # noqa: E402
-from tests.helpers import settings_env  # noqa: E402
-
-
-def _model(n_items: int, dim: int, seed: int, version: str) -> Model:
-    rng = np.random.default_rng(seed)
-    return Model(
-        item_ids=np.array([f"i{i}" for i in range(n_items)]),
-        embeddings=rng.normal(size=(n_items, dim)).astype(np.float32),
-        biases=rng.normal(size=n_items).astype(np.float32),
-        version=version,
-    )
+from tests.helpers import random_model, settings_env  # noqa: E402
 
 
 def _stats(samples_s: list[float], floor: dict[str, float] | None = None) -> dict[str, float]:
@@ -87,7 +77,7 @@ def run(n_users: int, n_items: int, dim: int, timeline: int) -> dict[str, Any]:
         )
         r = redis.Redis.from_url(server.url)
         registry = Registry(r, settings.key_prefix)
-        v1, v2 = (_model(n_items, dim, s, f"v{s}") for s in (1, 2))
+        v1, v2 = (random_model(n_items, dim, seed=s, version=f"v{s}") for s in (1, 2))
         for m in (v1, v2):
             save_model(m, settings.model_store_path)
             registry.register(m)

@@ -89,7 +89,31 @@ def _result(raw: Any, timeout_s: float) -> Recommendations:
     )
 
 
-class RecommenderClient:
+class _ClientBase:
+    """What the sync and asyncio clients share: where to queue, and how to build a request."""
+
+    def __init__(self, queue: str, prefix: str, timeout_s: float, max_queue_length: int) -> None:
+        self.queue, self.prefix = queue, prefix
+        self.timeout_s, self.max_queue_length = timeout_s, max_queue_length
+
+    def _prepare(
+        self,
+        user_id: str | None,
+        items: list[str] | None,
+        k: int,
+        exclude_seen: bool,
+        timeout_s: float | None,
+    ) -> tuple[Request, float, list[bytes | int]]:
+        """The request, its timeout, and the bounded-push script's arguments."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        req = _request(self.prefix, k, timeout, user_id, items, exclude_seen)
+        return req, timeout, [protocol.encode_request(req), self.max_queue_length]
+
+    def _queue_full(self) -> Overloaded:
+        return Overloaded(f"request queue is full ({self.max_queue_length} waiting)")
+
+
+class RecommenderClient(_ClientBase):
     """Synchronous client. Thread-safe (redis-py connection pool)."""
 
     def __init__(
@@ -100,8 +124,8 @@ class RecommenderClient:
         timeout_s: float = 2.0,
         max_queue_length: int = 10_000,
     ) -> None:
-        self.client, self.queue, self.prefix = client, queue, prefix
-        self.timeout_s, self.max_queue_length = timeout_s, max_queue_length
+        super().__init__(queue, prefix, timeout_s, max_queue_length)
+        self.client = client
         self._push = client.register_script(_BOUNDED_PUSH)
 
     @classmethod
@@ -134,19 +158,13 @@ class RecommenderClient:
         exclude_seen: bool = True,
         timeout_s: float | None = None,
     ) -> Recommendations:
-        timeout = self.timeout_s if timeout_s is None else timeout_s
-        req = _request(self.prefix, k, timeout, user_id, items, exclude_seen)
-        if (
-            self._push(
-                keys=[self.queue], args=[protocol.encode_request(req), self.max_queue_length]
-            )
-            < 0
-        ):
-            raise Overloaded(f"request queue is full ({self.max_queue_length} waiting)")
+        req, timeout, args = self._prepare(user_id, items, k, exclude_seen, timeout_s)
+        if self._push(keys=[self.queue], args=args) < 0:
+            raise self._queue_full()
         return _result(self.client.blpop([req.reply_to], timeout=timeout), timeout)
 
 
-class AsyncRecommenderClient:
+class AsyncRecommenderClient(_ClientBase):
     """asyncio client with the same surface as ``RecommenderClient``."""
 
     def __init__(
@@ -157,8 +175,8 @@ class AsyncRecommenderClient:
         timeout_s: float = 2.0,
         max_queue_length: int = 10_000,
     ) -> None:
-        self.client, self.queue, self.prefix = client, queue, prefix
-        self.timeout_s, self.max_queue_length = timeout_s, max_queue_length
+        super().__init__(queue, prefix, timeout_s, max_queue_length)
+        self.client = client
         self._push = client.register_script(_BOUNDED_PUSH)
 
     @classmethod
@@ -191,13 +209,9 @@ class AsyncRecommenderClient:
         exclude_seen: bool = True,
         timeout_s: float | None = None,
     ) -> Recommendations:
-        timeout = self.timeout_s if timeout_s is None else timeout_s
-        req = _request(self.prefix, k, timeout, user_id, items, exclude_seen)
-        pushed = await self._push(
-            keys=[self.queue], args=[protocol.encode_request(req), self.max_queue_length]
-        )
-        if pushed < 0:
-            raise Overloaded(f"request queue is full ({self.max_queue_length} waiting)")
+        req, timeout, args = self._prepare(user_id, items, k, exclude_seen, timeout_s)
+        if await self._push(keys=[self.queue], args=args) < 0:
+            raise self._queue_full()
         return _result(await self.client.blpop([req.reply_to], timeout=timeout), timeout)
 
     async def aclose(self) -> None:
