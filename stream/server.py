@@ -1,11 +1,15 @@
 """The scorer process: serves recommendation requests from the Redis request list.
 
-Each loop pops a batch of requests (non-blocking ``RPOP count`` first, so a busy server
-takes many per round trip; ``BRPOP`` when idle), drops the ones past their deadline
-(their client has given up: answering late only adds load), reads the users' states in
-one pipeline, searches faiss once for the whole batch and pushes every reply in one
-pipeline. Model swaps are prepared in a background thread and take effect between two
-batches, never in the middle of one.
+Each loop takes a batch of requests, drops the ones past their deadline (their client has
+given up: answering late only adds load), reads the users' states in one pipeline,
+searches faiss once for the whole batch and pushes every reply in one pipeline whose last
+command, ``RPOP count``, pops the next batch (so a busy server needs two round trips per
+batch). When that pop finds the list empty, the server waits in ``BRPOP`` with an
+``RPOP count`` pipelined behind it: one round trip returns the first request to arrive
+and whatever queued behind it. Popping and replying go over one connection the server
+holds (not the pool: its checkout costs a syscall and more CPU than the round trip).
+Model swaps are prepared in a background thread and take effect between two batches,
+never in the middle of one.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import cast
+from typing import Any
 
 import faiss
 import numpy as np
 import redis
 from prometheus_client import Counter, Histogram
+from redis.connection import ConnectionInterface
 
 from ledrec.settings import Settings
 from stream import protocol
@@ -31,7 +36,7 @@ from stream.artifact import ArtifactError
 from stream.protocol import Limits, Request, RequestError
 from stream.registry import ModelCache, Registry
 from stream.scorer import Query, Scorer
-from stream.state import UserStateStore, execute_raw
+from stream.state import UserStateStore
 
 log = logging.getLogger("ledrec.server")
 
@@ -79,6 +84,7 @@ class RecommendServer:
         self.totals = ServerTotals()
         self.stop_event = threading.Event()
         self._prefetched: list[bytes] | None = None  # popped with the last replies
+        self._conn: ConnectionInterface | None = None  # the serving loop's own (see _pipeline)
         self._refused: str | None = None  # a version that failed to load (artifacts are immutable)
         # Scorers of the other live versions (warming: the next one; retained: a rollback
         # target), loaded in the background so that a flip never loads on the request path.
@@ -227,27 +233,62 @@ class RecommendServer:
                 with contextlib.suppress(redis.RedisError):  # else their clients time out
                     self.client.rpush(self.settings.request_queue, *reversed(self._prefetched))
                 self._prefetched = None
+            if self._conn is not None:
+                self._conn.disconnect()  # type: ignore[no-untyped-call]
+                self._conn = None
         return self.totals
 
     def serve_once(self, block_s: float = 0.5) -> int:
-        """Pop and answer one batch; returns how many requests were popped."""
+        """Answer one batch (waiting up to ``block_s`` for one); returns how many were popped."""
         self._swap_if_ready()
-        queue = self.settings.request_queue
         raw, self._prefetched = self._prefetched, None
         if not raw:
-            raw = cast(
-                "list[bytes] | None", self.client.rpop(queue, self.settings.serve_batch_size)
-            )
-        if not raw:
-            popped = cast("tuple[bytes, bytes] | None", self.client.brpop([queue], timeout=block_s))
-            if popped is None:
+            raw = self._pop(block_s)
+            if not raw:
                 return 0
-            raw = [popped[1]]
         started = time.perf_counter()
         self._answer(raw)
         BATCH_SECONDS.observe(time.perf_counter() - started)
         self.totals.batches += 1
         return len(raw)
+
+    def _pop(self, block_s: float) -> list[bytes]:
+        """Wait for a request; return it with those queued behind it (up to a batch)."""
+        queue = self.settings.request_queue.encode()
+        commands = [_command(b"BRPOP", queue, b"%g" % block_s)]
+        if self.settings.serve_batch_size > 1:
+            commands.append(_command(b"RPOP", queue, b"%d" % (self.settings.serve_batch_size - 1)))
+        first, *more = self._pipeline(commands)
+        if first is None:
+            return []
+        return [first[1], *(more[0] or [])] if more else [first[1]]
+
+    def _pipeline(self, commands: list[bytes]) -> list[Any]:
+        """Send RESP-packed ``commands`` in one write on the serving connection; every reply.
+
+        A lost connection is dropped and the error raised (``run`` backs off and the next
+        call reconnects); requests a lost round trip had popped are lost with it, as with
+        any pop, and their clients time out. An error reply raises once all are read.
+        """
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self.client.connection_pool.make_connection()
+        try:
+            conn.send_packed_command([b"".join(commands)])  # type: ignore[no-untyped-call]
+            replies: list[Any] = []
+            error: redis.ResponseError | None = None
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response(disable_decoding=True))
+                except redis.ResponseError as e:
+                    replies.append(None)
+                    error = error or e
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]  # never reuse it half-read
+            raise
+        if error is not None:
+            raise error
+        return replies
 
     def _answer(self, raw: list[bytes]) -> None:
         now = time.time()
@@ -295,16 +336,8 @@ class RecommendServer:
                 commands.append(b"*3\r\n$6\r\nEXPIRE\r\n$%d\r\n%b\r\n$2\r\n30\r\n" % (len(k), k))
             # The next batch's RPOP rides on the replies' round trip (served next loop).
             queue = self.settings.request_queue.encode()
-            count = b"%d" % self.settings.serve_batch_size
-            commands.append(
-                b"*3\r\n$4\r\nRPOP\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-                % (len(queue), queue, len(count), count)
-            )
-            *acks, popped = execute_raw(self.client, commands)
-            for reply in (*acks, popped):
-                if isinstance(reply, Exception):
-                    raise reply
-            self._prefetched = popped or None
+            commands.append(_command(b"RPOP", queue, b"%d" % self.settings.serve_batch_size))
+            self._prefetched = self._pipeline(commands)[-1] or None
 
     def _score(self, scorer: Scorer, requests: list[Request]) -> list[tuple[str, bytes]]:
         user_ids = [r.user_id for r in requests if r.user_id is not None]
@@ -338,3 +371,8 @@ class RecommendServer:
             (req.reply_to, protocol.encode_reply(req.id, items, scorer.version, source))
             for req, items, source in zip(requests, results, sources, strict=True)
         ]
+
+
+def _command(*args: bytes) -> bytes:
+    """One command packed as RESP."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
