@@ -7,11 +7,12 @@ Per catalog size (d=64, clustered model with log-popularity biases):
   the smallest nprobe reaching the target serves;
 * single-query user-embedding (state read + ``sum / weight``) and kNN times (Table 4);
 * one scorer process (``RecommendServer``, faiss at one OpenMP thread) per index kind, and
-  load-generator processes using the project's asyncio client: closed loop at N
-  concurrent clients (max throughput) and open loop at a fixed rate (latency measured
-  from each request's scheduled time, so queueing is not hidden);
-* the floor, same run, same load generators: an echo server process popping the same
-  list and pushing a reply with no work.
+  load-generator processes speaking the RPC's wire protocol on raw sockets (``_LeanLoad``;
+  ``--client library`` uses the project's asyncio client instead): closed loop at N
+  concurrent clients (max throughput) and open loop at a fixed rate, evenly spaced or
+  Poisson (latency measured from each request's due time, so queueing is not hidden);
+* the floor, same run, same load generators: the server's own loop (pop, decode, reply)
+  with no state read and no search.
 
     python -m benchmarks.serving --items 100000 1000000 --seconds 8
 """
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import random
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -48,28 +50,21 @@ TARGET_RECALL = 0.95
 
 
 def _echo(settings: Any, stop: Any) -> None:  # child: the floor, no work per request
-    import msgpack
+    """The server's own loop (pop, decode, reply over its connection) with no state read
+    and no search: every request gets an empty reply."""
     import redis
 
     from stream import protocol
-    from stream.state import execute_raw
+    from stream.server import RecommendServer
 
-    client = redis.Redis.from_url(settings.redis_url)
-    queue = settings.request_queue
+    class EchoServer(RecommendServer):
+        def _score(self, scorer: Any, requests: list[Any]) -> list[tuple[str, bytes]]:
+            return [(r.reply_to, protocol.encode_reply(r.id, [], "echo", "echo")) for r in requests]
+
+    server = EchoServer(settings, redis.Redis.from_url(settings.redis_url))
+    server.scorer = object()  # type: ignore[assignment]  # no model: _score does no work
     while not stop.is_set():
-        raw = client.rpop(queue, settings.serve_batch_size)
-        if not raw:
-            popped = client.brpop([queue], timeout=0.2)
-            if popped is None:
-                continue
-            raw = [popped[1]]
-        commands: list[bytes] = []
-        for payload in raw:
-            body = msgpack.unpackb(payload, raw=False)
-            key = body["reply_to"].encode()
-            reply = protocol.encode_reply(body["id"], [], "echo", "echo")
-            commands += (_resp(b"LPUSH", key, reply), _resp(b"EXPIRE", key, b"30"))
-        execute_raw(client, commands)
+        server.serve_once(block_s=0.2)
 
 
 def _resp(*args: bytes) -> bytes:
@@ -136,57 +131,185 @@ def _serve(
     out.put(batches)
 
 
-class _LeanClient:
-    """The RPC's wire protocol on one raw connection: the bounded-push script and the
-    BLOCKing pop of the reply sent in one write (one round trip), replies parsed by
-    hiredis. Same request/reply bytes as ``stream.client``; a fraction of its CPU, so the
-    load generator does not starve the scorer on a 2-core machine."""
+class _LeanLoad:
+    """A load generator speaking the RPC's wire protocol on raw sockets, one thread, no
+    asyncio: per request, the bounded-push script and the BLOCKing pop of the reply go out
+    in one write (one round trip), replies are parsed by hiredis and decoded by the
+    library's own ``_result``. Same request/reply bytes as ``stream.client``, at a
+    fraction of its CPU, so the load generator does not starve the scorer on 2 cores.
+
+    Open loop: request ``n`` of this process is due at ``start + (n + offset) / rate``
+    (processes interleave through ``offset``; ``poisson`` draws exponential gaps instead),
+    sent when due whatever is in flight, and its latency runs from that due time, so
+    neither queueing nor the generator's own lateness is hidden. ``select`` waits with a
+    microsecond timeout (epoll's is whole milliseconds, which sent requests in bursts)
+    and a 1 ns timer slack (the default 50 µs made every send ~100 µs late here).
+
+    Waking up costs ~30 µs of CPU on this VM, so a socket reports readable only once
+    ``SO_RCVLOWAT`` bytes are in (more than the push's short integer reply, less than any
+    recommendation reply): one wakeup per request instead of two. A reply too short to
+    wake it (a nil pop after a client timeout) is found by ``expire`` and counted.
+    """
 
     def __init__(self, settings: Any, sha: bytes) -> None:
         from urllib.parse import urlparse
 
         url = urlparse(settings.redis_url)
-        self.host, self.port = url.hostname or "127.0.0.1", url.port or 6379
+        self.address = (url.hostname or "127.0.0.1", url.port or 6379)
         self.settings, self.sha = settings, sha
         self.queue = settings.request_queue.encode()
+        self.idle: list[Any] = []
+        self.busy: dict[Any, tuple[Any, Any, float]] = {}  # socket -> (reader, replies, due)
+        self.latencies: list[float] = []
+        self.errors: dict[str, int] = {}
+        self.measure_from = self.end = 0.0
 
-    async def open(self) -> None:
+    def open(self, n: int) -> None:
+        self.idle += [self._connect() for _ in range(n)]
+
+    def _connect(self) -> Any:
+        import socket
+
+        sock = socket.create_connection(self.address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, _REPLY_LOWAT)
+        return sock
+
+    def send(self, user_id: str, due: float, timeout_s: float = 2.0) -> None:
         import hiredis
 
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.parser = hiredis.Reader()
-
-    async def request(self, user_id: str, k: int = 10, timeout_s: float = 2.0) -> Any:
         from stream import protocol
-        from stream.client import Overloaded, _request, _result
+        from stream.client import _request
 
-        req = _request(self.settings.key_prefix, k, timeout_s, user_id, None, True)
-        body = protocol.encode_request(req)
-        reply_key = req.reply_to.encode()
-        self.writer.write(
-            _resp(b"EVALSHA", self.sha, b"1", self.queue, body, b"1000000")
-            + _resp(b"BLPOP", reply_key, b"%d" % max(1, round(timeout_s)))
+        req = _request(self.settings.key_prefix, 10, timeout_s, user_id, None, True)
+        sock = self.idle.pop() if self.idle else self._connect()
+        sock.sendall(
+            _resp(b"EVALSHA", self.sha, b"1", self.queue, protocol.encode_request(req), b"1000000")
+            + _resp(b"BLPOP", req.reply_to.encode(), b"%d" % max(1, round(timeout_s)))
         )
-        pushed, raw = await self._replies(2)
-        if pushed == -1:
-            raise Overloaded("request queue is full")
-        return _result(raw, timeout_s)
+        self.busy[sock] = (hiredis.Reader(), [], due)
 
-    async def _replies(self, n: int) -> list[Any]:
-        out: list[Any] = []
-        while len(out) < n:
-            reply = self.parser.gets()
-            if reply is False:
-                data = await self.reader.read(65536)
-                if not data:
-                    raise ConnectionError("redis closed the connection")
-                self.parser.feed(data)
+    def poll(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for replies; record every request they complete."""
+        import select
+
+        from stream.client import Overloaded, RecommendError, _result
+
+        if not self.busy:
+            time.sleep(timeout)
+            return
+        readable, _, _ = select.select(list(self.busy), [], [], timeout)
+        for sock in readable:
+            reader, replies, due = self.busy[sock]
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("redis closed the connection")
+            reader.feed(data)
+            while (reply := reader.gets()) is not False:
+                replies.append(reply)
+            if len(replies) < 2:
+                continue
+            del self.busy[sock]
+            self.idle.append(sock)
+            pushed, raw = replies
+            error = None
+            try:
+                if pushed == -1:
+                    raise Overloaded("request queue is full")
+                _result(raw, 2.0)
+            except RecommendError as e:
+                error = type(e).__name__
+            if due < self.measure_from:
+                continue
+            if error is not None:
+                self.errors[error] = self.errors.get(error, 0) + 1
             else:
-                out.append(reply)
-        return out
+                self.latencies.append(time.time() - due)
+
+    def expire(self, timeout_s: float = 2.0) -> None:
+        """Count and drop the requests with no complete reply a second past their timeout."""
+        late = time.time() - timeout_s - 1.0
+        for sock, (_, _, due) in list(self.busy.items()):
+            if due < late:
+                del self.busy[sock]
+                sock.close()  # its reply (if any) was too short to wake us: start afresh
+                if due >= self.measure_from:
+                    self.errors["Timeout"] = self.errors.get("Timeout", 0) + 1
 
     def close(self) -> None:
-        self.writer.close()
+        for sock in [*self.idle, *self.busy]:
+            sock.close()
+
+
+# An answered request's two replies (":<queue length>" then a BLPOP array holding the key
+# and a msgpack reply with id, version and source) are well over 64 bytes; an overloaded
+# push (":-1", 5 bytes) or a timed-out pop ("*-1", 5 bytes) alone never reach it.
+_REPLY_LOWAT = 64
+
+
+def _fine_timer_slack() -> None:
+    """Ask Linux for 1 ns timer slack (PR_SET_TIMERSLACK): sends leave when due."""
+    import ctypes
+    import sys
+
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)
+
+
+def _lean_load(
+    settings: Any,
+    users: list[str],
+    mode: str,
+    concurrency: int,
+    rate: float,
+    offset: float,
+    arrivals: str,
+    start_at: float,
+    warmup: float,
+    seconds: float,
+) -> dict[str, Any]:
+    import redis
+
+    from stream.client import _BOUNDED_PUSH
+
+    _fine_timer_slack()
+    sha = redis.Redis.from_url(settings.redis_url).script_load(_BOUNDED_PUSH).encode()
+    load = _LeanLoad(settings, sha)
+    load.measure_from, load.end = start_at + warmup, start_at + warmup + seconds
+    load.open(concurrency if mode == "closed" else 64)  # connects are not requests
+    rng = random.Random()
+    while time.time() < start_at:
+        time.sleep(0.001)
+    cpu0 = time.process_time()
+    sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+    if mode == "closed":
+        for _ in range(concurrency):
+            load.send(rng.choice(users), time.time())
+        while time.time() < load.end:
+            before = len(load.idle) + len(load.busy)
+            load.poll(0.05)
+            load.expire()
+            for _ in range(before - len(load.busy)):  # each answered client asks again
+                load.send(rng.choice(users), time.time())
+    else:
+        due = start_at + offset / rate
+        while due < load.end:
+            now = time.time()
+            while due <= now and due < load.end:
+                load.send(rng.choice(users), due)
+                due += rng.expovariate(rate) if arrivals == "poisson" else 1.0 / rate
+            load.poll(max(0.0, due - time.time()))
+            load.expire()
+    unanswered_by = time.time() + 5.0  # every reply comes within its 2 s BLPOP timeout
+    while load.busy and time.time() < unanswered_by:
+        load.poll(0.05)
+        load.expire()
+    cpu = time.process_time() - cpu0
+    kernel = resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0
+    if load.busy:
+        load.errors["unanswered"] = len(load.busy)
+    load.close()
+    return {"latencies": load.latencies, "errors": load.errors, "cpu_s": cpu, "sys_s": kernel}
 
 
 def _load(
@@ -195,42 +318,32 @@ def _load(
     mode: str,
     concurrency: int,
     rate: float,
+    offset: float,
+    arrivals: str,
     start_at: float,
     warmup: float,
     seconds: float,
     client_kind: str,
     out: Any,
 ) -> None:  # child: a load generator (lean RPC client, or the project's asyncio client)
+    if client_kind == "lean":
+        out.put(
+            _lean_load(
+                settings, users, mode, concurrency, rate, offset, arrivals, start_at, warmup,
+                seconds,
+            )
+        )  # fmt: skip
+        return
     import redis.asyncio as aredis
     from redis.exceptions import RedisError
 
-    from stream.client import _BOUNDED_PUSH, AsyncRecommenderClient, RecommendError
+    from stream.client import AsyncRecommenderClient, RecommendError
 
     async def main() -> dict[str, Any]:
         conn = aredis.Redis.from_url(settings.redis_url, max_connections=10_000)
         library = AsyncRecommenderClient(
             conn, settings.request_queue, settings.key_prefix, 2.0, 1_000_000
         )
-        sha = (await conn.script_load(_BOUNDED_PUSH)).encode()
-        idle: list[_LeanClient] = []
-
-        async def lean_request(user_id: str) -> Any:
-            c = idle.pop() if idle else _LeanClient(settings, sha)
-            if not hasattr(c, "writer"):
-                await c.open()
-            try:
-                result = await c.request(user_id)
-            except BaseException:
-                c.close()
-                raise
-            idle.append(c)
-            return result
-
-        async def request(user_id: str) -> Any:
-            if client_kind == "lean":
-                return await lean_request(user_id)
-            return await library.request(user_id=user_id, k=10)
-
         rng = random.Random()
         lat: list[float] = []
         errors: dict[str, int] = {}
@@ -239,22 +352,17 @@ def _load(
 
         async def one(scheduled: float) -> None:
             try:
-                await request(rng.choice(users))
+                await library.request(user_id=rng.choice(users), k=10)
             except (RecommendError, RedisError, OSError) as e:
                 if scheduled >= measure_from:
                     errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
                 return
-            now = time.time()
-            if measure_from <= scheduled and now <= end + 2.5:
-                lat.append(now - scheduled)
+            if measure_from <= scheduled:
+                lat.append(time.time() - scheduled)
 
         # open the connections before the clock starts (connects are not requests)
         n_conn = concurrency if mode == "closed" else 64
-        if client_kind == "lean":
-            idle.extend(_LeanClient(settings, sha) for _ in range(n_conn))
-            await asyncio.gather(*(c.open() for c in idle))
-        else:
-            await asyncio.gather(*(conn.ping() for _ in range(n_conn)))
+        await asyncio.gather(*(conn.ping() for _ in range(n_conn)))
         while time.time() < start_at:
             await asyncio.sleep(0.001)
         cpu0 = time.process_time()
@@ -267,23 +375,20 @@ def _load(
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         else:
             tasks: set[asyncio.Task[None]] = set()
-            n = 0
-            while True:
-                scheduled = start_at + n / rate
-                if scheduled >= end:
-                    break
+            scheduled = start_at + offset / rate
+            while scheduled < end:
                 delay = scheduled - time.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 task = asyncio.create_task(one(scheduled))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-                n += 1
+                scheduled += rng.expovariate(rate) if arrivals == "poisson" else 1.0 / rate
             if tasks:
                 await asyncio.wait(tasks, timeout=5)
+            if tasks:
+                errors["unanswered"] = len(tasks)
         cpu = time.process_time() - cpu0
-        for c in idle:
-            c.close()
         await conn.aclose()
         return {"latencies": lat, "errors": errors, "cpu_s": cpu}
 
@@ -298,6 +403,7 @@ def _run_load(
     procs: int,
     seconds: float,
     client_kind: str,
+    arrivals: str = "uniform",
 ) -> dict[str, Any]:
     """Run ``procs`` load generators; ``total`` = concurrency (closed) or req/s (open)."""
     ctx = mp.get_context("spawn")
@@ -313,6 +419,8 @@ def _run_load(
                 mode,
                 max(1, total // procs),
                 total / procs,
+                i / procs,  # open loop: the processes' arrivals interleave
+                arrivals,
                 start_at,
                 warmup,
                 seconds,
@@ -320,7 +428,7 @@ def _run_load(
                 out,
             ),
         )
-        for _ in range(procs)
+        for i in range(procs)
     ]
     for c in children:
         c.start()
@@ -333,12 +441,15 @@ def _run_load(
         for k, v in r["errors"].items():
             errors[k] = errors.get(k, 0) + v
     cpu = sum(r["cpu_s"] for r in results)
+    kernel = sum(r.get("sys_s", 0.0) for r in results)
     return {
         "load_generator_cpu_us_per_request": round(1e6 * cpu / max(1, lat.size), 1),
+        "load_generator_kernel_cpu_us_per_request": round(1e6 * kernel / max(1, lat.size), 1),
         "mode": mode,
         ("concurrency" if mode == "closed" else "offered_per_s"): total,
         "load_processes": procs,
         "client": client_kind,
+        **({"arrivals": arrivals} if mode == "open" else {}),
         "answered_per_s": round(lat.size / seconds),
         "errors": errors,
         "latency": percentiles(lat),
@@ -563,7 +674,16 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
                 print(f"    {kind:5s} closed {c:3d} clients: {_line(points[-1])}", flush=True)
             if kind != "exact" or points[-1]["answered_per_s"] > args.rate:
                 points.append(
-                    _run_load(s, users, "open", args.rate, args.procs, args.seconds, args.client)
+                    _run_load(
+                        s,
+                        users,
+                        "open",
+                        args.rate,
+                        args.procs,
+                        args.seconds,
+                        args.client,
+                        args.arrivals,
+                    )
                 )
                 print(f"    {kind:5s} open {args.rate}/s: {_line(points[-1])}", flush=True)
             return points
@@ -577,7 +697,8 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
         "dim": args.dim,
         "users_with_state": len(users),
         "index": {
-            "kind": "HeadTailIndex: exact over the 2,048 highest-bias items + IVFFlat(IP)",
+            "kind": "HeadTailIndex: IVFFlat(IP) + an always-probed list of the 2,048"
+            " highest-bias items",
             "nlist": nlist,
             "nprobe_served": nprobe,
             "build_seconds_incl_model": round(build_s, 1),
@@ -618,6 +739,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="lean",
         help="load generator: lean raw-socket RPC client, or stream.client's asyncio client",
     )
+    p.add_argument(
+        "--arrivals",
+        choices=["uniform", "poisson"],
+        default="uniform",
+        help="open loop: evenly spaced requests, or a Poisson process of the same rate",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="scorer's serve_batch_size")
     p.add_argument("--exact-max-items-served", type=int, default=10**6)
     p.add_argument("--profile", action="store_true", help="pyinstrument the scorer process")
@@ -634,13 +761,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"redis-server; one scorer process (RecommendServer, faiss OpenMP 1 thread, "
             f"serve_batch_size {args.batch_size}); {args.procs} load-generator processes "
             + (
-                "(asyncio, a lean raw-socket client speaking the same RPC: bounded-push "
-                "script + BLPOP in one round trip)"
+                "(a lean raw-socket client speaking the same RPC: bounded-push script + "
+                "BLPOP in one round trip, select loop"
                 if args.client == "lean"
-                else "(asyncio, stream.client.AsyncRecommenderClient)"
+                else "(asyncio, stream.client.AsyncRecommenderClient"
             )
-            + "; the floor is an echo server process on the same list, same load "
-            "generators — all on this machine's 2 cores"
+            + f"; open loop {args.arrivals} arrivals); the floor is the server's own loop "
+            "with no state read and no search (an echo), same load generators — all on "
+            "this machine's 2 cores"
         ),
         "sizes": sizes,
     }
