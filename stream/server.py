@@ -2,19 +2,19 @@
 
 Each loop takes a batch of requests, drops the ones past their deadline (their client has
 given up: answering late only adds load), reads the users' states in one pipeline,
-searches faiss once for the whole batch and pushes every reply in one pipeline whose last
-command, ``RPOP count``, pops the next batch (so a busy server needs two round trips per
-batch). When that pop finds the list empty, the server waits in ``BRPOP`` with an
-``RPOP count`` pipelined behind it: one round trip returns the first request to arrive
-and whatever queued behind it. Popping and replying go over one connection the server
-holds (not the pool: its checkout costs a syscall and more CPU than the round trip).
-Model swaps are prepared in a background thread and take effect between two batches,
-never in the middle of one.
+searches faiss once for the whole batch, and sends every reply in one pipeline that ends
+with the wait for the next batch: ``BRPOP`` (at once when requests are queued, else when
+the next one arrives) and an ``RPOP count`` behind it for whatever queued with it. So a
+batch costs two round trips, busy or idle. Popping and replying go over one connection
+the server holds (not the pool: its checkout costs a syscall and more CPU than the round
+trip). Model swaps are prepared in a background thread and take effect between two
+batches, never in the middle of one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -47,7 +47,7 @@ REQUESTS = Counter("ledrec_requests_total", "Requests answered", ["outcome"])
 SHED = Counter("ledrec_requests_shed_total", "Requests dropped past their deadline")
 BATCH_SECONDS = Histogram(
     "ledrec_serve_batch_seconds",
-    "Server-side time per batch (read state, encode, search, reply)",
+    "Server-side time per batch (decode, read state, encode, search, pack replies)",
     buckets=(1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5),
 )
 
@@ -180,6 +180,10 @@ class RecommendServer:
         scorer = Scorer(model, self.settings.exact_index_max_items, self.settings.ivf_nprobe)
         zeros = np.zeros(model.dim, dtype=np.float32)
         scorer.top_k([Query(zeros, frozenset(), 10)] * self.settings.serve_batch_size)
+        model.row_of  # noqa: B018  # built here, not by the first request with explicit items
+        # The model's million-entry id list and dict live as long as the version: keep the
+        # cyclic GC from traversing them again and again on the request path.
+        gc.freeze()
         return scorer
 
     def heartbeat(self) -> None:
@@ -239,26 +243,47 @@ class RecommendServer:
         return self.totals
 
     def serve_once(self, block_s: float = 0.5) -> int:
-        """Answer one batch (waiting up to ``block_s`` for one); returns how many were popped."""
+        """Answer one batch (waiting up to ``block_s`` for one); returns how many were popped.
+
+        The replies go out in the same round trip as the wait for the next batch (taken by
+        the next call): ``BRPOP`` returns at once when requests are queued, else when the
+        next one arrives, so an idle server does not pay a round trip to find the list
+        empty before it blocks.
+        """
         self._swap_if_ready()
         raw, self._prefetched = self._prefetched, None
         if not raw:
-            raw = self._pop(block_s)
+            raw = self._reply_and_pop([], block_s)
             if not raw:
                 return 0
         started = time.perf_counter()
-        self._answer(raw)
+        replies = self._answer(raw)
         BATCH_SECONDS.observe(time.perf_counter() - started)
         self.totals.batches += 1
+        self._prefetched = self._reply_and_pop(replies, block_s) or None
         return len(raw)
 
-    def _pop(self, block_s: float) -> list[bytes]:
-        """Wait for a request; return it with those queued behind it (up to a batch)."""
+    def _reply_and_pop(self, replies: list[bytes], block_s: float) -> list[bytes]:
+        """Send ``replies``; wait for a request and return it with those queued behind it.
+
+        One round trip: the replies, ``BRPOP`` and an ``RPOP count`` pipelined behind it
+        (Redis runs it once the BRPOP returns). A reply that Redis refuses (its key holds
+        another type) is logged and dropped; the batch popped with it is still served.
+        """
         queue = self.settings.request_queue.encode()
-        commands = [_command(b"BRPOP", queue, b"%g" % block_s)]
+        commands = [*replies, _command(b"BRPOP", queue, b"%g" % block_s)]
         if self.settings.serve_batch_size > 1:
             commands.append(_command(b"RPOP", queue, b"%d" % (self.settings.serve_batch_size - 1)))
-        first, *more = self._pipeline(commands)
+        results = self._pipeline(commands)
+        refused = [r for r in results[: len(replies)] if isinstance(r, redis.ResponseError)]
+        if refused:
+            log.warning(
+                "replies refused by redis", extra={"count": len(refused), "error": str(refused[0])}
+            )
+        first, *more = results[len(replies) :]
+        for result in (first, *more):
+            if isinstance(result, Exception):
+                raise result
         if first is None:
             return []
         return [first[1], *(more[0] or [])] if more else [first[1]]
@@ -266,9 +291,10 @@ class RecommendServer:
     def _pipeline(self, commands: list[bytes]) -> list[Any]:
         """Send RESP-packed ``commands`` in one write on the serving connection; every reply.
 
-        A lost connection is dropped and the error raised (``run`` backs off and the next
-        call reconnects); requests a lost round trip had popped are lost with it, as with
-        any pop, and their clients time out. An error reply raises once all are read.
+        Error replies are returned as exceptions, not raised. A lost connection is dropped
+        and the error raised (``run`` backs off and the next call reconnects); requests a
+        lost round trip had popped are lost with it, as with any pop, and their clients
+        time out.
         """
         conn = self._conn
         if conn is None:
@@ -276,21 +302,18 @@ class RecommendServer:
         try:
             conn.send_packed_command([b"".join(commands)])  # type: ignore[no-untyped-call]
             replies: list[Any] = []
-            error: redis.ResponseError | None = None
             for _ in commands:
                 try:
                     replies.append(conn.read_response(disable_decoding=True))
                 except redis.ResponseError as e:
-                    replies.append(None)
-                    error = error or e
+                    replies.append(e)
         except BaseException:
             conn.disconnect()  # type: ignore[no-untyped-call]  # never reuse it half-read
             raise
-        if error is not None:
-            raise error
         return replies
 
-    def _answer(self, raw: list[bytes]) -> None:
+    def _answer(self, raw: list[bytes]) -> list[bytes]:
+        """Decode, score and encode a batch; returns the reply commands (LPUSH, EXPIRE)."""
         now = time.time()
         replies: list[tuple[str, bytes]] = []
         requests: list[Request] = []
@@ -325,19 +348,14 @@ class RecommendServer:
             requests = []
         if requests and scorer is not None:
             replies += self._score(scorer, requests)
-        if replies:
-            commands: list[bytes] = []
-            for key, body in replies:  # LPUSH key body; EXPIRE key 30 (packed: hot path)
-                k = key.encode()
-                commands.append(
-                    b"*3\r\n$5\r\nLPUSH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-                    % (len(k), k, len(body), body)
-                )
-                commands.append(b"*3\r\n$6\r\nEXPIRE\r\n$%d\r\n%b\r\n$2\r\n30\r\n" % (len(k), k))
-            # The next batch's RPOP rides on the replies' round trip (served next loop).
-            queue = self.settings.request_queue.encode()
-            commands.append(_command(b"RPOP", queue, b"%d" % self.settings.serve_batch_size))
-            self._prefetched = self._pipeline(commands)[-1] or None
+        commands: list[bytes] = []
+        for key, body in replies:  # LPUSH key body; EXPIRE key 30 (packed: hot path)
+            k = key.encode()
+            commands.append(
+                b"*3\r\n$5\r\nLPUSH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(k), k, len(body), body)
+            )
+            commands.append(b"*3\r\n$6\r\nEXPIRE\r\n$%d\r\n%b\r\n$2\r\n30\r\n" % (len(k), k))
+        return commands
 
     def _score(self, scorer: Scorer, requests: list[Request]) -> list[tuple[str, bytes]]:
         user_ids = [r.user_id for r in requests if r.user_id is not None]
