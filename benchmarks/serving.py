@@ -24,6 +24,7 @@ import asyncio
 import multiprocessing as mp
 import random
 import resource
+import select
 import time
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def _serve(
     # per batch: n, answer, read, search, score (wall seconds); the whole serve_once and its
     # reply + pop round trip (thread CPU seconds: that round trip's wall includes waiting
     # for the next request)
-    batches: list[tuple[int, float, float, float, float, float, float]] = []
+    batches: list[tuple[int, float, float, float, float, float, float, float]] = []
     cur = {"read": 0.0, "search": 0.0, "score": 0.0, "n": 0, "answer": 0.0, "reply_cpu": 0.0}
 
     def timed(cls: Any, name: str, slot: str) -> None:
@@ -104,7 +105,10 @@ def _serve(
     timed(UserStateStore, "read_many", "read")
     timed(Scorer, "top_k", "search")
     timed(RecommendServer, "_score", "score")
-    answer, reply_and_pop = RecommendServer._answer, RecommendServer._reply_and_pop
+    answer = RecommendServer._answer
+    # (absent from servers before the replies and the next pop shared a round trip: an
+    # A/B against them then counts their reply round trip inside _answer)
+    reply_and_pop = getattr(RecommendServer, "_reply_and_pop", None)
     serve_once = RecommendServer.serve_once
 
     def timed_answer(self: Any, raw: list[bytes]) -> Any:
@@ -116,7 +120,7 @@ def _serve(
     def timed_reply_and_pop(self: Any, replies: list[bytes], block_s: float) -> Any:
         c0 = time.thread_time()
         try:
-            return reply_and_pop(self, replies, block_s)
+            return reply_and_pop(self, replies, block_s)  # type: ignore[misc]
         finally:
             if cur["n"]:  # the round trip that replies to the batch just answered
                 cur["reply_cpu"] += time.thread_time() - c0
@@ -128,12 +132,14 @@ def _serve(
         if cur["n"]:
             cpu = time.thread_time() - c0
             batches.append(
-                (n, cur["answer"], cur["read"], cur["search"], cur["score"], cpu, cur["reply_cpu"])
-            )
+                (n, cur["answer"], cur["read"], cur["search"], cur["score"], cpu, cur["reply_cpu"],
+                 time.time())
+            )  # fmt: skip
         return n
 
     RecommendServer._answer = timed_answer  # type: ignore[method-assign]
-    RecommendServer._reply_and_pop = timed_reply_and_pop  # type: ignore[method-assign]
+    if reply_and_pop is not None:
+        RecommendServer._reply_and_pop = timed_reply_and_pop  # type: ignore[method-assign]
     RecommendServer.serve_once = timed_serve_once  # type: ignore[method-assign]
     server = RecommendServer(settings, redis.Redis.from_url(settings.redis_url))
 
@@ -165,9 +171,11 @@ class _LeanLoad:
     Open loop: request ``n`` of this process is due at ``start + (n + offset) / rate``
     (processes interleave through ``offset``; ``poisson`` draws exponential gaps instead),
     sent when due whatever is in flight, and its latency runs from that due time, so
-    neither queueing nor the generator's own lateness is hidden. ``select`` waits with a
-    microsecond timeout (epoll's is whole milliseconds, which sent requests in bursts)
-    and a 1 ns timer slack (the default 50 µs made every send ~100 µs late here).
+    neither queueing nor the generator's own lateness is hidden. It waits in ``select``
+    on an epoll descriptor: a microsecond timeout (epoll's own is whole milliseconds,
+    which sent requests in bursts) and no limit on sockets (an overloaded server leaves
+    thousands in flight), with a 1 ns timer slack (the default 50 µs made every send
+    ~100 µs late here).
 
     Waking up costs ~30 µs of CPU on this VM, so a socket reports readable only once
     ``SO_RCVLOWAT`` bytes are in (more than the push's short integer reply, less than any
@@ -182,8 +190,10 @@ class _LeanLoad:
         self.address = (url.hostname or "127.0.0.1", url.port or 6379)
         self.settings, self.sha = settings, sha
         self.queue = settings.request_queue.encode()
+        self.epoll = select.epoll()
         self.idle: list[Any] = []
-        self.busy: dict[Any, tuple[Any, Any, float]] = {}  # socket -> (reader, replies, due)
+        # fd -> (socket, reply reader, replies so far, due time)
+        self.busy: dict[int, tuple[Any, Any, list[Any], float]] = {}
         self.latencies: list[float] = []
         self.errors: dict[str, int] = {}
         self.measure_from = self.end = 0.0
@@ -211,20 +221,20 @@ class _LeanLoad:
             _resp(b"EVALSHA", self.sha, b"1", self.queue, protocol.encode_request(req), b"1000000")
             + _resp(b"BLPOP", req.reply_to.encode(), b"%d" % max(1, round(timeout_s)))
         )
-        self.busy[sock] = (hiredis.Reader(), [], due)
+        self.busy[sock.fileno()] = (sock, hiredis.Reader(), [], due)
+        self.epoll.register(sock.fileno(), select.EPOLLIN)
 
     def poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` for replies; record every request they complete."""
-        import select
-
         from stream.client import Overloaded, RecommendError, _result
 
         if not self.busy:
             time.sleep(timeout)
             return
-        readable, _, _ = select.select(list(self.busy), [], [], timeout)
-        for sock in readable:
-            reader, replies, due = self.busy[sock]
+        if not select.select([self.epoll], [], [], timeout)[0]:
+            return
+        for fd, _ in self.epoll.poll(0):
+            sock, reader, replies, due = self.busy[fd]
             data = sock.recv(65536)
             if not data:
                 raise ConnectionError("redis closed the connection")
@@ -233,7 +243,7 @@ class _LeanLoad:
                 replies.append(reply)
             if len(replies) < 2:
                 continue
-            del self.busy[sock]
+            self._done(fd)
             self.idle.append(sock)
             pushed, raw = replies
             error = None
@@ -250,19 +260,24 @@ class _LeanLoad:
             else:
                 self.latencies.append(time.time() - due)
 
+    def _done(self, fd: int) -> None:
+        self.epoll.unregister(fd)
+        del self.busy[fd]
+
     def expire(self, timeout_s: float = 2.0) -> None:
         """Count and drop the requests with no complete reply a second past their timeout."""
         late = time.time() - timeout_s - 1.0
-        for sock, (_, _, due) in list(self.busy.items()):
+        for fd, (sock, _, _, due) in list(self.busy.items()):
             if due < late:
-                del self.busy[sock]
+                self._done(fd)
                 sock.close()  # its reply (if any) was too short to wake us: start afresh
                 if due >= self.measure_from:
                     self.errors["Timeout"] = self.errors.get("Timeout", 0) + 1
 
     def close(self) -> None:
-        for sock in [*self.idle, *self.busy]:
+        for sock in [*self.idle, *(entry[0] for entry in self.busy.values())]:
             sock.close()
+        self.epoll.close()
 
 
 # An answered request's two replies (":<queue length>" then a BLPOP array holding the key
@@ -474,6 +489,7 @@ def _run_load(
         "load_processes": procs,
         "client": client_kind,
         **({"arrivals": arrivals} if mode == "open" else {}),
+        "window": [start_at + warmup, start_at + warmup + seconds],
         "answered_per_s": round(lat.size / seconds),
         "errors": errors,
         "latency": percentiles(lat),
@@ -558,11 +574,13 @@ def _table4(settings: Any, model: Any, index: Any, users: list[str], nprobe: int
 
 
 def _server_breakdown(
-    batches: list[tuple[int, float, float, float, float, float, float]],
+    batches: list[tuple[int, float, float, float, float, float, float, float]],
+    window: tuple[float, float] = (-np.inf, np.inf),
 ) -> dict[str, Any]:
-    if not batches:
+    a = np.asarray(batches, dtype=np.float64).reshape(-1, 8)
+    a = a[(a[:, 7] >= window[0]) & (a[:, 7] <= window[1])]
+    if not a.size:
         return {}
-    a = np.asarray(batches, dtype=np.float64)
     n = a[:, 0]
     per = {
         "total": (a[:, 1] + a[:, 6]) / n,
@@ -583,6 +601,14 @@ def _server_breakdown(
         "batch_size_p99": float(np.percentile(n, 99)),
         "per_request_amortised": {k: percentiles(v) for k, v in per.items()},
         "batch_total": percentiles(a[:, 1] + a[:, 6]),
+        # CPU per request falls with the batch size: compare runs at equal batch sizes
+        "thread_cpu_us_per_request_by_batch_size": {
+            f"{lo}-{hi}" if hi > lo else f"{lo}": round(
+                1e6 * float(a[sel, 5].sum() / n[sel].sum()), 1
+            )
+            for lo, hi in ((1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 64))
+            if (sel := (n >= lo) & (n <= hi)).any()
+        },
     }
 
 
@@ -618,6 +644,8 @@ def _with_server(
         stop.set()
     batches = out.get(timeout=60) if kind != "echo" else []
     child.join(20)
+    for point in result:  # the scorer's figures during each load point's measured window
+        point["server"] = _server_breakdown(batches, point.pop("window"))
     return result, _server_breakdown(batches)
 
 
