@@ -2,17 +2,22 @@
 
 Every user is one Redis hash (one key, so every update is single-slot on Redis Cluster)::
 
-    tl         msgpack [[item_id, weight], ...], oldest first, at most T_max entries
+    ti         the timeline's item ids, oldest first, at most T_max, joined by ITEM_SEP (UTF-8)
+    tw         their weights, little-endian float64, one per item
     seq        write counter, the compare-and-set token of optimistic concurrency
     o:<p>      last Kafka offset of partition p applied to this user
     s:<ver>    running weighted sum of item embeddings for model version <ver> (float64 bytes)
     w:<ver>    total weight of the timeline items that model version <ver> knows
 
-Exactly-once effect: the updater reads (tl, seq, o:*, s:*, w:*), drops events at or below
-the stored offsets, computes the new state and writes it with a Lua script that succeeds
-only if ``seq`` is unchanged. A zombie consumer, a redelivery after a crash or the
-re-encoder racing the consumer therefore can never apply an event twice or lose one: the
-loser of a race re-reads and recomputes.
+The timeline is stored packed so that an update touches only what enters and leaves the
+window: appending is a byte concatenation, dropping the oldest ``c`` items one
+``split(sep, c)``; nothing is unpacked per item (this was most of the consumer's CPU).
+
+Exactly-once effect: the updater reads (ti, tw, seq, o:*, s:*, w:*), drops events at or
+below the stored offsets, computes the new state and writes it with a Lua script that
+succeeds only if ``seq`` is unchanged. A zombie consumer, a redelivery after a crash or
+the re-encoder racing the consumer therefore can never apply an event twice or lose one:
+the loser of a race re-reads and recomputes.
 
 Sums are kept in float64 and updated incrementally (add what enters the window, subtract
 what falls off), so a user's sum is the exact window sum up to float rounding. A version
@@ -24,19 +29,23 @@ writer that did not know a version yet), so a stored sum is never stale.
 from __future__ import annotations
 
 import functools
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import msgpack
 import numpy as np
 import numpy.typing as npt
 import redis
 
 from stream.artifact import Model
 
+ITEM_SEP = "\x1f"  # ASCII unit separator; event validation keeps control characters out of ids
+_SEP = ITEM_SEP.encode()
+_WEIGHT = np.dtype("<f8")
+
 # KEYS[1] user hash; ARGV: expected seq, ttl seconds, then field/value pairs to set.
-# A write that carries a new timeline ('tl') deletes every sum it does not carry: its
+# A write that carries a new timeline ('ti') deletes every sum it does not carry: its
 # writer read the live set before those versions joined it, and a sum left behind would
 # no longer match the timeline. So a stored sum is always the exact sum of the stored
 # timeline, and a missing one is recomputed (next write, re-encoder, or the scorer).
@@ -45,7 +54,7 @@ local cur = redis.call('HGET', KEYS[1], 'seq') or '0'
 if cur ~= ARGV[1] then return 0 end
 local carried = {}
 for i = 3, #ARGV, 2 do carried[ARGV[i]] = true end
-if carried['tl'] then
+if carried['ti'] then
   for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
     local p = string.sub(f, 1, 2)
     if (p == 's:' or p == 'w:') and not carried[f] then redis.call('HDEL', KEYS[1], f) end
@@ -67,15 +76,38 @@ class TimelineEvent(NamedTuple):
     weight: float
 
 
-@dataclass
+@dataclass(slots=True)
 class UserState:
-    """A user's stored state, as read from Redis."""
+    """A user's stored state, as read from Redis; the timeline stays packed as stored."""
 
-    timeline: list[tuple[str, float]] = field(default_factory=list)
+    items_packed: bytes = b""  # item ids joined by ITEM_SEP, oldest first
+    weights_packed: bytes = b""  # their weights, little-endian float64
     seq: int = 0
     offsets: dict[int, int] = field(default_factory=dict)
     sums: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """Number of items in the timeline."""
+        return len(self.weights_packed) // 8
+
+    @property
+    def items(self) -> list[str]:
+        """The timeline's item ids, oldest first."""
+        return self.items_packed.decode().split(ITEM_SEP) if self.weights_packed else []
+
+    @property
+    def timeline(self) -> list[tuple[str, float]]:
+        """The timeline as (item id, weight) pairs, oldest first."""
+        weights = np.frombuffer(self.weights_packed, dtype=_WEIGHT).tolist()
+        return list(zip(self.items, weights, strict=True))
+
+
+def pack_timeline(timeline: Sequence[tuple[str, float]]) -> tuple[bytes, bytes]:
+    """(items, weights) as stored, for a timeline given as (item id, weight) pairs."""
+    items = ITEM_SEP.join(item for item, _ in timeline).encode()
+    return items, struct.pack(f"<{len(timeline)}d", *(w for _, w in timeline))
 
 
 @dataclass
@@ -121,7 +153,8 @@ class UserStateStore:
         self.ttl_seconds = ttl_seconds
         self._apply = client.register_script(_APPLY)
         self._script_head = _bulk(self._apply.sha.encode()) + _bulk(b"1")  # sha, numkeys
-        self._ttl_tl = _bulk(b"%d" % ttl_seconds) + _bulk(b"tl")
+        self._ttl = _bulk(b"%d" % ttl_seconds)
+        self._key_prefix = f"{prefix}:u:".encode()
 
     def key(self, user_id: str) -> str:
         return f"{self.prefix}:u:{user_id}"
@@ -133,47 +166,51 @@ class UserStateStore:
         """States of ``user_ids`` (None for unknown users), with the given versions' sums."""
         if not user_ids:
             return []
-        fields = ["tl", "seq"]
+        replies = execute_raw(self.client, self.read_commands(user_ids, versions, partitions))
+        return self.parse_states(replies, versions, partitions)
+
+    def read(self, user_id: str, versions: Sequence[str]) -> UserState | None:
+        return self.read_many([user_id], versions)[0]
+
+    def read_commands(
+        self, user_ids: Sequence[str], versions: Sequence[str], partitions: Sequence[int] = ()
+    ) -> list[bytes]:
+        """One RESP-packed HMGET per user (``parse_states`` reads the replies)."""
+        fields = ["ti", "tw", "seq"]
         fields += [f"s:{v}" for v in versions] + [f"w:{v}" for v in versions]
         fields += [f"o:{p}" for p in partitions]
         head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
         tail = b"".join(_bulk(f.encode()) for f in fields)
         prefix = f"{self.prefix}:u:".encode()
-        commands = [head + _bulk(prefix + u.encode()) + tail for u in user_ids]
-        replies = execute_raw(self.client, commands)
-        parse = self._parse
+        return [head + _bulk(prefix + u.encode()) + tail for u in user_ids]
+
+    @staticmethod
+    def parse_states(
+        replies: Sequence[Any], versions: Sequence[str], partitions: Sequence[int] = ()
+    ) -> list[UserState | None]:
+        """The states in the replies to ``read_commands``."""
         out: list[UserState | None] = []
+        n = len(versions)
         for values in replies:
             if isinstance(values, Exception):
                 raise values
-            out.append(parse(values, versions, partitions))
+            items, weights, seq = values[0], values[1], values[2]
+            if seq is None and weights is None:
+                out.append(None)
+                continue
+            state = UserState(items or b"", weights or b"", int(seq or 0))
+            for j, v in enumerate(versions):
+                raw_sum, raw_w = values[3 + j], values[3 + n + j]
+                if raw_sum is not None and raw_w is not None:
+                    # read-only views of the reply: nothing mutates a stored sum in place
+                    state.sums[v] = np.frombuffer(raw_sum, dtype=np.float64)
+                    state.weights[v] = float(raw_w)
+            for j, p in enumerate(partitions):
+                raw = values[3 + 2 * n + j]
+                if raw is not None:
+                    state.offsets[p] = int(raw)
+            out.append(state)
         return out
-
-    def read(self, user_id: str, versions: Sequence[str]) -> UserState | None:
-        return self.read_many([user_id], versions)[0]
-
-    @staticmethod
-    def _parse(
-        values: list[bytes | None], versions: Sequence[str], partitions: Sequence[int]
-    ) -> UserState | None:
-        if values[0] is None and values[1] is None:
-            return None
-        n = len(versions)
-        # Timelines are written as msgpack [[str, float], ...]: tuples straight from C.
-        state = UserState(
-            timeline=list(msgpack.unpackb(values[0], use_list=False)) if values[0] else [],
-            seq=int(values[1] or 0),
-        )
-        for j, v in enumerate(versions):
-            raw_sum, raw_w = values[2 + j], values[2 + n + j]
-            if raw_sum is not None and raw_w is not None:
-                state.sums[v] = np.frombuffer(raw_sum, dtype=np.float64).copy()
-                state.weights[v] = float(raw_w)
-        for j, p in enumerate(partitions):
-            raw = values[2 + 2 * n + j]
-            if raw is not None:
-                state.offsets[p] = int(raw)
-        return state
 
     # -- writing -----------------------------------------------------------------------
     def apply(
@@ -191,48 +228,84 @@ class UserStateStore:
         pending = events_by_user
         while pending:
             users = list(pending)
-            partitions = sorted({e.partition for evs in pending.values() for e in evs})
+            partitions = partitions_of(pending)
             states = self.read_many(users, versions, partitions)
-            plans: list[_Plan] = []
-            for user_id, state in zip(users, states, strict=True):
-                events = pending[user_id]
-                new_events = _unapplied(events, state)
-                stats.skipped_events += len(events) - len(new_events)
-                if new_events:
-                    plans.append(self._plan(user_id, state, new_events))
-            if not plans:
-                break
-            sums = [_window_sums(model, plans) for model in models]
-            commands = [
-                self._write_command(j, plan, versions, sums) for j, plan in enumerate(plans)
-            ]
-            retry: dict[str, list[TimelineEvent]] = {}
-            for plan, ok in zip(plans, execute_raw(self.client, commands), strict=True):
-                if isinstance(ok, Exception):
-                    if not isinstance(ok, redis.exceptions.NoScriptError):
-                        raise ok
-                    self.client.script_load(_APPLY)  # a restarted Redis: load, then redo
-                    retry[plan.user_id] = pending[plan.user_id]
-                elif ok:
-                    stats.applied_events += len(plan.events)
-                else:
-                    stats.conflicts += 1
-                    retry[plan.user_id] = pending[plan.user_id]
-            pending = retry
+            writes = self.prepare(pending, users, states, models, stats)
+            if writes.commands:
+                self.settle(writes, execute_raw(self.client, writes.commands), stats)
+            pending = writes.retry
         return stats
 
+    def prepare(
+        self,
+        events_by_user: dict[str, list[TimelineEvent]],
+        users: Sequence[str],
+        states: Sequence[UserState | None],
+        models: Sequence[Model],
+        stats: ApplyStats,
+    ) -> PreparedWrites:
+        """Plan every user's update on the state read, and pack the compare-and-set writes.
+
+        ``users``/``states`` are the users of ``events_by_user`` in the order read.
+        """
+        plans: list[_Plan] = []
+        for user_id, state in zip(users, states, strict=True):
+            events = events_by_user[user_id]
+            new_events = _unapplied(events, state)
+            stats.skipped_events += len(events) - len(new_events)
+            if new_events:
+                plans.append(self._plan(user_id, state, new_events))
+        versions = [m.version for m in models]
+        sums = [_window_sums(model, plans) for model in models]
+        commands = [self._write_command(j, plan, versions, sums) for j, plan in enumerate(plans)]
+        return PreparedWrites(events_by_user, plans, commands)
+
+    def settle(self, writes: PreparedWrites, replies: Sequence[Any], stats: ApplyStats) -> None:
+        """Count the writes that took; users whose compare-and-set lost go to ``retry``."""
+        for plan, ok in zip(writes.plans, replies, strict=True):
+            if isinstance(ok, Exception):
+                if not isinstance(ok, redis.exceptions.NoScriptError):
+                    raise ok
+                self.client.script_load(_APPLY)  # a restarted Redis: load, then redo
+                writes.retry[plan.user_id] = writes.events_by_user[plan.user_id]
+            elif ok:
+                stats.applied_events += len(plan.events)
+            else:
+                stats.conflicts += 1
+                writes.retry[plan.user_id] = writes.events_by_user[plan.user_id]
+
     def _plan(self, user_id: str, state: UserState | None, events: list[TimelineEvent]) -> _Plan:
-        """The new timeline, and what entered and left the window."""
-        old = state.timeline if state is not None else []
-        merged = old + [(e.item_id, e.weight) for e in events]
-        cut = max(0, len(merged) - self.timeline_max)
+        """The new packed timeline, and what entered and left the window."""
+        window = events[-self.timeline_max :]  # older new events never enter the window
+        added = [e.item_id for e in window]
+        added_weights = [e.weight for e in window]
+        new_items = ITEM_SEP.join(added).encode()
+        new_weights = struct.pack(f"<{len(window)}d", *added_weights)
+        if state is None or not state.weights_packed:
+            return _Plan(user_id, state, events, new_items, new_weights, added, added_weights)
+        old_n = state.size
+        cut = max(0, old_n + len(window) - self.timeline_max)  # old items falling off
+        removed: list[bytes] = []
+        removed_weights = b""
+        kept_items, kept_weights = state.items_packed, state.weights_packed
+        if cut:
+            parts = state.items_packed.split(_SEP, cut)
+            if cut < old_n:
+                removed, kept_items = parts[:cut], parts[cut]
+            else:
+                removed, kept_items = parts, b""
+            removed_weights = state.weights_packed[: 8 * cut]
+            kept_weights = state.weights_packed[8 * cut :]
         return _Plan(
-            user_id=user_id,
-            state=state,
-            events=events,
-            timeline=merged[cut:],
-            removed=old[:cut],  # fell off the window (possibly more than the old timeline)
-            added=merged[max(cut, len(old)) :],
+            user_id,
+            state,
+            events,
+            kept_items + _SEP + new_items if kept_items else new_items,
+            kept_weights + new_weights,
+            added,
+            added_weights,
+            removed,
+            removed_weights,
         )
 
     def _write_command(
@@ -247,25 +320,26 @@ class UserStateStore:
         offsets: dict[int, int] = {}
         for e in plan.events:
             offsets[e.partition] = e.offset  # events are in offset order
+        key = b"%b%b" % (self._key_prefix, plan.user_id.encode())
+        seq_b = b"%d" % seq
         parts = [
-            b"",  # the header, once the argument count is known
+            b"*%d\r\n$7\r\nEVALSHA\r\n" % (10 + 2 * len(offsets) + 4 * len(versions)),
             self._script_head,
-            _bulk(f"{self.prefix}:u:{plan.user_id}".encode()),
-            _bulk(b"%d" % seq),
-            self._ttl_tl,
-            _bulk(msgpack.packb(plan.timeline)),
+            b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key), key, len(seq_b), seq_b),
+            self._ttl,
+            b"$2\r\nti\r\n$%d\r\n%b\r\n$2\r\ntw\r\n$%d\r\n%b\r\n"
+            % (len(plan.items), plan.items, len(plan.weights), plan.weights),
         ]
         for p, o in offsets.items():
-            parts += (_bulk(b"o:%d" % p), _bulk(b"%d" % o))
+            parts.append(_bulk(b"o:%d" % p) + _bulk(b"%d" % o))
         for v, (totals, weights) in zip(versions, sums, strict=True):
             s_field, w_field = _version_fields(v)
-            parts += (
-                s_field,
-                _bulk(totals[j].tobytes()),
-                w_field,
-                _bulk(repr(float(weights[j])).encode()),
+            total = totals[j].tobytes()
+            weight = repr(float(weights[j])).encode()
+            parts.append(
+                b"%b$%d\r\n%b\r\n%b$%d\r\n%b\r\n"
+                % (s_field, len(total), total, w_field, len(weight), weight)
             )
-        parts[0] = b"*%d\r\n$7\r\nEVALSHA\r\n" % (8 + 2 * len(offsets) + 4 * len(versions))
         return b"".join(parts)
 
     def set_sum(
@@ -310,21 +384,40 @@ class UserStateStore:
 
 
 def _unapplied(events: list[TimelineEvent], state: UserState | None) -> list[TimelineEvent]:
-    if state is None:
+    if state is None or not state.offsets:
         return events
-    return [e for e in events if e.offset > state.offsets.get(e.partition, -1)]
+    offsets = state.offsets
+    return [e for e in events if e.offset > offsets.get(e.partition, -1)]
+
+
+def partitions_of(events_by_user: dict[str, list[TimelineEvent]]) -> list[int]:
+    """The partitions the events came from (the ``o:<p>`` fields to read)."""
+    return sorted({e.partition for evs in events_by_user.values() for e in evs})
 
 
 @dataclass(slots=True)
 class _Plan:
-    """One user's write: the new timeline and what entered and left the window."""
+    """One user's write: the new packed timeline and what entered and left the window."""
 
     user_id: str
     state: UserState | None
     events: list[TimelineEvent]
-    timeline: list[tuple[str, float]]
-    removed: list[tuple[str, float]]
-    added: list[tuple[str, float]]
+    items: bytes  # the new timeline, packed as stored
+    weights: bytes
+    added: list[str]
+    added_weights: list[float]
+    removed: list[bytes] = field(default_factory=list)  # fell off the window (packed ids)
+    removed_weights: bytes = b""
+
+
+@dataclass
+class PreparedWrites:
+    """A batch's compare-and-set writes, packed; ``settle`` fills ``retry`` from the replies."""
+
+    events_by_user: dict[str, list[TimelineEvent]]
+    plans: list[_Plan]
+    commands: list[bytes]
+    retry: dict[str, list[TimelineEvent]] = field(default_factory=dict)
 
 
 def _window_sums(
@@ -348,18 +441,22 @@ def _window_sums(
         if state is not None and old is not None:
             totals[j] = old
             weights[j] = state.weights[v]
-            for item, w in plan.added:
+            for item, w in zip(plan.added, plan.added_weights, strict=True):
                 row = row_of.get(item)
                 if row is not None:
                     rows.append(row)
                     signed.append(w)
-            for item, w in plan.removed:
-                row = row_of.get(item)
-                if row is not None:
-                    rows.append(row)
-                    signed.append(-w)
+            if plan.removed:
+                gone = np.frombuffer(plan.removed_weights, dtype=_WEIGHT).tolist()
+                for packed, w in zip(plan.removed, gone, strict=True):
+                    row = row_of.get(packed.decode())
+                    if row is not None:
+                        rows.append(row)
+                        signed.append(-w)
         else:
-            for item, w in plan.timeline:
+            items = plan.items.decode().split(ITEM_SEP)
+            all_weights = np.frombuffer(plan.weights, dtype=_WEIGHT).tolist()
+            for item, w in zip(items, all_weights, strict=True):
                 row = row_of.get(item)
                 if row is not None:
                     rows.append(row)
