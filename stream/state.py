@@ -257,8 +257,8 @@ class UserStateStore:
                 plans.append(self._plan(user_id, state, new_events))
         versions = [m.version for m in models]
         sums = [_window_sums(model, plans) for model in models]
-        commands = [self._write_command(j, plan, versions, sums) for j, plan in enumerate(plans)]
-        return PreparedWrites(events_by_user, plans, commands)
+        commands = self._write_commands(plans, versions, sums)
+        return PreparedWrites(events_by_user, plans, commands, versions, sums)
 
     def settle(self, writes: PreparedWrites, replies: Sequence[Any], stats: ApplyStats) -> None:
         """Count the writes that took; users whose compare-and-set lost go to ``retry``."""
@@ -308,39 +308,57 @@ class UserStateStore:
             removed_weights,
         )
 
-    def _write_command(
+    def _write_commands(
         self,
-        j: int,
-        plan: _Plan,
+        plans: Sequence[_Plan],
         versions: Sequence[str],
         sums: Sequence[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]],
-    ) -> bytes:
-        """EVALSHA of the compare-and-set script for one user, packed for the wire."""
-        seq = plan.state.seq if plan.state is not None else 0
-        offsets: dict[int, int] = {}
-        for e in plan.events:
-            offsets[e.partition] = e.offset  # events are in offset order
-        key = b"%b%b" % (self._key_prefix, plan.user_id.encode())
-        seq_b = b"%d" % seq
-        parts = [
-            b"*%d\r\n$7\r\nEVALSHA\r\n" % (10 + 2 * len(offsets) + 4 * len(versions)),
-            self._script_head,
-            b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key), key, len(seq_b), seq_b),
-            self._ttl,
-            b"$2\r\nti\r\n$%d\r\n%b\r\n$2\r\ntw\r\n$%d\r\n%b\r\n"
-            % (len(plan.items), plan.items, len(plan.weights), plan.weights),
-        ]
-        for p, o in offsets.items():
-            parts.append(_bulk(b"o:%d" % p) + _bulk(b"%d" % o))
+    ) -> list[bytes]:
+        """EVALSHA of the compare-and-set script for each plan, packed for the wire."""
+        per_version = []
         for v, (totals, weights) in zip(versions, sums, strict=True):
             s_field, w_field = _version_fields(v)
-            total = totals[j].tobytes()
-            weight = repr(float(weights[j])).encode()
-            parts.append(
-                b"%b$%d\r\n%b\r\n%b$%d\r\n%b\r\n"
-                % (s_field, len(total), total, w_field, len(weight), weight)
-            )
-        return b"".join(parts)
+            per_version.append((s_field, w_field, totals.tobytes(), 8 * totals.shape[1], weights))
+        n_args = 10 + 4 * len(versions)
+        head, ttl, key_prefix = self._script_head, self._ttl, self._key_prefix
+        commands = []
+        for j, plan in enumerate(plans):
+            events = plan.events
+            offsets = {e.partition: e.offset for e in events}  # in offset order: the last wins
+            key = key_prefix + plan.user_id.encode()
+            seq = b"%d" % (plan.state.seq if plan.state is not None else 0)
+            items, tw = plan.items, plan.weights
+            parts = [
+                b"*%d\r\n$7\r\nEVALSHA\r\n%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b"
+                b"$2\r\nti\r\n$%d\r\n%b\r\n$2\r\ntw\r\n$%d\r\n%b\r\n"
+                % (
+                    n_args + 2 * len(offsets),
+                    head,
+                    len(key),
+                    key,
+                    len(seq),
+                    seq,
+                    ttl,
+                    len(items),
+                    items,
+                    len(tw),
+                    tw,
+                )
+            ]
+            for p, o in offsets.items():
+                field_name, value = b"o:%d" % p, b"%d" % o
+                parts.append(
+                    b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(field_name), field_name, len(value), value)
+                )
+            for s_field, w_field, raw, size, weights in per_version:
+                total = raw[j * size : (j + 1) * size]
+                weight = repr(float(weights[j])).encode()
+                parts.append(
+                    b"%b$%d\r\n%b\r\n%b$%d\r\n%b\r\n"
+                    % (s_field, size, total, w_field, len(weight), weight)
+                )
+            commands.append(b"".join(parts))
+        return commands
 
     def set_sum(
         self,
@@ -387,6 +405,9 @@ def _unapplied(events: list[TimelineEvent], state: UserState | None) -> list[Tim
     if state is None or not state.offsets:
         return events
     offsets = state.offsets
+    if len(events) == 1:
+        e = events[0]
+        return events if e.offset > offsets.get(e.partition, -1) else []
     return [e for e in events if e.offset > offsets.get(e.partition, -1)]
 
 
@@ -417,6 +438,8 @@ class PreparedWrites:
     events_by_user: dict[str, list[TimelineEvent]]
     plans: list[_Plan]
     commands: list[bytes]
+    versions: list[str]  # the models' versions, in the order of ``sums``
+    sums: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]  # per model, per plan
     retry: dict[str, list[TimelineEvent]] = field(default_factory=dict)
 
 
@@ -515,3 +538,48 @@ def execute_raw(client: redis.Redis, commands: Sequence[bytes]) -> list[Any]:
         finally:
             pool.release(conn)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+class RawConnection:
+    """A connection of the client's pool held to send RESP-packed commands now and read
+    their replies later, so the caller can work while Redis runs them. Error replies are
+    returned as exceptions; a connection error drops the connection (its replies are lost)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._conn: Any = None
+        self._waiting = 0
+
+    def send(self, commands: Sequence[bytes]) -> None:
+        if self._waiting:
+            raise RuntimeError("replies of the previous send not read yet")
+        if self._conn is None:
+            self._conn = self._pool.get_connection()
+        try:
+            self._conn.send_packed_command([b"".join(commands)])
+        except BaseException:
+            self.close()
+            raise
+        self._waiting = len(commands)
+
+    def receive(self) -> list[Any]:
+        replies: list[Any] = []
+        try:
+            for _ in range(self._waiting):
+                try:
+                    replies.append(self._conn.read_response(disable_decoding=True))
+                except redis.ResponseError as e:
+                    replies.append(e)
+        except BaseException:
+            self.close()
+            raise
+        self._waiting = 0
+        return replies
+
+    def close(self) -> None:
+        """Drop the connection (replies not read are lost)."""
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._pool.release(self._conn)
+            self._conn = None
+        self._waiting = 0
