@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from stream.artifact import Model
 from stream.state import (
+    ITEM_SEP,
     ApplyStats,
     PreparedWrites,
     RawConnection,
@@ -150,7 +151,13 @@ def _projection(writes: PreparedWrites, j: int) -> UserState:
     offsets = dict(old.offsets) if old is not None else {}
     for e in plan.events:
         offsets[e.partition] = e.offset
-    state = UserState(plan.items, plan.weights, (old.seq if old else 0) + 1, offsets)
+    state = UserState(
+        plan.items,
+        plan.weights,
+        (old.seq if old else 0) + 1,
+        ITEM_SEP.join(writes.versions).encode(),
+        offsets,
+    )
     for v, (totals, weights) in zip(writes.versions, writes.sums, strict=True):
         state.sums[v] = totals[j]
         state.weights[v] = float(weights[j])

@@ -30,7 +30,7 @@ import numpy.typing as npt
 import redis
 
 from stream.artifact import Model
-from stream.state import UserStateStore, window_sum
+from stream.state import UserState, UserStateStore, window_sum
 
 MAX_PASSES = 5  # past this, what remains is encoded from the timeline on demand
 MAX_ATTEMPTS = 10  # CAS retries of one user within a batch before leaving it to the next pass
@@ -153,14 +153,14 @@ class Reencoder:
                     missing.append(user)
             if not missing:
                 return
-            writes: list[tuple[str, int, npt.NDArray[np.float64], float]] = []
+            writes: list[tuple[str, UserState, npt.NDArray[np.float64], float]] = []
             for user, state in zip(missing, self.store.read_many(missing, []), strict=True):
                 if state is None:
                     continue  # expired since
                 if not state.size:
                     progress.empty += 1
                 total, weight = window_sum(self.model, state.timeline)
-                writes.append((user, state.seq, total, weight))
+                writes.append((user, state, total, weight))
             ok = self.store.set_sums(self.model, writes)
             n_ok = sum(ok)
             progress.written += n_ok

@@ -5,6 +5,7 @@ Every user is one Redis hash (one key, so every update is single-slot on Redis C
     ti         the timeline's item ids, oldest first, at most T_max, joined by ITEM_SEP (UTF-8)
     tw         their weights, little-endian float64, one per item
     seq        write counter, the compare-and-set token of optimistic concurrency
+    vs         the versions that may have a stored sum, joined by ITEM_SEP
     o:<p>      last Kafka offset of partition p applied to this user
     s:<ver>    running weighted sum of item embeddings for model version <ver> (float64 bytes)
     w:<ver>    total weight of the timeline items that model version <ver> knows
@@ -46,25 +47,19 @@ _SEP = ITEM_SEP.encode()
 _WEIGHT = np.dtype("<f8")
 _PACK_WEIGHT = struct.Struct("<d").pack
 
-# KEYS[1] user hash; ARGV: expected seq, ttl seconds, then field/value pairs to set.
-# A write that carries a new timeline ('ti') deletes every sum it does not carry: its
-# writer read the live set before those versions joined it, and a sum left behind would
-# no longer match the timeline. So a stored sum is always the exact sum of the stored
-# timeline, and a missing one is recomputed (next write, re-encoder, or the scorer).
+# KEYS[1] user hash; ARGV: expected seq, ttl seconds (0: none), n fields to delete, those
+# n fields, then field/value pairs to set. A writer that carries a new timeline deletes the
+# sums it does not carry: their versions are listed in 'vs', which the writer read under
+# the same seq, so they were stored sums of the old timeline and would no longer match.
+# So a stored sum is always the exact sum of the stored timeline, and a missing one is
+# recomputed (next write, re-encoder, or the scorer). Every writer of a sum keeps 'vs' a
+# superset of the stored sums' versions (this replaced an HKEYS scan: 12.8 -> ~8 µs/call).
 _APPLY = """
-local cur = redis.call('HGET', KEYS[1], 'seq') or '0'
-if cur ~= ARGV[1] then return 0 end
-local carried = {}
-for i = 3, #ARGV, 2 do carried[ARGV[i]] = true end
-if carried['ti'] then
-  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-    local p = string.sub(f, 1, 2)
-    if (p == 's:' or p == 'w:') and not carried[f] then redis.call('HDEL', KEYS[1], f) end
-  end
-end
-redis.call('HSET', KEYS[1], 'seq', tostring(tonumber(ARGV[1]) + 1), unpack(ARGV, 3))
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+if (redis.call('HGET', KEYS[1], 'seq') or '0') ~= ARGV[1] then return 0 end
+local ndel = tonumber(ARGV[3])
+if ndel > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 4, 3 + ndel)) end
+redis.call('HSET', KEYS[1], 'seq', tostring(tonumber(ARGV[1]) + 1), unpack(ARGV, 4 + ndel))
+if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
 
@@ -85,6 +80,7 @@ class UserState:
     items_packed: bytes = b""  # item ids joined by ITEM_SEP, oldest first
     weights_packed: bytes = b""  # their weights, little-endian float64
     seq: int = 0
+    stored_versions: bytes = b""  # 'vs': versions that may have a sum, joined by ITEM_SEP
     offsets: dict[int, int] = field(default_factory=dict)
     sums: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
@@ -178,7 +174,7 @@ class UserStateStore:
         self, user_ids: Sequence[str], versions: Sequence[str], partitions: Sequence[int] = ()
     ) -> list[bytes]:
         """One RESP-packed HMGET per user (``parse_states`` reads the replies)."""
-        fields = ["ti", "tw", "seq"]
+        fields = ["ti", "tw", "seq", "vs"]
         fields += [f"s:{v}" for v in versions] + [f"w:{v}" for v in versions]
         fields += [f"o:{p}" for p in partitions]
         head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
@@ -196,19 +192,19 @@ class UserStateStore:
         for values in replies:
             if isinstance(values, Exception):
                 raise values
-            items, weights, seq = values[0], values[1], values[2]
+            items, weights, seq, stored = values[0], values[1], values[2], values[3]
             if seq is None and weights is None:
                 out.append(None)
                 continue
-            state = UserState(items or b"", weights or b"", int(seq or 0))
+            state = UserState(items or b"", weights or b"", int(seq or 0), stored or b"")
             for j, v in enumerate(versions):
-                raw_sum, raw_w = values[3 + j], values[3 + n + j]
+                raw_sum, raw_w = values[4 + j], values[4 + n + j]
                 if raw_sum is not None and raw_w is not None:
                     # read-only views of the reply: nothing mutates a stored sum in place
                     state.sums[v] = np.frombuffer(raw_sum, dtype=np.float64)
                     state.weights[v] = float(raw_w)
             for j, p in enumerate(partitions):
-                raw = values[3 + 2 * n + j]
+                raw = values[4 + 2 * n + j]
                 if raw is not None:
                     state.offsets[p] = int(raw)
             out.append(state)
@@ -333,10 +329,21 @@ class UserStateStore:
             per_version.append(
                 (s_field, w_field, totals.tobytes(), 8 * totals.shape[1], weights.tolist())
             )
-        n_args = 10 + 4 * len(versions)
+        n_args = 13 + 4 * len(versions)
         head, ttl, key_prefix = self._script_head, self._ttl, self._key_prefix
+        carried = ITEM_SEP.join(versions).encode()
+        carried_set = set(versions)
         commands = []
         for j, plan in enumerate(plans):
+            stored = plan.state.stored_versions if plan.state is not None else b""
+            deletes = b""
+            n_deletes = 0
+            if stored and stored != carried:
+                for v in stored.decode().split(ITEM_SEP):
+                    if v not in carried_set:
+                        s_field, w_field = _version_fields(v)
+                        deletes += s_field + w_field
+                        n_deletes += 2
             events = plan.events
             if len(events) == 1:
                 offsets = {events[0].partition: events[0].offset}
@@ -345,21 +352,27 @@ class UserStateStore:
             key = key_prefix + plan.user_id.encode()
             seq = b"%d" % (plan.state.seq if plan.state is not None else 0)
             items, tw = plan.items, plan.weights
+            n_del = b"%d" % n_deletes
             parts = [
-                b"*%d\r\n$7\r\nEVALSHA\r\n%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b"
-                b"$2\r\nti\r\n$%d\r\n%b\r\n$2\r\ntw\r\n$%d\r\n%b\r\n"
+                b"*%d\r\n$7\r\nEVALSHA\r\n%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b$%d\r\n%b\r\n%b"
+                b"$2\r\nti\r\n$%d\r\n%b\r\n$2\r\ntw\r\n$%d\r\n%b\r\n$2\r\nvs\r\n$%d\r\n%b\r\n"
                 % (
-                    n_args + 2 * len(offsets),
+                    n_args + n_deletes + 2 * len(offsets),
                     head,
                     len(key),
                     key,
                     len(seq),
                     seq,
                     ttl,
+                    len(n_del),
+                    n_del,
+                    deletes,
                     len(items),
                     items,
                     len(tw),
                     tw,
+                    len(carried),
+                    carried,
                 )
             ]
             for p, o in offsets.items():
@@ -380,28 +393,33 @@ class UserStateStore:
     def set_sum(
         self,
         user_id: str,
-        expected_seq: int,
+        state: UserState,
         model: Model,
         total: npt.NDArray[np.float64],
         weight: float,
     ) -> bool:
-        """Write one version's sum if the user is unchanged since read (the re-encoder's write)."""
-        return self.set_sums(model, [(user_id, expected_seq, total, weight)])[0]
+        """Write one version's sum if the user is unchanged since ``state`` was read (the
+        re-encoder's write)."""
+        return self.set_sums(model, [(user_id, state, total, weight)])[0]
 
     def set_sums(
-        self, model: Model, writes: Sequence[tuple[str, int, npt.NDArray[np.float64], float]]
+        self,
+        model: Model,
+        writes: Sequence[tuple[str, UserState, npt.NDArray[np.float64], float]],
     ) -> list[bool]:
-        """``set_sum`` for many (user, expected seq, sum, weight) in one round trip."""
+        """``set_sum`` for many (user, state read, sum, weight) in one round trip."""
         if not writes:
             return []
         pipe = self.client.pipeline(transaction=False)
-        s_field, w_field = f"s:{model.version}", f"w:{model.version}"
-        for user_id, expected_seq, total, weight in writes:
-            self._apply(
-                keys=[self.key(user_id)],
-                args=[expected_seq, 0, s_field, total.tobytes(), w_field, repr(weight)],
-                client=pipe,
-            )
+        v = model.version
+        s_field, w_field = f"s:{v}", f"w:{v}"
+        for user_id, state, total, weight in writes:
+            stored = state.stored_versions.decode().split(ITEM_SEP) if state.stored_versions else []
+            if v not in stored:
+                stored.append(v)
+            args: list[bytes | str | int] = [state.seq, 0, 0, s_field, total.tobytes()]
+            args += [w_field, repr(weight), "vs", ITEM_SEP.join(stored)]
+            self._apply(keys=[self.key(user_id)], args=args, client=pipe)
         return [bool(ok) for ok in pipe.execute()]
 
     def drop_version(self, user_ids: Iterable[str], version: str) -> None:
