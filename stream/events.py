@@ -154,8 +154,8 @@ def fast_event_fields(raw: Any) -> tuple[str, str, str, float] | None:
         return None
     if not user_id or user_id.strip() != user_id or not item_id or item_id.strip() != item_id:
         return None
-    if _CONTROL.search(user_id) or _CONTROL.search(item_id):
-        return None
+    if not (user_id.isprintable() and item_id.isprintable()):
+        return None  # maybe a control character (rejected), maybe not: pydantic decides
     if not math.isfinite(ts) or ts < 0:
         return None
     return user_id, item_id, kind, ts

@@ -260,11 +260,14 @@ class UserStateStore:
 
     def settle(self, writes: PreparedWrites, replies: Sequence[Any], stats: ApplyStats) -> None:
         """Count the writes that took; users whose compare-and-set lost go to ``retry``."""
+        loaded = False
         for plan, ok in zip(writes.plans, replies, strict=True):
             if isinstance(ok, Exception):
                 if not isinstance(ok, redis.exceptions.NoScriptError):
                     raise ok
-                self.client.script_load(_APPLY)  # a restarted Redis: load, then redo
+                if not loaded:  # a new or restarted Redis: load the script, then redo
+                    self.client.script_load(_APPLY)
+                    loaded = True
                 writes.retry[plan.user_id] = writes.events_by_user[plan.user_id]
             elif ok:
                 stats.applied_events += len(plan.events)
