@@ -106,6 +106,7 @@ class StateUpdater:
         self._dead_unflushed = 0
         self._settled_batches = 0
         self._reported_at = 0.0
+        self._reported_applied = 0
         # Read once: unset costs one integer comparison per batch.
         self._kill_after_write = int(os.environ.get(FAULT_KILL_AFTER_REDIS_WRITE) or 0)
 
@@ -173,7 +174,8 @@ class StateUpdater:
             self._commit(asynchronous=True)  # nothing in flight: this batch needed no write
         self.totals.batches += 1
         BATCH_SECONDS.observe(time.perf_counter() - started)
-        if time.monotonic() - self._reported_at >= STATUS_EVERY_S:
+        first_applied = self.totals.applied and not self._reported_applied
+        if first_applied or time.monotonic() - self._reported_at >= STATUS_EVERY_S:
             self.report_status()
 
     def flush(self) -> None:
@@ -249,6 +251,7 @@ class StateUpdater:
     def report_status(self) -> None:
         """Publish this consumer's totals in Redis (``ledrec status``, the demo, operators)."""
         self._reported_at = time.monotonic()
+        self._reported_applied = self.totals.applied
         key = f"{self.settings.key_prefix}:consumers:{self.name}"
         status = {**vars(self.totals), "partitions": self.assigned, "updated_at": time.time()}
         try:
