@@ -48,7 +48,6 @@ REDIS_RETRIES = Counter("ledrec_consume_redis_retries_total", "Batches retried: 
 # write, before its offsets are committed — the window the per-user offsets must cover.
 FAULT_KILL_AFTER_REDIS_WRITE = "LEDREC_FAULT_KILL_AFTER_REDIS_WRITE"
 MAX_BACKOFF_S = 5.0
-STATUS_EVERY_S = 0.5  # while busy; an idle consumer reports at once
 
 
 @dataclass
@@ -175,7 +174,8 @@ class StateUpdater:
         self.totals.batches += 1
         BATCH_SECONDS.observe(time.perf_counter() - started)
         first_applied = self.totals.applied and not self._reported_applied
-        if first_applied or time.monotonic() - self._reported_at >= STATUS_EVERY_S:
+        every = self.settings.consumer_status_every_s
+        if first_applied or time.monotonic() - self._reported_at >= every:
             self.report_status()
 
     def flush(self) -> None:

@@ -595,7 +595,10 @@ def _read_replies(conn: Any, n: int) -> list[Any]:
     while len(replies) < n:
         reply = gets(False)
         if reply is _NOT_ENOUGH_DATA:
-            fill()
+            try:
+                fill()
+            except OSError as e:  # as redis-py's read_response does: a reset is a ConnectionError
+                raise redis.ConnectionError(f"error while reading from socket: {e}") from e
             continue
         if isinstance(reply, redis.ConnectionError):
             raise reply
