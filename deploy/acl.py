@@ -24,7 +24,7 @@ def acl_rules(role: str, prefix: str = "ledrec", queue: str | None = None) -> li
     if role == "consumer":  # user states (read + compare-and-set script), its status, models
         return [
             *base,
-            "+hmget", "+evalsha", "+script|load", "+hget", "+hset", "+hkeys", "+hdel", "+expire",
+            "+hmget", "+evalsha", "+script|load", "+hget", "+hset", "+hdel", "+expire",
             f"~{prefix}:u:*",
             f"(+set ~{prefix}:consumers:*)",
             f"(+get +hget +smembers %R~{models})",

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # A trickle of events waits this long for a batch to fill: it bounds freshness
     # (benchmarks/results/SUMMARY.md). Under load batches fill before it expires.
     consume_batch_timeout_s: float = 0.01
+    # How often a busy consumer reports its totals to Redis (``ledrec status``); an idle
+    # one reports at once. 0: after every batch (tests that watch progress closely).
+    consumer_status_every_s: float = 0.5
 
     key_prefix: str = "ledrec"
     request_queue: str = "ledrec:rpc:requests"

@@ -1,10 +1,13 @@
 """The state updater: a consumer-group process turning events into per-user state in Redis.
 
 Per batch: decode and validate every message (bad ones go to the dead-letter topic with
-the reason in headers), group the good ones by user, apply them to Redis exactly once
-(``UserStateStore.apply``), make sure the dead letters are delivered, and only then commit
-the Kafka offsets. A crash anywhere before the commit means the batch is delivered again
-and the per-user offsets in Redis skip what was already applied.
+the reason in headers), group the good ones by user and hand them to the apply pipeline
+(``stream/apply_pipeline.py``), which sends this batch's writes and settles the previous
+batch's: Redis runs one batch's compare-and-set writes while the next is decoded. Kafka
+offsets are committed only up to a batch whose writes have all settled, and only after the
+dead letters are delivered. A crash anywhere before the commit means those batches are
+delivered again and the per-user offsets in Redis skip what was already applied. When the
+stream goes idle, on a rebalance and on stop, the write in flight is settled and committed.
 """
 
 from __future__ import annotations
@@ -16,17 +19,22 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Histogram
 
 from ledrec.settings import Settings
+from stream.apply_pipeline import ApplyPipeline, Settled
 from stream.events import EventCodec, EventError
 from stream.kafka import client_config
 from stream.registry import ModelCache, Registry
 from stream.state import ApplyStats, TimelineEvent, UserStateStore
+
+T = TypeVar("T")
 
 log = logging.getLogger("ledrec.consumer")
 
@@ -92,6 +100,12 @@ class StateUpdater:
         self.redis = redis_client
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.assigned: list[int] = []
+        self.pipeline = ApplyPipeline(self.store)
+        self._uncommitted: dict[tuple[str, int], int] = {}  # last offsets of settled batches
+        self._dead_unflushed = 0
+        self._settled_batches = 0
+        self._reported_at = 0.0
+        self._reported_applied = 0
         # Read once: unset costs one integer comparison per batch.
         self._kill_after_write = int(os.environ.get(FAULT_KILL_AFTER_REDIS_WRITE) or 0)
 
@@ -109,19 +123,25 @@ class StateUpdater:
                 if messages:
                     self.process(messages)
                     last_message = time.monotonic()
-                elif max_idle_s is not None and time.monotonic() - last_message > max_idle_s:
-                    break
+                else:
+                    self.flush()
+                    if max_idle_s is not None and time.monotonic() - last_message > max_idle_s:
+                        break
         finally:
+            try:
+                self.flush()
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                # Not committed: those batches are delivered again and skipped where applied.
+                log.warning("stopping with writes unsettled", extra={"error": str(e)})
             self.consumer.close()
             self.dead_letters.flush(10)
         return self.totals
 
     def process(self, messages: list[Message]) -> None:
-        """Apply one batch to Redis, dead-letter the bad messages, then commit."""
+        """Send one batch to Redis, settle the previous one, commit what is settled."""
         started = time.perf_counter()
         by_user: dict[str, list[TimelineEvent]] = defaultdict(list)
         last_offsets: dict[tuple[str, int], int] = {}
-        dead = 0
         decode, weights = self.codec.decode_fields, self.settings.event_weights
         for msg in messages:
             err = msg.error()
@@ -136,44 +156,87 @@ class StateUpdater:
                 user_id, item_id, kind, _ts = decode(msg.value())
             except EventError as e:
                 self._dead_letter(msg, e.reason)
-                dead += 1
                 continue
             by_user[user_id].append(TimelineEvent(partition, offset, item_id, weights[kind]))
-        if by_user:
-            stats = self._apply(by_user)
-            if self._kill_after_write == self.totals.batches + 1:
-                os._exit(137)  # as SIGKILL would: no commit, no cleanup
-            self.totals.applied += stats.applied_events
-            self.totals.skipped += stats.skipped_events
-            self.totals.conflicts += stats.conflicts
-            EVENTS_APPLIED.inc(stats.applied_events)
-            EVENTS_SKIPPED.inc(stats.skipped_events)
-        if dead:
-            # Dead letters must be durable before the offsets move past them.
-            if self.dead_letters.flush(30) > 0:
-                raise RuntimeError("dead-letter topic unreachable; not committing")
-            self.totals.dead_lettered += dead
-            EVENTS_DEAD.inc(dead)
-        if last_offsets:
-            self.consumer.commit(
-                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last_offsets.items()],
-                asynchronous=False,
-            )
+        models = self._retrying(self.models.live_models)
+        try:
+            settled = self.pipeline.submit(by_user, models)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            settled = self._redo_unsettled(e)  # this batch included
+        self._record(settled)
+        # Asynchronous commits on the hot path: a commit only ever covers settled batches,
+        # and one that is lost is covered by the next (or by the per-user offsets).
+        if settled.complete:
+            self._commit(asynchronous=True)  # every batch before this one is in Redis
+        self._uncommitted.update(last_offsets)
+        if settled.batches == 0 and not self.pipeline.unsettled:
+            self._commit(asynchronous=True)  # nothing in flight: this batch needed no write
         self.totals.batches += 1
         BATCH_SECONDS.observe(time.perf_counter() - started)
+        first_applied = self.totals.applied and not self._reported_applied
+        every = self.settings.consumer_status_every_s
+        if first_applied or time.monotonic() - self._reported_at >= every:
+            self.report_status()
+
+    def flush(self) -> None:
+        """Settle the write in flight, commit every offset, report (idle, rebalance, stop)."""
+        if not self.pipeline.unsettled and not self._uncommitted and not self._dead_unflushed:
+            return
+        models = self._retrying(self.models.live_models)
+        try:
+            settled = self.pipeline.drain(models)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            settled = self._redo_unsettled(e)
+        self._record(settled)
+        self._commit()
         self.report_status()
 
-    def _apply(self, by_user: dict[str, list[TimelineEvent]]) -> ApplyStats:
-        """Apply to Redis, retrying with backoff while Redis is unreachable.
+    def _redo_unsettled(self, error: Exception) -> Settled:
+        """After a Redis failure mid-pipeline: apply, synchronously, whatever may be missing."""
+        REDIS_RETRIES.inc()
+        log.warning("redis unavailable; redoing unsettled writes", extra={"error": str(error)})
+        redo = self.pipeline.abandon()
+        stats = self._retrying(lambda: self.store.apply(redo, self.models.live_models()))
+        return Settled(stats, batches=1, complete=True)
 
-        Nothing is committed to Kafka until this returns, so an outage only delays the
-        batch; a write that landed before the connection broke is skipped on the retry by
-        the per-user offsets.
+    def _record(self, settled: Settled) -> None:
+        stats: ApplyStats = settled.stats
+        self.totals.applied += stats.applied_events
+        self.totals.skipped += stats.skipped_events
+        self.totals.conflicts += stats.conflicts
+        EVENTS_APPLIED.inc(stats.applied_events)
+        EVENTS_SKIPPED.inc(stats.skipped_events)
+        self._settled_batches += settled.batches
+        if settled.batches and self._kill_after_write == self._settled_batches:
+            os._exit(137)  # as SIGKILL would: written to Redis, offsets not committed
+
+    def _commit(self, asynchronous: bool = False) -> None:
+        """Commit the offsets of the settled batches, once their dead letters are durable."""
+        if self._dead_unflushed:
+            if self.dead_letters.flush(30) > 0:
+                raise RuntimeError("dead-letter topic unreachable; not committing")
+            self.totals.dead_lettered += self._dead_unflushed
+            EVENTS_DEAD.inc(self._dead_unflushed)
+            self._dead_unflushed = 0
+        if self._uncommitted:
+            offsets = [TopicPartition(t, p, o + 1) for (t, p), o in self._uncommitted.items()]
+            if asynchronous:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            self._uncommitted = {}
+
+    def _retrying(self, action: Callable[[], T]) -> T:
+        """Run ``action``, retrying with backoff while Redis is unreachable.
+
+        Nothing is committed to Kafka meanwhile, so an outage only delays the batch; a
+        write that landed before the connection broke is skipped on the retry by the
+        per-user offsets.
         """
         delay = 0.1
         while True:
             try:
-                return self.store.apply(by_user, self.models.live_models())
+                return action()
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 if self.stop_event.is_set():
                     raise
@@ -187,6 +250,8 @@ class StateUpdater:
 
     def report_status(self) -> None:
         """Publish this consumer's totals in Redis (``ledrec status``, the demo, operators)."""
+        self._reported_at = time.monotonic()
+        self._reported_applied = self.totals.applied
         key = f"{self.settings.key_prefix}:consumers:{self.name}"
         status = {**vars(self.totals), "partitions": self.assigned, "updated_at": time.time()}
         try:
@@ -201,6 +266,10 @@ class StateUpdater:
         self.report_status()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self.flush()  # hand the partitions over with everything settled and committed
+        except (redis.ConnectionError, redis.TimeoutError, KafkaException) as e:
+            log.warning("revoked with writes unsettled", extra={"error": str(e)})
         self.assigned = sorted(set(self.assigned) - {p.partition for p in partitions})
         log.info("partitions revoked", extra={"partitions": self.assigned})
 
@@ -213,6 +282,7 @@ class StateUpdater:
             self.settings.dead_letter_topic, value=msg.value(), key=msg.key(), headers=headers
         )
         self.dead_letters.poll(0)
+        self._dead_unflushed += 1
         log.info("dead-lettered", extra={"reason": reason, "offset": msg.offset()})
 
 

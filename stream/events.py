@@ -7,6 +7,7 @@ user_id, so one user's events stay ordered in one partition and have one writer.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Collection
 from typing import Any
@@ -15,6 +16,10 @@ import msgpack
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from stream.wire import unpack_untrusted
+
+# Ids are text without control characters: user state stores a timeline as item ids joined
+# by one (stream/state.py), and a control character in an id is a producer bug anyway.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class EventError(ValueError):
@@ -40,6 +45,8 @@ class Event(BaseModel):
     def _id_not_blank(cls, v: str) -> str:
         if not v or v.strip() != v:
             raise ValueError("ids must be non-empty without surrounding whitespace")
+        if _CONTROL.search(v):
+            raise ValueError("ids must not contain control characters")
         return v
 
     @field_validator("ts")
@@ -147,6 +154,8 @@ def fast_event_fields(raw: Any) -> tuple[str, str, str, float] | None:
         return None
     if not user_id or user_id.strip() != user_id or not item_id or item_id.strip() != item_id:
         return None
+    if not (user_id.isprintable() and item_id.isprintable()):
+        return None  # maybe a control character (rejected), maybe not: pydantic decides
     if not math.isfinite(ts) or ts < 0:
         return None
     return user_id, item_id, kind, ts

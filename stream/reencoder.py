@@ -25,13 +25,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-import msgpack
 import numpy as np
 import numpy.typing as npt
 import redis
 
 from stream.artifact import Model
-from stream.state import UserStateStore, window_sum
+from stream.state import UserState, UserStateStore, window_sum
 
 MAX_PASSES = 5  # past this, what remains is encoded from the timeline on demand
 MAX_ATTEMPTS = 10  # CAS retries of one user within a batch before leaving it to the next pass
@@ -154,18 +153,14 @@ class Reencoder:
                     missing.append(user)
             if not missing:
                 return
-            pipe = self.client.pipeline(transaction=False)
-            for user in missing:
-                pipe.hmget(self.store.key(user), ["tl", "seq"])
-            writes: list[tuple[str, int, npt.NDArray[np.float64], float]] = []
-            for user, (raw_tl, seq) in zip(missing, pipe.execute(), strict=True):
-                if seq is None:
-                    continue
-                timeline = [(str(i), float(w)) for i, w in msgpack.unpackb(raw_tl or b"\x90")]
-                if not timeline:
+            writes: list[tuple[str, UserState, npt.NDArray[np.float64], float]] = []
+            for user, state in zip(missing, self.store.read_many(missing, []), strict=True):
+                if state is None:
+                    continue  # expired since
+                if not state.size:
                     progress.empty += 1
-                total, weight = window_sum(self.model, timeline)
-                writes.append((user, int(seq), total, weight))
+                total, weight = window_sum(self.model, state.timeline)
+                writes.append((user, state, total, weight))
             ok = self.store.set_sums(self.model, writes)
             n_ok = sum(ok)
             progress.written += n_ok

@@ -53,6 +53,9 @@ class Registry:
 
     def register(self, model: Model, state: str = "staged") -> None:
         """Record a saved model version (its directory must exist in the store)."""
+        if not model.version or any(ord(c) < 32 or c == "\x7f" for c in model.version):
+            # user states list versions joined by a control character (stream/state.py)
+            raise RegistryError(f"invalid model version name {model.version!r}")
         info = {
             "state": state,
             "path": str(model.path),

@@ -1,4 +1,4 @@
-"""Consumers SIGKILLed at random points over a 100k-event stream: state = one clean pass.
+"""Consumers SIGKILLed at random points over a 300k-event stream: state = one clean pass.
 
 Three kinds of kill, each a real process death with no cleanup:
 - between the Redis write and the offset commit (the test-only fault hook exits the
@@ -32,8 +32,8 @@ from tests.helpers import committed_lag, publish_model, random_model, settings_e
 
 pytestmark = pytest.mark.faults
 
-N_EVENTS = 100_000
-N_USERS = 2_000  # ~50 events per user: every history fits the timeline, so all is checked
+N_EVENTS = 300_000  # enough that the consumers, pipelined, are still busy at the last kill
+N_USERS = 6_000  # ~50 events per user: every history fits the timeline, so all is checked
 HOOK_KILLS = 4
 RANDOM_KILLS = 3
 REBALANCE_KILLS = 2

@@ -34,7 +34,9 @@ def _applied(r: redis.Redis, settings: Settings) -> float:
 def test_killed_consumer_loses_nothing_and_counts_nothing_twice(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
-    settings = settings.model_copy(update={"timeline_max": 20, "consume_batch_size": 250})
+    settings = settings.model_copy(
+        update={"timeline_max": 20, "consume_batch_size": 250, "consumer_status_every_s": 0.0}
+    )
     model = publish_model(settings, redis_client, random_model(n_items=500, dim=8))
     rng = np.random.default_rng(7)
     publisher = EventPublisher(settings, settings.kafka_bootstrap)

@@ -55,7 +55,7 @@ def test_a_stale_writer_loses_the_race_and_changes_nothing(
     stale = store.read("u", ["v1"])
     store.apply({"u": [TimelineEvent(0, 1, "i2", 1.0)]}, [model])
     assert stale is not None
-    assert not store.set_sum("u", stale.seq, model, np.zeros(model.dim), 0.0)
+    assert not store.set_sum("u", stale, model, np.zeros(model.dim), 0.0)
     state = store.read("u", ["v1"])
     assert state is not None and state.weights["v1"] == 2.0
 
@@ -79,3 +79,22 @@ def test_inactive_users_expire(settings: Settings, redis_client: redis.Redis) ->
     store = UserStateStore(redis_client, settings.key_prefix, 5, ttl_seconds=60)
     store.apply({"u": [TimelineEvent(0, 0, "i1", 1.0)]}, [random_model(version="v1")])
     assert 0 < redis_client.ttl(store.key("u")) <= 60
+
+
+def test_a_timeline_write_drops_the_sums_its_writer_did_not_know(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    v1, v2 = random_model(seed=1, version="v1"), random_model(seed=2, version="v2")
+    store = _store(settings, redis_client)
+    store.apply({"u": [TimelineEvent(0, 0, "i1", 1.0)]}, [v1])
+    read = store.read("u", ["v1"])
+    assert read is not None
+    assert store.set_sum("u", read, v2, *window_sum(v2, read.timeline))  # the re-encoder
+    assert "v2" in (store.read("u", ["v2"]) or read).sums
+    store.apply({"u": [TimelineEvent(0, 1, "i2", 1.0)]}, [v1])  # a writer not knowing v2
+    state = store.read("u", ["v1", "v2"])
+    assert state is not None and "v2" not in state.sums and "v1" in state.sums
+    store.apply({"u": [TimelineEvent(0, 2, "i3", 1.0)]}, [v1, v2])  # both live again
+    state = store.read("u", ["v1", "v2"])
+    assert state is not None
+    np.testing.assert_allclose(state.sums["v2"], window_sum(v2, state.timeline)[0], rtol=1e-9)

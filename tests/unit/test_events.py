@@ -33,6 +33,10 @@ def test_integer_ids_and_ts_are_accepted_as_strings_and_float() -> None:
         (msgpack.packb({"user_id": 5, "item_id": "i", "type": "view", "ts": 1.0}), "user_id"),
         (msgpack.packb({"user_id": "u", "item_id": "i", "type": "view", "ts": math.nan}), "ts"),
         (msgpack.packb({"user_id": "u", "item_id": "i", "type": "view", "ts": 1.0, "x": 1}), "x"),
+        (
+            msgpack.packb({"user_id": "u", "item_id": "a\x1fb", "type": "view", "ts": 1.0}),
+            "control characters",
+        ),
         (b"\x00" * 300, "exceeds"),
         (None, "empty"),
     ],
