@@ -307,9 +307,7 @@ class RecommendServer:
         for result in (first, *more):
             if isinstance(result, Exception):
                 raise result
-        if first is None:
-            return []
-        return [first[1], *(more[0] or [])] if more else [first[1]]
+        return _popped(first, more[0] if more else None)
 
     def _pipeline(self, commands: list[bytes]) -> list[Any]:
         """Send RESP-packed ``commands`` in one write on the serving connection; every reply.
@@ -410,6 +408,15 @@ class RecommendServer:
             (req.reply_to, protocol.encode_reply(req.id, items, scorer.version, source))
             for req, items, source in zip(requests, results, sources, strict=True)
         ]
+
+
+def _popped(first: list[bytes] | None, more: list[bytes] | None) -> list[bytes]:
+    """The requests a ``BRPOP`` (``[queue, request]`` or None) and ``RPOP count`` popped.
+
+    The RPOP's may be there even when the BRPOP timed out: another client's push can land
+    between the two, and dropping them would lose those requests.
+    """
+    return ([first[1]] if first is not None else []) + (more or [])
 
 
 def _command(*args: bytes) -> bytes:
