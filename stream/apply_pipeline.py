@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from stream.artifact import Model
 from stream.state import (
     ITEM_SEP,
@@ -60,39 +62,56 @@ class ApplyPipeline:
         self.unsettled: dict[str, list[TimelineEvent]] = {}
 
     def submit(self, batch: dict[str, list[TimelineEvent]], models: Sequence[Model]) -> Settled:
-        """Send ``batch``'s writes (not waiting for them) and settle the previous batch's."""
+        """Send ``batch``'s writes (not waiting for them) and settle the previous batch's.
+
+        Users not in the write in flight are read and planned first, while Redis is still
+        running that write; only the users in it wait for its replies.
+        """
         self.unsettled = _merge(self.unsettled, batch)  # a failure below redoes all of it
         versions = [m.version for m in models]
         partitions = partitions_of(batch)
-        in_flight = self._projected  # users of the write in flight, as it will leave them
-        if not self._projected_partitions.issuperset(partitions):
-            self._projected = {}  # they lack some partitions' offsets: re-read, after settling
-        to_read = [u for u in batch if u not in in_flight]
-        if to_read:
-            self._reads.send(self.store.read_commands(to_read, versions, partitions))
+        in_flight = self._projected  # users of the write in flight -> their plan in it
+        stats = ApplyStats()
+        fresh = [u for u in batch if u not in in_flight]
+        early = None
+        if fresh:
+            self._reads.send(self.store.read_commands(fresh, versions, partitions))
+            states = self.store.parse_states(self._reads.receive(), versions, partitions)
+            early = self.store.prepare({u: batch[u] for u in fresh}, fresh, states, models, stats)
         settled, carried = self._settle()
-        states: dict[str, UserState | None] = {}
-        if to_read:
-            read = self.store.parse_states(self._reads.receive(), versions, partitions)
-            states.update(zip(to_read, read, strict=True))
-        work = _merge(carried, batch) if carried else dict(batch)
-        late = [u for u in work if u not in states and u not in self._projected]
-        if late:  # carried over, or a projection that lacks offsets: read now, N has settled
+        # The rest: users of the settled write (on its projection, unless it lacks some
+        # partition's offsets) and users carried over from it (re-read, events of N first).
+        rest = dict(carried)
+        for user in batch:
+            if user in in_flight:
+                rest[user] = rest[user] + batch[user] if user in carried else batch[user]
+        late = None
+        if rest:
+            reuse = self._projected_partitions.issuperset(partitions)
+            to_read = [u for u in rest if u in carried or not reuse]
             wider = sorted(set(partitions) | set(partitions_of(carried)))
-            states.update(zip(late, self.store.read_many(late, versions, wider), strict=True))
-        if len(states) < len(work):
-            assert settled.writes is not None  # users not read are projected from it
-            for user in work:
-                if user not in states:
-                    states[user] = _projection(settled.writes, self._projected[user])
-        users = list(work)
-        writes = self.store.prepare(work, users, [states[u] for u in users], models, settled.stats)
+            by_user = dict(
+                zip(to_read, self.store.read_many(to_read, versions, wider), strict=True)
+            )
+            users = list(rest)
+            rest_states: list[UserState | None] = []
+            for user in users:
+                if user in by_user:
+                    rest_states.append(by_user[user])
+                else:
+                    assert settled.writes is not None
+                    rest_states.append(_projection(settled.writes, in_flight[user]))
+            late = self.store.prepare(rest, users, rest_states, models, stats)
+        writes = _combine(early, late, versions)
+        settled.stats.skipped_events += stats.skipped_events
         self._projected = {plan.user_id: j for j, plan in enumerate(writes.plans)}
         self._projected_partitions = set(partitions)
         if writes.commands:
             self._writes.send(writes.commands)
             self._inflight = writes
-        self.unsettled = {plan.user_id: work[plan.user_id] for plan in writes.plans}
+        self.unsettled = {
+            plan.user_id: writes.events_by_user[plan.user_id] for plan in writes.plans
+        }
         return settled
 
     def drain(self, models: Sequence[Model]) -> Settled:
@@ -123,12 +142,30 @@ class ApplyPipeline:
         if writes is None:
             return settled, {}
         self.store.settle(writes, self._writes.receive(), settled.stats)
-        for user in writes.retry:
-            self._projected.pop(user, None)
         settled.batches = 1
         settled.complete = not writes.retry
         settled.writes = writes
         return settled, writes.retry
+
+
+def _combine(
+    first: PreparedWrites | None, second: PreparedWrites | None, versions: list[str]
+) -> PreparedWrites:
+    """One batch of writes from two, plans and sums in the same order."""
+    if first is None or second is None:
+        chosen = first or second
+        return chosen if chosen is not None else PreparedWrites({}, [], [], versions, [])
+    sums = [
+        (np.concatenate([a_tot, b_tot]), np.concatenate([a_w, b_w]))
+        for (a_tot, a_w), (b_tot, b_w) in zip(first.sums, second.sums, strict=True)
+    ]
+    return PreparedWrites(
+        {**first.events_by_user, **second.events_by_user},
+        first.plans + second.plans,
+        first.commands + second.commands,
+        versions,
+        sums,
+    )
 
 
 def _merge(

@@ -12,6 +12,7 @@ stream goes idle, on a rebalance and on stop, the write in flight is settled and
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from prometheus_client import Counter, Histogram
 
 from ledrec.settings import Settings
 from stream.apply_pipeline import ApplyPipeline, Settled
+from stream.artifact import Model
 from stream.events import EventCodec, EventError
 from stream.kafka import client_config
 from stream.registry import ModelCache, Registry
@@ -106,6 +108,7 @@ class StateUpdater:
         self._settled_batches = 0
         self._reported_at = 0.0
         self._reported_applied = 0
+        self._gc_frozen_for: tuple[str, ...] = ()
         # Read once: unset costs one integer comparison per batch.
         self._kill_after_write = int(os.environ.get(FAULT_KILL_AFTER_REDIS_WRITE) or 0)
 
@@ -158,7 +161,7 @@ class StateUpdater:
                 self._dead_letter(msg, e.reason)
                 continue
             by_user[user_id].append(TimelineEvent(partition, offset, item_id, weights[kind]))
-        models = self._retrying(self.models.live_models)
+        models = self._retrying(self._live_models)
         try:
             settled = self.pipeline.submit(by_user, models)
         except (redis.ConnectionError, redis.TimeoutError) as e:
@@ -182,7 +185,7 @@ class StateUpdater:
         """Settle the write in flight, commit every offset, report (idle, rebalance, stop)."""
         if not self.pipeline.unsettled and not self._uncommitted and not self._dead_unflushed:
             return
-        models = self._retrying(self.models.live_models)
+        models = self._retrying(self._live_models)
         try:
             settled = self.pipeline.drain(models)
         except (redis.ConnectionError, redis.TimeoutError) as e:
@@ -196,7 +199,7 @@ class StateUpdater:
         REDIS_RETRIES.inc()
         log.warning("redis unavailable; redoing unsettled writes", extra={"error": str(error)})
         redo = self.pipeline.abandon()
-        stats = self._retrying(lambda: self.store.apply(redo, self.models.live_models()))
+        stats = self._retrying(lambda: self.store.apply(redo, self._live_models()))
         return Settled(stats, batches=1, complete=True)
 
     def _record(self, settled: Settled) -> None:
@@ -225,6 +228,18 @@ class StateUpdater:
             else:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
             self._uncommitted = {}
+
+    def _live_models(self) -> list[Model]:
+        """The live models; a newly loaded one gets its id index built and is frozen out of
+        the cyclic GC (its million-entry structures made every full collection slow)."""
+        models = self.models.live_models()
+        versions = tuple(m.version for m in models)
+        if versions != self._gc_frozen_for:
+            for model in models:
+                model.row_of  # noqa: B018  # built now, not by the first batch
+            gc.freeze()
+            self._gc_frozen_for = versions
+        return models
 
     def _retrying(self, action: Callable[[], T]) -> T:
         """Run ``action``, retrying with backoff while Redis is unreachable.

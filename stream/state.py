@@ -487,51 +487,55 @@ def _window_sums(
     """Every plan's new (sum, weight) for ``model``, in float64, computed at once.
 
     A user with a stored sum gets ``sum + Σ added - Σ removed`` (incremental); one without
-    (new user, version not back-filled) gets the sum of the whole new window.
+    (new user, version not back-filled) gets the sum of the whole new window. The loop
+    only gathers item ids, signed weights and plan indices; the arithmetic is one gather
+    and one segmented sum.
     """
-    v, row_of = model.version, model.row_of
+    v, row_get = model.version, model.row_of.get
     totals = np.zeros((len(plans), model.dim), dtype=np.float64)
     weights = np.zeros(len(plans), dtype=np.float64)
-    rows: list[int] = []
+    based: list[int] = []  # plans with a stored sum
+    base_sums: list[memoryview] = []
+    base_weights: list[float] = []
+    items: list[str] = []
     signed: list[float] = []
-    counts: list[int] = []
+    owner: list[int] = []
     for j, plan in enumerate(plans):
-        start = len(rows)
         state = plan.state
         old = state.sums.get(v) if state is not None else None
-        if state is not None and old is not None:
-            totals[j] = old
-            weights[j] = state.weights[v]
-            for item, w in zip(plan.added, plan.added_weights, strict=True):
-                row = row_of.get(item)
-                if row is not None:
-                    rows.append(row)
-                    signed.append(w)
+        if old is not None:
+            assert state is not None
+            based.append(j)
+            base_sums.append(old.data)
+            base_weights.append(state.weights[v])
+            items += plan.added
+            signed += plan.added_weights
+            owner += [j] * len(plan.added)
             if plan.removed:
-                gone = np.frombuffer(plan.removed_weights, dtype=_WEIGHT).tolist()
-                for packed, w in zip(plan.removed, gone, strict=True):
-                    row = row_of.get(packed.decode())
-                    if row is not None:
-                        rows.append(row)
-                        signed.append(-w)
+                items += [packed.decode() for packed in plan.removed]
+                signed += (-np.frombuffer(plan.removed_weights, dtype=_WEIGHT)).tolist()
+                owner += [j] * len(plan.removed)
         else:
-            items = plan.items.decode().split(ITEM_SEP)
-            all_weights = np.frombuffer(plan.weights, dtype=_WEIGHT).tolist()
-            for item, w in zip(items, all_weights, strict=True):
-                row = row_of.get(item)
-                if row is not None:
-                    rows.append(row)
-                    signed.append(w)
-        counts.append(len(rows) - start)
-    if rows:
-        w_all = np.asarray(signed, dtype=np.float64)
-        terms = model.embeddings[rows].astype(np.float64)
-        terms *= w_all[:, None]
-        n = np.asarray(counts)
-        nonempty = n > 0
-        starts = (np.cumsum(n) - n)[nonempty]
-        totals[nonempty] += np.add.reduceat(terms, starts, axis=0)
-        weights[nonempty] += np.add.reduceat(w_all, starts)
+            window = plan.items.decode().split(ITEM_SEP)
+            items += window
+            signed += np.frombuffer(plan.weights, dtype=_WEIGHT).tolist()
+            owner += [j] * len(window)
+    if based:
+        # one copy of the stored sums' bytes (np.stack costs µs per array)
+        stored = np.frombuffer(b"".join(base_sums), dtype=np.float64)
+        totals[based] = stored.reshape(len(based), model.dim)
+        weights[based] = base_weights
+    if items:
+        rows = np.fromiter((row_get(i, -1) for i in items), dtype=np.int64, count=len(items))
+        known = rows >= 0
+        rows, w_all = rows[known], np.asarray(signed, dtype=np.float64)[known]
+        who = np.asarray(owner, dtype=np.int64)[known]
+        if rows.size:
+            terms = model.embeddings[rows].astype(np.float64)
+            terms *= w_all[:, None]
+            starts = np.flatnonzero(np.r_[True, who[1:] != who[:-1]])  # plans are in order
+            totals[who[starts]] += np.add.reduceat(terms, starts, axis=0)
+            weights[who[starts]] += np.add.reduceat(w_all, starts)
     return totals, np.maximum(weights, 0.0)
 
 
