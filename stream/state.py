@@ -379,16 +379,13 @@ class UserStateStore:
                 )
             ]
             for p, o in offsets.items():
-                field_name, value = b"o:%d" % p, b"%d" % o
-                parts.append(
-                    b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(field_name), field_name, len(value), value)
-                )
+                value = b"%d" % o
+                parts.append(b"%b$%d\r\n%b\r\n" % (_offset_field(p), len(value), value))
             for s_field, w_field, raw, size, weights in per_version:
-                total = raw[j * size : (j + 1) * size]
-                weight = repr(weights[j]).encode()
+                weight = b"%r" % weights[j]
                 parts.append(
                     b"%b$%d\r\n%b\r\n%b$%d\r\n%b\r\n"
-                    % (s_field, size, total, w_field, len(weight), weight)
+                    % (s_field, size, raw[j * size : (j + 1) * size], w_field, len(weight), weight)
                 )
             commands.append(b"".join(parts))
         return commands
@@ -537,6 +534,12 @@ def _window_sums(
             totals[who[starts]] += np.add.reduceat(terms, starts, axis=0)
             weights[who[starts]] += np.add.reduceat(w_all, starts)
     return totals, np.maximum(weights, 0.0)
+
+
+@functools.lru_cache(maxsize=1024)
+def _offset_field(partition: int) -> bytes:
+    """RESP bulk string of the ``o:<partition>`` field name."""
+    return _bulk(b"o:%d" % partition)
 
 
 @functools.lru_cache(maxsize=64)
