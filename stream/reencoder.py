@@ -6,7 +6,7 @@ users with SCAN (never blocking Redis), ``backfill_batch`` keys per round trip:
 
 1. pipelined ``HMGET seq, w:<version>``: users who already have the sum (written by a
    consumer, or by an earlier run) are left alone;
-2. pipelined ``HMGET tl, seq`` of the others, their window sum computed exactly as the
+2. pipelined ``HMGET ti, tw, seq, vs`` of the others, their window sum computed exactly as the
    consumer would (``state.window_sum``);
 3. pipelined compare-and-set writes (``UserStateStore.set_sums``): a user written since
    step 2 is read again and retried.

@@ -162,11 +162,11 @@ def test_components_over_tls_as_least_privilege_users(
     user_key, reply_key = f"{prefix}:u:alice", f"{prefix}:rpc:reply:x"
     active, live = f"{prefix}:models:active", f"{prefix}:models:live"
     refused: dict[str, list[tuple[object, ...]]] = {
-        "client": [("HMGET", user_key, "tl"), ("GET", active), ("RPOP", queue),
+        "client": [("HMGET", user_key, "ti"), ("GET", active), ("RPOP", queue),
                    ("LPUSH", reply_key, "forged"), ("BLPOP", user_key, 0.01)],
         "consumer": [("LPUSH", queue, "x"), ("SET", active, "v"), ("SADD", live, "v"),
                      ("RPOP", queue), ("PUBLISH", f"{prefix}:models:events", "x")],
-        "scorer": [("HSET", user_key, "tl", "x"), ("SET", active, "v"), ("DEL", user_key),
+        "scorer": [("HSET", user_key, "ti", "x"), ("SET", active, "v"), ("DEL", user_key),
                    ("LPUSH", queue, "x"), ("EVALSHA", "0" * 40, 1, user_key)],
         "operator": [("FLUSHALL",), ("KEYS", "*"), ("CONFIG", "GET", "*"), ("ACL", "LIST"),
                      ("GET", "other-app:secret"), ("SHUTDOWN",)],
