@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -382,23 +383,25 @@ class RecommendServer:
         queries: list[Query] = []
         sources: list[str] = []
         for req in requests:
+            seen_ids: Sequence[str]
             if req.items is not None:
-                timeline = [(i, 1.0) for i in req.items]
-                vector, source = scorer.encode_timeline(timeline), "items"
+                seen_ids, source = req.items, "items"
+                vector = scorer.encode_timeline([(i, 1.0) for i in req.items])
             else:
+                # Only ids are needed unless the sum must be computed: the packed timeline
+                # is not unpacked into (id, weight) pairs on the common path.
                 state = next(states)
-                if state is None or not state.timeline:
-                    timeline, vector, source = [], scorer.encode_sum(None, 0.0), "popularity"
+                if state is None or not state.size:
+                    seen_ids, vector, source = (), scorer.encode_sum(None, 0.0), "popularity"
                 elif scorer.version in state.sums:
-                    timeline = state.timeline
+                    seen_ids, source = state.items, "state"
                     vector = scorer.encode_sum(
                         state.sums[scorer.version], state.weights[scorer.version]
                     )
-                    source = "state"
                 else:  # this version's sum is not back-filled yet: encode on the fly
-                    timeline, source = state.timeline, "timeline"
-                    vector = scorer.encode_timeline(timeline)
-            seen = frozenset(i for i, _ in timeline) if req.exclude_seen else frozenset()
+                    seen_ids, source = state.items, "timeline"
+                    vector = scorer.encode_timeline(state.timeline)
+            seen = frozenset(seen_ids) if req.exclude_seen else frozenset()
             queries.append(Query(vector, seen, req.k))
             sources.append(source)
         results = scorer.top_k(queries)
