@@ -1,0 +1,73 @@
+"""Consumer CPU without Kafka or waiting: parse the states of captured batches and plan and
+pack their writes (``UserStateStore.parse_states`` + ``prepare``), µs of thread CPU per event.
+
+A steadier measure than wall-clock ingest on a shared machine (min over repetitions), for
+work on the consumer's hot path:
+
+    python -m benchmarks.state_cpu --items 1000000 --reps 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import clustered_model, synthetic_world
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    import redis
+
+    from deploy.stack import RedisServer
+    from stream.state import ApplyStats, TimelineEvent, UserStateStore, execute_raw
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--items", type=int, default=1_000_000)
+    p.add_argument("--users", type=int, default=5_000)
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=2000)
+    p.add_argument("--reps", type=int, default=15)
+    args = p.parse_args(argv)
+    _, events = synthetic_world(args.items, args.users, args.events, seed=1)
+    model = clustered_model(events, args.items, 64, version="m1")
+    users = [f"u{u}" for u in events.user.tolist()]
+    items = [f"i{i}" for i in events.item.tolist()]
+    batches: list[dict[str, list[TimelineEvent]]] = []
+    for lo in range(0, len(users), args.batch_size):
+        batch: dict[str, list[TimelineEvent]] = {}
+        for k in range(lo, min(lo + args.batch_size, len(users))):
+            batch.setdefault(users[k], []).append(TimelineEvent(k % 4, k, items[k], 1.0))
+        batches.append(batch)
+    warm, measured = batches[: len(batches) * 4 // 5], batches[len(batches) * 4 // 5 :]
+    versions, partitions = [model.version], [0, 1, 2, 3]
+    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp) / "redis") as server:
+        client = redis.Redis.from_url(server.url)
+        store = UserStateStore(client, "bench", 100, 86400)
+        for batch in warm:  # full timelines, as in steady state
+            store.apply(batch, [model])
+        captured = []
+        for batch in measured:
+            ids = list(batch)
+            replies = execute_raw(client, store.read_commands(ids, versions, partitions))
+            captured.append((batch, ids, replies))
+        n = sum(len(evs) for batch in measured for evs in batch.values())
+        runs = []
+        for _ in range(args.reps):
+            t0 = time.thread_time()
+            for batch, ids, replies in captured:
+                states = store.parse_states(replies, versions, partitions)
+                store.prepare(batch, ids, states, [model], ApplyStats())
+            runs.append((time.thread_time() - t0) / n * 1e6)
+    result = {
+        "min_us_per_event": round(min(runs), 2),
+        "median_us_per_event": round(sorted(runs)[len(runs) // 2], 2),
+    }
+    lo, mid = result["min_us_per_event"], result["median_us_per_event"]
+    print(f"parse_states + prepare: {lo} µs/event min, {mid} median ({n:,} events)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
