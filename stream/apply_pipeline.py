@@ -13,9 +13,10 @@ reads its users' states and only then collects N's replies:
   compare-and-set anyway (seq moved).
 
 A batch counts as applied once its writes are settled with no user carried over; the
-consumer commits Kafka offsets only then. ``unsettled`` is always a superset of the events
-not yet known to be in Redis, so after a Redis failure the consumer can redo exactly that
-with ``UserStateStore.apply`` (the per-user offsets skip whatever had landed).
+consumer commits Kafka offsets only then. ``unsettled`` (the events of the write in flight)
+plus the batch being submitted is always a superset of the events not yet known to be in
+Redis: after a Redis failure ``abandon`` returns it, and the consumer redoes it with
+``UserStateStore.apply`` (the per-user offsets skip whatever had landed).
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ import numpy as np
 
 from stream.artifact import Model
 from stream.state import (
-    ITEM_SEP,
     ApplyStats,
     PreparedWrites,
     RawConnection,
     TimelineEvent,
     UserState,
     UserStateStore,
+    pack_versions,
     partitions_of,
 )
 
@@ -60,6 +61,7 @@ class ApplyPipeline:
         self._projected: dict[str, int] = {}
         self._projected_partitions: set[int] = set()  # whose offsets the projections hold
         self.unsettled: dict[str, list[TimelineEvent]] = {}
+        self._incoming: dict[str, list[TimelineEvent]] = {}  # the batch being submitted
 
     def submit(self, batch: dict[str, list[TimelineEvent]], models: Sequence[Model]) -> Settled:
         """Send ``batch``'s writes (not waiting for them) and settle the previous batch's.
@@ -67,7 +69,7 @@ class ApplyPipeline:
         Users not in the write in flight are read and planned first, while Redis is still
         running that write; only the users in it wait for its replies.
         """
-        self.unsettled = _merge(self.unsettled, batch)  # a failure below redoes all of it
+        self._incoming = batch  # until sent: ``abandon`` adds it to what may be missing
         versions = [m.version for m in models]
         partitions = partitions_of(batch)
         in_flight = self._projected  # users of the write in flight -> their plan in it
@@ -112,6 +114,7 @@ class ApplyPipeline:
         self.unsettled = {
             plan.user_id: writes.events_by_user[plan.user_id] for plan in writes.plans
         }
+        self._incoming = {}
         return settled
 
     def drain(self, models: Sequence[Model]) -> Settled:
@@ -133,8 +136,9 @@ class ApplyPipeline:
         self._reads.close()
         self._inflight = None
         self._projected = {}
-        unsettled, self.unsettled = self.unsettled, {}
-        return unsettled
+        missing = _merge(self.unsettled, self._incoming)
+        self.unsettled, self._incoming = {}, {}
+        return missing
 
     def _settle(self) -> tuple[Settled, dict[str, list[TimelineEvent]]]:
         settled = Settled()
@@ -192,7 +196,7 @@ def _projection(writes: PreparedWrites, j: int) -> UserState:
         plan.items,
         plan.weights,
         (old.seq if old else 0) + 1,
-        ITEM_SEP.join(writes.versions).encode(),
+        pack_versions(writes.versions),
         offsets,
     )
     for v, (totals, weights) in zip(writes.versions, writes.sums, strict=True):

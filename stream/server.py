@@ -36,7 +36,7 @@ from stream.artifact import ArtifactError
 from stream.protocol import Limits, Request, RequestError
 from stream.registry import ModelCache, Registry
 from stream.scorer import Query, Scorer
-from stream.state import UserStateStore
+from stream.state import RawConnection, UserStateStore
 
 log = logging.getLogger("ledrec.server")
 
@@ -96,6 +96,7 @@ class RecommendServer:
         # The serving thread's own connection: its state reads (through the store) and its
         # pops and replies (``_pipeline``); everything else uses ``client``'s pool.
         self._serving = redis.Redis(connection_pool=_HeldConnectionPool(client.connection_pool))
+        self._round_trips = RawConnection(self._serving)
         self.store = UserStateStore(
             self._serving, settings.key_prefix, settings.timeline_max, settings.user_ttl_seconds
         )
@@ -318,19 +319,8 @@ class RecommendServer:
         lost round trip had popped are lost with it, as with any pop, and their clients
         time out.
         """
-        conn = self._serving.connection_pool.get_connection()
-        try:
-            conn.send_packed_command([b"".join(commands)])  # type: ignore[no-untyped-call]
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response(disable_decoding=True))
-                except redis.ResponseError as e:
-                    replies.append(e)
-        except BaseException:
-            conn.disconnect()  # type: ignore[no-untyped-call]  # never reuse it half-read
-            raise
-        return replies
+        self._round_trips.send(commands)
+        return self._round_trips.receive()
 
     def _answer(self, raw: list[bytes]) -> list[bytes]:
         """Decode, score and encode a batch; returns the reply commands (LPUSH, EXPIRE)."""

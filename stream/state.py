@@ -102,12 +102,6 @@ class UserState:
         return list(zip(self.items, weights, strict=True))
 
 
-def pack_timeline(timeline: Sequence[tuple[str, float]]) -> tuple[bytes, bytes]:
-    """(items, weights) as stored, for a timeline given as (item id, weight) pairs."""
-    items = ITEM_SEP.join(item for item, _ in timeline).encode()
-    return items, struct.pack(f"<{len(timeline)}d", *(w for _, w in timeline))
-
-
 @dataclass
 class ApplyStats:
     users: int = 0
@@ -179,8 +173,7 @@ class UserStateStore:
         fields += [f"o:{p}" for p in partitions]
         head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
         tail = b"".join(_bulk(f.encode()) for f in fields)
-        prefix = f"{self.prefix}:u:".encode()
-        return [head + _bulk(prefix + u.encode()) + tail for u in user_ids]
+        return [head + _bulk(self._key_prefix + u.encode()) + tail for u in user_ids]
 
     @staticmethod
     def parse_states(
@@ -334,7 +327,7 @@ class UserStateStore:
             )
         n_args = 13 + 4 * len(versions)
         head, ttl, key_prefix = self._script_head, self._ttl, self._key_prefix
-        carried = ITEM_SEP.join(versions).encode()
+        carried = pack_versions(versions)
         carried_set = set(versions)
         commands = []
         for j, plan in enumerate(plans):
@@ -418,7 +411,7 @@ class UserStateStore:
             if v not in stored:
                 stored.append(v)
             args: list[bytes | str | int] = [state.seq, 0, 0, s_field, total.tobytes()]
-            args += [w_field, repr(weight), "vs", ITEM_SEP.join(stored)]
+            args += [w_field, repr(weight), "vs", pack_versions(stored)]
             self._apply(keys=[self.key(user_id)], args=args, client=pipe)
         return [bool(ok) for ok in pipe.execute()]
 
@@ -611,6 +604,12 @@ def _read_replies(conn: Any, n: int) -> list[Any]:
             raise reply
         replies.append(reply)
     return replies
+
+
+def pack_versions(versions: Iterable[str]) -> bytes:
+    """The ``vs`` field: version names joined by ITEM_SEP (registry names have no control
+    characters)."""
+    return ITEM_SEP.join(versions).encode()
 
 
 class RawConnection:
