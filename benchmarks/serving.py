@@ -26,6 +26,7 @@ import random
 import resource
 import select
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -295,18 +296,23 @@ def _fine_timer_slack() -> None:
         ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)
 
 
-def _lean_load(
-    settings: Any,
-    users: list[str],
-    mode: str,
-    concurrency: int,
-    rate: float,
-    offset: float,
-    arrivals: str,
-    start_at: float,
-    warmup: float,
-    seconds: float,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LoadSpec:
+    """One load generator's share of a load point."""
+
+    mode: str  # "closed" (concurrency clients) or "open" (rate requests/s)
+    concurrency: int
+    rate: float
+    offset: float  # open loop: this process's arrivals, shifted to interleave with the others
+    arrivals: str  # "uniform" or "poisson"
+    start_at: float  # epoch s: all generators start together
+    warmup: float
+    seconds: float
+
+
+def _lean_load(settings: Any, users: list[str], spec: LoadSpec) -> dict[str, Any]:
+    mode, concurrency, rate, start_at = spec.mode, spec.concurrency, spec.rate, spec.start_at
+    warmup, seconds = spec.warmup, spec.seconds
     import redis
 
     from stream.client import _BOUNDED_PUSH
@@ -331,12 +337,12 @@ def _lean_load(
             for _ in range(before - len(load.busy)):  # each answered client asks again
                 load.send(rng.choice(users), time.time())
     else:
-        due = start_at + offset / rate
+        due = start_at + spec.offset / rate
         while due < load.end:
             now = time.time()
             while due <= now and due < load.end:
                 load.send(rng.choice(users), due)
-                due += rng.expovariate(rate) if arrivals == "poisson" else 1.0 / rate
+                due += rng.expovariate(rate) if spec.arrivals == "poisson" else 1.0 / rate
             load.poll(max(0.0, due - time.time()))
             load.expire()
     unanswered_by = time.time() + 5.0  # every reply comes within its 2 s BLPOP timeout
@@ -352,27 +358,13 @@ def _lean_load(
 
 
 def _load(
-    settings: Any,
-    users: list[str],
-    mode: str,
-    concurrency: int,
-    rate: float,
-    offset: float,
-    arrivals: str,
-    start_at: float,
-    warmup: float,
-    seconds: float,
-    client_kind: str,
-    out: Any,
+    settings: Any, users: list[str], spec: LoadSpec, client_kind: str, out: Any
 ) -> None:  # child: a load generator (lean RPC client, or the project's asyncio client)
     if client_kind == "lean":
-        out.put(
-            _lean_load(
-                settings, users, mode, concurrency, rate, offset, arrivals, start_at, warmup,
-                seconds,
-            )
-        )  # fmt: skip
+        out.put(_lean_load(settings, users, spec))
         return
+    mode, concurrency, rate, start_at = spec.mode, spec.concurrency, spec.rate, spec.start_at
+    offset, arrivals, warmup, seconds = spec.offset, spec.arrivals, spec.warmup, spec.seconds
     import redis.asyncio as aredis
     from redis.exceptions import RedisError
 
@@ -455,14 +447,16 @@ def _run_load(
             args=(
                 settings,
                 users,
-                mode,
-                max(1, total // procs),
-                total / procs,
-                i / procs,  # open loop: the processes' arrivals interleave
-                arrivals,
-                start_at,
-                warmup,
-                seconds,
+                LoadSpec(
+                    mode,
+                    max(1, total // procs),
+                    total / procs,
+                    i / procs,  # open loop: the processes' arrivals interleave
+                    arrivals,
+                    start_at,
+                    warmup,
+                    seconds,
+                ),
                 client_kind,
                 out,
             ),
