@@ -150,7 +150,7 @@ def write_summary(out: Path) -> Path:
                 f" {_ms(t4['knn_search_k_plus_seen']['p99_us'])} |",
             ]
             for key, label in (
-                ("state_read", "in scorer: state read"),
+                ("state_read", "in scorer: state parse (read by Redis in the take round trip)"),
                 ("search_top_k", "in scorer: search + seen filter"),
                 ("encode_other", "in scorer: encode + query build"),
                 ("decode_and_reply", "in scorer: request decode + reply"),

@@ -60,7 +60,13 @@ def _echo(settings: Any, stop: Any) -> None:  # child: the floor, no work per re
     from stream.server import RecommendServer
 
     class EchoServer(RecommendServer):
-        def _score(self, scorer: Any, requests: list[Any]) -> list[tuple[str, bytes]]:
+        def _read_plan(self) -> tuple[str | None, list[bytes]]:
+            return None, []  # take requests without their states
+
+        def _states(self, requests: list[Any], read: Any, read_version: Any) -> list[Any]:
+            return []
+
+        def _score(self, scorer: Any, requests: list[Any], states: Any) -> list[tuple[str, bytes]]:
             return [(r.reply_to, protocol.encode_reply(r.id, [], "echo", "echo")) for r in requests]
 
     server = EchoServer(settings, redis.Redis.from_url(settings.redis_url))
@@ -82,7 +88,6 @@ def _serve(
 
     from stream.scorer import Scorer
     from stream.server import RecommendServer
-    from stream.state import UserStateStore
 
     # per batch: n, answer, read, search, score (wall seconds), answer (thread CPU seconds)
     # per batch: n, answer, read, search, score (wall seconds); the whole serve_once and its
@@ -103,25 +108,23 @@ def _serve(
 
         setattr(cls, name, wrapper)
 
-    timed(UserStateStore, "read_many", "read")
+    timed(RecommendServer, "_states", "read")
     timed(Scorer, "top_k", "search")
     timed(RecommendServer, "_score", "score")
     answer = RecommendServer._answer
-    # (absent from servers before the replies and the next pop shared a round trip: an
-    # A/B against them then counts their reply round trip inside _answer)
-    reply_and_pop = getattr(RecommendServer, "_reply_and_pop", None)
+    reply_and_take = RecommendServer._reply_and_take
     serve_once = RecommendServer.serve_once
 
-    def timed_answer(self: Any, raw: list[bytes]) -> Any:
+    def timed_answer(self: Any, taken: list[Any], read_version: str | None) -> Any:
         t0 = time.perf_counter()
-        replies = answer(self, raw)
-        cur.update(n=len(raw), answer=time.perf_counter() - t0)
+        replies = answer(self, taken, read_version)
+        cur.update(n=len(taken), answer=time.perf_counter() - t0)
         return replies
 
-    def timed_reply_and_pop(self: Any, replies: list[bytes], block_s: float) -> Any:
+    def timed_reply_and_take(self: Any, replies: list[bytes], block_s: float) -> Any:
         c0 = time.thread_time()
         try:
-            return reply_and_pop(self, replies, block_s)  # type: ignore[misc]
+            return reply_and_take(self, replies, block_s)
         finally:
             if cur["n"]:  # the round trip that replies to the batch just answered
                 cur["reply_cpu"] += time.thread_time() - c0
@@ -139,8 +142,7 @@ def _serve(
         return n
 
     RecommendServer._answer = timed_answer  # type: ignore[method-assign]
-    if reply_and_pop is not None:
-        RecommendServer._reply_and_pop = timed_reply_and_pop  # type: ignore[method-assign]
+    RecommendServer._reply_and_take = timed_reply_and_take  # type: ignore[method-assign]
     RecommendServer.serve_once = timed_serve_once  # type: ignore[method-assign]
     server = RecommendServer(settings, redis.Redis.from_url(settings.redis_url))
 

@@ -29,10 +29,11 @@ def acl_rules(role: str, prefix: str = "ledrec", queue: str | None = None) -> li
             f"(+set ~{prefix}:consumers:*)",
             f"(+get +hget +smembers %R~{models})",
         ]  # fmt: skip
-    if role == "scorer":  # pop requests, read states and models, reply, heartbeat, follow swaps
-        return [
+    if role == "scorer":  # take requests, read states and models, reply, heartbeat, follow swaps
+        return [  # the take script (stream/intake.py) pops the queue and its taking list, HMGETs
             *base,
-            "+rpop", "+brpop", f"~{queue}",
+            "+blmove", "+rpop", "+rpush", "+evalsha", "+script|load",
+            f"~{queue}", f"~{prefix}:rpc:taking:*",
             f"(+hmget %R~{prefix}:u:*)",
             f"(+lpush +expire ~{prefix}:rpc:reply:*)",
             f"(+get +hget +smembers %R~{models})",

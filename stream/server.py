@@ -1,14 +1,13 @@
 """The scorer process: serves recommendation requests from the Redis request list.
 
-Each loop takes a batch of requests, drops the ones past their deadline (their client has
-given up: answering late only adds load), reads the users' states in one pipeline,
-searches faiss once for the whole batch, and sends every reply in one pipeline that ends
-with the wait for the next batch: ``BRPOP`` (at once when requests are queued, else when
-the next one arrives) and an ``RPOP count`` behind it for whatever queued with it. So a
-batch costs two round trips, busy or idle. The serving thread holds its own connection
-for them, pops, replies and state reads alike (redis-py's pool checks every checkout, at
-more CPU than the round trip). Model swaps are prepared in a background thread and take
-effect between two batches, never in the middle of one.
+Each loop takes a batch of requests with their users' states, drops the ones past their
+deadline (their client has given up: answering late only adds load), searches faiss once
+for the whole batch, and sends every reply in one pipeline that ends with the wait for
+the next batch and its states (``stream.intake``: returns at once when requests are
+queued, else when the next one arrives). So a batch costs one round trip, busy or idle.
+The serving thread holds its own connection for it (redis-py's pool checks every
+checkout, at more CPU than the round trip). Model swaps are prepared in a background
+thread and take effect between two batches, never in the middle of one.
 """
 
 from __future__ import annotations
@@ -33,10 +32,11 @@ from prometheus_client import Counter, Histogram
 from ledrec.settings import Settings
 from stream import protocol
 from stream.artifact import ArtifactError
+from stream.intake import Intake, Taken
 from stream.protocol import Limits, Request, RequestError
 from stream.registry import ModelCache, Registry
 from stream.scorer import Query, Scorer
-from stream.state import RawConnection, UserStateStore
+from stream.state import RawConnection, UserState, UserStateStore, state_fields
 
 log = logging.getLogger("ledrec.server")
 
@@ -111,13 +111,24 @@ class RecommendServer:
         self._lock = threading.Lock()
         self.totals = ServerTotals()
         self.stop_event = threading.Event()
-        self._prefetched: list[bytes] | None = None  # popped with the last replies
+        # Taken with the last replies, and the version whose sums were read with them.
+        self._prefetched: list[Taken] | None = None
+        self._read_version: str | None = None
         self._refused: str | None = None  # a version that failed to load (artifacts are immutable)
         # Scorers of the other live versions (warming: the next one; retained: a rollback
         # target), loaded in the background so that a flip never loads on the request path.
         self._prepared: dict[str, Scorer] = {}
         self._unloadable: set[str] = set()
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.intake = Intake(
+            client,
+            settings.request_queue,
+            f"{settings.key_prefix}:rpc:taking:{self.name}",
+            settings.serve_batch_size,
+            settings.max_request_bytes,
+            settings.max_id_length,
+            self.store.key_prefix,
+        )
 
     # -- model versions ------------------------------------------------------------------
     def load_active(self) -> bool:
@@ -177,7 +188,7 @@ class RecommendServer:
             raise
         except Exception:
             log.exception("could not load the active model; still serving the old one")
-        # Swap here rather than wait for the serving loop (it may sit in BRPOP): a batch
+        # Swap here rather than wait for the serving loop (it may sit in BLMOVE): a batch
         # takes ``self.scorer`` once, so the switch still falls between two batches.
         self._swap_if_ready()
         self.heartbeat()
@@ -261,8 +272,9 @@ class RecommendServer:
             self.stop_event.set()
             watcher.join(timeout=2)
             if self._prefetched:  # popped but not answered: back where the next pop finds them
+                payloads = [t.payload for t in reversed(self._prefetched)]
                 with contextlib.suppress(redis.RedisError):  # else their clients time out
-                    self.client.rpush(self.settings.request_queue, *reversed(self._prefetched))
+                    self.client.rpush(self.settings.request_queue, *payloads)
                 self._prefetched = None
             self._serving.connection_pool.disconnect()
         return self.totals
@@ -271,45 +283,46 @@ class RecommendServer:
         """Answer one batch (waiting up to ``block_s`` for one); returns how many were popped.
 
         The replies go out in the same round trip as the wait for the next batch (taken by
-        the next call): ``BRPOP`` returns at once when requests are queued, else when the
+        the next call): it returns at once when requests are queued, else when the
         next one arrives, so an idle server does not pay a round trip to find the list
         empty before it blocks.
         """
         self._swap_if_ready()
-        raw, self._prefetched = self._prefetched, None
-        if not raw:
-            raw = self._reply_and_pop([], block_s)
-            if not raw:
+        taken, self._prefetched = self._prefetched, None
+        read_version = self._read_version
+        if not taken:
+            taken = self._reply_and_take([], block_s)
+            read_version = self._read_version
+            if not taken:
                 return 0
         started = time.perf_counter()
-        replies = self._answer(raw)
+        replies = self._answer(taken, read_version)
         BATCH_SECONDS.observe(time.perf_counter() - started)
         self.totals.batches += 1
-        self._prefetched = self._reply_and_pop(replies, block_s) or None
-        return len(raw)
+        self._prefetched = self._reply_and_take(replies, block_s) or None
+        return len(taken)
 
-    def _reply_and_pop(self, replies: list[bytes], block_s: float) -> list[bytes]:
-        """Send ``replies``; wait for a request and return it with those queued behind it.
+    def _reply_and_take(self, replies: list[bytes], block_s: float) -> list[Taken]:
+        """Send ``replies``; wait for a request and return it with those queued behind it,
+        each with its user's state as read for the serving version (``_read_version``).
 
-        One round trip: the replies, ``BRPOP`` and an ``RPOP count`` pipelined behind it
-        (Redis runs it once the BRPOP returns). A reply that Redis refuses (its key holds
-        another type) is logged and dropped; the batch popped with it is still served.
+        One round trip (``stream.intake``). A reply that Redis refuses (its key holds
+        another type) is logged and dropped; the batch taken with it is still served.
         """
-        queue = self.settings.request_queue.encode()
-        commands = [*replies, _command(b"BRPOP", queue, b"%g" % block_s)]
-        if self.settings.serve_batch_size > 1:
-            commands.append(_command(b"RPOP", queue, b"%d" % (self.settings.serve_batch_size - 1)))
-        results = self._pipeline(commands)
+        self._read_version, fields = self._read_plan()
+        results = self._pipeline([*replies, *self.intake.commands(block_s, fields)])
         refused = [r for r in results[: len(replies)] if isinstance(r, redis.ResponseError)]
         if refused:
             log.warning(
                 "replies refused by redis", extra={"count": len(refused), "error": str(refused[0])}
             )
-        first, *more = results[len(replies) :]
-        for result in (first, *more):
-            if isinstance(result, Exception):
-                raise result
-        return _popped(first, more[0] if more else None)
+        return self.intake.taken(results[len(replies) :], fields)
+
+    def _read_plan(self) -> tuple[str | None, list[bytes]]:
+        """The version whose sums to take with the next requests, and the fields to read."""
+        scorer = self.scorer
+        version = scorer.version if scorer is not None else None
+        return version, state_fields([version] if version else [])
 
     def _pipeline(self, commands: list[bytes]) -> list[Any]:
         """Send RESP-packed ``commands`` in one write on the serving connection; every reply.
@@ -322,14 +335,18 @@ class RecommendServer:
         self._round_trips.send(commands)
         return self._round_trips.receive()
 
-    def _answer(self, raw: list[bytes]) -> list[bytes]:
-        """Decode, score and encode a batch; returns the reply commands (LPUSH, EXPIRE)."""
+    def _answer(self, taken: list[Taken], read_version: str | None) -> list[bytes]:
+        """Decode, score and encode a batch; returns the reply commands (LPUSH, EXPIRE).
+
+        ``read_version`` is the version whose sums were read with the requests' states.
+        """
         now = time.time()
         replies: list[tuple[str, bytes]] = []
         requests: list[Request] = []
-        for payload in raw:
+        read: list[list[Any] | None] = []
+        for t in taken:
             try:
-                req = protocol.decode_request(payload, self.limits)
+                req = protocol.decode_request(t.payload, self.limits)
             except RequestError as e:
                 self.totals.errors += 1
                 REQUESTS.labels("bad_request").inc()
@@ -346,6 +363,7 @@ class RecommendServer:
                 SHED.inc()
                 continue
             requests.append(req)
+            read.append(t.state)
         scorer = self.scorer
         if requests and scorer is None:
             for req in requests:
@@ -357,7 +375,7 @@ class RecommendServer:
                 )
             requests = []
         if requests and scorer is not None:
-            replies += self._score(scorer, requests)
+            replies += self._score(scorer, requests, self._states(requests, read, read_version))
         commands: list[bytes] = []
         for key, body in replies:  # LPUSH key body; EXPIRE key 30 (packed: hot path)
             k = key.encode()
@@ -367,9 +385,30 @@ class RecommendServer:
             commands.append(b"*3\r\n$6\r\nEXPIRE\r\n$%d\r\n%b\r\n$2\r\n30\r\n" % (len(k), k))
         return commands
 
-    def _score(self, scorer: Scorer, requests: list[Request]) -> list[tuple[str, bytes]]:
-        user_ids = [r.user_id for r in requests if r.user_id is not None]
-        states = iter(self.store.read_many(user_ids, [scorer.version]) if user_ids else [])
+    def _states(
+        self, requests: list[Request], read: list[list[Any] | None], read_version: str | None
+    ) -> list[UserState | None]:
+        """The user requests' states, in order: as taken with them, else read now (a request
+        the take script could not judge; no scorer when it was taken)."""
+        versions = [read_version] if read_version else []
+        fields = [r for req, r in zip(requests, read, strict=True) if req.user_id is not None]
+        states = self.store.parse_states([r for r in fields if r is not None], versions)
+        if len(states) == len(fields):
+            return states
+        parsed = iter(states)
+        missing = [
+            req.user_id
+            for req, r in zip(requests, read, strict=True)
+            if req.user_id is not None and r is None
+        ]
+        fresh = iter(self.store.read_many(missing, [self.scorer.version] if self.scorer else []))
+        return [next(parsed) if r is not None else next(fresh) for r in fields]
+
+    def _score(
+        self, scorer: Scorer, requests: list[Request], user_states: list[UserState | None]
+    ) -> list[tuple[str, bytes]]:
+        """Replies to ``requests``; ``user_states`` are the states of those with a user id."""
+        states = iter(user_states)
         queries: list[Query] = []
         sources: list[str] = []
         for req in requests:
@@ -401,17 +440,3 @@ class RecommendServer:
             (req.reply_to, protocol.encode_reply(req.id, items, scorer.version, source))
             for req, items, source in zip(requests, results, sources, strict=True)
         ]
-
-
-def _popped(first: list[bytes] | None, more: list[bytes] | None) -> list[bytes]:
-    """The requests a ``BRPOP`` (``[queue, request]`` or None) and ``RPOP count`` popped.
-
-    The RPOP's may be there even when the BRPOP timed out: another client's push can land
-    between the two, and dropping them would lose those requests.
-    """
-    return ([first[1]] if first is not None else []) + (more or [])
-
-
-def _command(*args: bytes) -> bytes:
-    """One command packed as RESP."""
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)

@@ -168,12 +168,15 @@ class UserStateStore:
         self, user_ids: Sequence[str], versions: Sequence[str], partitions: Sequence[int] = ()
     ) -> list[bytes]:
         """One RESP-packed HMGET per user (``parse_states`` reads the replies)."""
-        fields = ["ti", "tw", "seq", "vs"]
-        fields += [f"s:{v}" for v in versions] + [f"w:{v}" for v in versions]
-        fields += [f"o:{p}" for p in partitions]
+        fields = state_fields(versions, partitions)
         head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
-        tail = b"".join(_bulk(f.encode()) for f in fields)
+        tail = b"".join(_bulk(f) for f in fields)
         return [head + _bulk(self._key_prefix + u.encode()) + tail for u in user_ids]
+
+    @property
+    def key_prefix(self) -> bytes:
+        """User keys are this prefix and the user id."""
+        return self._key_prefix
 
     @staticmethod
     def parse_states(
@@ -427,6 +430,13 @@ class UserStateStore:
         start = len(self.prefix) + 3
         for key in self.client.scan_iter(match=f"{self.prefix}:u:*", count=count):
             yield (key.decode() if isinstance(key, bytes) else key)[start:]
+
+
+def state_fields(versions: Sequence[str], partitions: Sequence[int] = ()) -> list[bytes]:
+    """The hash fields ``parse_states`` expects, in its order."""
+    fields = [b"ti", b"tw", b"seq", b"vs"]
+    fields += [f"s:{v}".encode() for v in versions] + [f"w:{v}".encode() for v in versions]
+    return fields + [b"o:%d" % p for p in partitions]
 
 
 def _unapplied(events: list[TimelineEvent], state: UserState | None) -> list[TimelineEvent]:

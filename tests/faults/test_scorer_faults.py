@@ -85,7 +85,7 @@ def test_killed_scorer_fails_only_its_in_flight_requests(
                 calls.append(Call(sent, time.monotonic(), e))
 
     # (signal sent, death seen + a margin): until Redis has processed the closed socket,
-    # a dying scorer's pending BRPOP can still be handed a request that is then lost.
+    # a dying scorer's pending BLMOVE can still be handed a request that is then lost.
     kills: list[tuple[float, float]] = []
     try:
         _serving(redis_client, settings)

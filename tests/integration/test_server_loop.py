@@ -1,5 +1,5 @@
-"""The serving loop over a real Redis: batches popped with the replies' round trip, a reply
-Redis refuses, and what is popped around a BRPOP that timed out."""
+"""The serving loop over a real Redis: batches taken with the replies' round trip, and a
+reply Redis refuses."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import redis
 from ledrec.settings import Settings
 from stream.client import RecommenderClient
 from stream.protocol import Request, decode_reply, encode_request
-from stream.server import RecommendServer, _popped
+from stream.server import RecommendServer
 from tests.helpers import publish_model, random_model, running_server
 
 
@@ -57,15 +57,7 @@ def test_queued_requests_are_served_in_batches(
     payloads = [_request(settings, n) for n in range(10)]
     redis_client.lpush(settings.request_queue, *payloads)
     popped = [server.serve_once(block_s=0.1) for _ in range(3)]
-    assert popped[0] == 10 and popped[1:] == [0, 0]  # one BRPOP + RPOP took them all
+    assert popped[0] == 10 and popped[1:] == [0, 0]  # one BLMOVE + take script took them all
     for n in range(10):
         assert redis_client.llen(f"{settings.key_prefix}:rpc:reply:r{n}") == 1
         assert redis_client.ttl(f"{settings.key_prefix}:rpc:reply:r{n}") > 0
-
-
-def test_requests_popped_after_a_brpop_timed_out_are_kept() -> None:
-    """Another client's push can land between the BRPOP's timeout and the RPOP behind it."""
-    assert _popped(None, [b"a", b"b"]) == [b"a", b"b"]
-    assert _popped([b"queue", b"first"], [b"a"]) == [b"first", b"a"]
-    assert _popped([b"queue", b"first"], None) == [b"first"]
-    assert _popped(None, None) == []
