@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import random
 import resource
 import select
@@ -51,9 +52,30 @@ TARGET_RECALL = 0.95
 # --------------------------------------------------------------------------- processes
 
 
+# --pin: the CPUs of each role, as ``sched_setaffinity`` sets; "" for none. Children learn
+# theirs from the environment (spawned interpreters inherit it).
+PINNINGS = {
+    "none": {},
+    # the scorer alone on one core; Redis and the load generators share the other
+    "scorer-alone": {"scorer": "1", "redis": "0", "load": "0"},
+    # the load generators (the users: other machines in a deployment) on one core; Redis
+    # and the scorer, which hand each request to each other, on the other
+    "clients-apart": {"scorer": "1", "redis": "1", "load": "0"},
+    "split": {"scorer": "1", "load": "0"},  # Redis wherever the kernel puts it
+}
+
+
+def _pin(role: str, pid: int = 0) -> None:
+    """Pin ``pid`` (0: this process) to the CPUs ``--pin`` gives ``role``, if any."""
+    cpus = os.environ.get(f"LEDREC_BENCH_CPUS_{role.upper()}", "")
+    if cpus:
+        os.sched_setaffinity(pid, {int(c) for c in cpus.split(",")})
+
+
 def _echo(settings: Any, stop: Any) -> None:  # child: the floor, no work per request
     """The server's own loop (pop, decode, reply over its connection) with no state read
     and no search: every request gets an empty reply."""
+    _pin("scorer")
     import redis
 
     from stream import protocol
@@ -82,6 +104,7 @@ def _resp(*args: bytes) -> bytes:
 def _serve(
     settings: Any, stop: Any, out: Any, profile_path: str
 ) -> None:  # child: the real scorer, timed
+    _pin("scorer")
     import threading
 
     import redis
@@ -363,6 +386,7 @@ def _load(
     settings: Any, users: list[str], spec: LoadSpec, client_kind: str, out: Any
 ) -> None:  # child: a load generator (lean RPC client, or the project's asyncio client)
     if client_kind == "lean":
+        _pin("load")
         out.put(_lean_load(settings, users, spec))
         return
     mode, concurrency, rate, start_at = spec.mode, spec.concurrency, spec.rate, spec.start_at
@@ -694,6 +718,7 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
           + f" -> nprobe {nprobe}", flush=True)  # fmt: skip
 
     client = redis.Redis.from_url(settings.redis_url)
+    _pin("redis", int(client.info("server")["process_id"]))
     registry = Registry(client, settings.key_prefix)
     versions = {}
     for kind in ("exact", "ivf"):
@@ -800,9 +825,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch-size", type=int, default=64, help="scorer's serve_batch_size")
     p.add_argument("--exact-max-items-served", type=int, default=10**6)
     p.add_argument("--profile", action="store_true", help="pyinstrument the scorer process")
+    p.add_argument(
+        "--pin",
+        choices=sorted(PINNINGS),
+        default="none",
+        help="CPU affinity of the scorer, redis-server and the load generators",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    for role in ("scorer", "redis", "load"):
+        os.environ[f"LEDREC_BENCH_CPUS_{role.upper()}"] = PINNINGS[args.pin].get(role, "")
     sizes = []
     with private_stack(kafka=False) as stack:
         for n_items in args.items:
@@ -822,6 +855,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "with no state read and no search (an echo), same load generators — all on "
             "this machine's 2 cores"
         ),
+        "pinning": {"name": args.pin, **PINNINGS[args.pin]},
         "sizes": sizes,
     }
     write_result(NAME, result, args.out)
