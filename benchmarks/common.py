@@ -95,6 +95,8 @@ class Stack:
     redis_url: str
     kafka_bootstrap: str
     home: Path
+    redis_pid: int = 0
+    kafka_pid: int = 0
 
 
 @contextlib.contextmanager
@@ -106,10 +108,12 @@ def private_stack(kafka: bool = True) -> Iterator[Stack]:
         home = Path(tmp)
         with RedisServer(home / "redis", die_with_parent=True) as redis_server:
             if not kafka:
-                yield Stack(redis_server.url, "", home)
+                yield Stack(redis_server.url, "", home, redis_server.pid or 0)
                 return
             with KafkaBroker(home / "kafka", die_with_parent=True) as broker:
-                yield Stack(redis_server.url, broker.bootstrap, home)
+                yield Stack(
+                    redis_server.url, broker.bootstrap, home, redis_server.pid or 0, broker.pid or 0
+                )
 
 
 def bench_settings(stack: Stack, **overrides: Any) -> Any:
@@ -198,3 +202,19 @@ def raw_pipeline(client: Any, commands: Sequence[bytes]) -> list[Any]:
 
 def fmt_us(value: float) -> str:
     return f"{value:,.0f} µs" if value < 10_000 else f"{value / 1000:,.1f} ms"
+
+
+def set_pinning(roles: dict[str, str], names: Sequence[str]) -> None:
+    """Give each of ``names`` its CPUs from ``roles`` ("1", "0,1"; absent: no pinning), for
+    :func:`pin` in this process and in the children it spawns (they inherit the
+    environment)."""
+    for role in names:
+        os.environ[f"LEDREC_BENCH_CPUS_{role.upper()}"] = roles.get(role, "")
+
+
+def pin(role: str, pid: int = 0) -> None:
+    """Pin ``pid`` (0: the calling thread, and the threads it starts later) to ``role``'s
+    CPUs as :func:`set_pinning` gave them; no-op when it gave none."""
+    cpus = os.environ.get(f"LEDREC_BENCH_CPUS_{role.upper()}", "")
+    if cpus:
+        os.sched_setaffinity(pid, {int(c) for c in cpus.split(",")})

@@ -26,14 +26,23 @@ from benchmarks.common import (
     RESULTS,
     bench_settings,
     clustered_model,
+    pin,
     private_stack,
     raw_pipeline,
+    set_pinning,
     synthetic_world,
     write_result,
 )
 
 NAME = "ingest"
 TARGET_EVENTS_S = 50_000
+# --pin: the CPUs of each role (benchmarks.common.pin); a role left out is not pinned.
+PINNINGS = {
+    "none": {},
+    # the consumer's main thread (decode, plan, pack: the measured work) alone on one core;
+    # its librdkafka threads, redis-server and the broker on the other
+    "consumer-alone": {"consumer": "1", "kafka_threads": "0", "redis": "0", "broker": "0"},
+}
 
 
 def _consume(
@@ -42,8 +51,12 @@ def _consume(
     import redis
 
     from stream.consumer import StateUpdater
+    from stream.state import RawConnection
 
     timings: dict[str, float] = {"first": 0.0, "last": 0.0, "apply_s": 0.0, "batches": 0}
+    # where the main thread waits rather than works: in consume() for Kafka, and for Redis
+    # replies (wall minus thread CPU of RawConnection.receive)
+    timings.update(kafka_wait_s=0.0, redis_wait_s=0.0)
     timings.update(cpu_s=0.0, main_cpu_s=0.0)
     timings["startup_s"] = 0.0
 
@@ -68,7 +81,9 @@ def _consume(
                 self.stop_event.set()
 
     client = redis.Redis.from_url(settings.redis_url)
+    pin("kafka_threads")  # inherited by the threads librdkafka starts in the constructor
     updater = Timed(settings, settings.kafka_bootstrap, client)
+    pin("consumer")
     submit = updater.pipeline.submit
 
     def timed_apply(*args: Any, **kwargs: Any) -> Any:
@@ -79,6 +94,34 @@ def _consume(
             timings["apply_s"] += time.perf_counter() - t0
 
     updater.pipeline.submit = timed_apply  # type: ignore[method-assign]
+
+    class TimedKafka:
+        def __init__(self, consumer: Any) -> None:
+            self._consumer = consumer
+
+        def consume(self, *args: Any) -> Any:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                return self._consumer.consume(*args)
+            finally:
+                if timings["first"] and not timings["last"]:
+                    timings["kafka_wait_s"] += time.perf_counter() - t0 - time.thread_time() + c0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._consumer, name)
+
+    updater.consumer = TimedKafka(updater.consumer)  # type: ignore[assignment]
+    receive = RawConnection.receive
+
+    def timed_receive(self: Any) -> Any:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return receive(self)
+        finally:
+            if timings["first"] and not timings["last"]:
+                timings["redis_wait_s"] += time.perf_counter() - t0 - time.thread_time() + c0
+
+    RawConnection.receive = timed_receive  # type: ignore[method-assign]
     t0 = time.perf_counter()
     for model in updater.models.live_models():  # startup, not ingest: load + id index once
         _ = model.row_of
@@ -238,6 +281,9 @@ def run_size(
         "consumer_main_thread_cpu_s": round(got["main_cpu_s"], 2),
         "consumer_main_thread_share": round(got["main_cpu_s"] / seconds, 2),
         "apply_share": round(got["apply_s"] / seconds, 2),
+        # the main thread off CPU: waiting for Kafka (in consume) or for Redis replies
+        "main_thread_kafka_wait_share": round(got["kafka_wait_s"] / seconds, 3),
+        "main_thread_redis_wait_share": round(got["redis_wait_s"] / seconds, 3),
         "us_per_event": round(1e6 / rate, 1),
         "floor": floor,
         "ratio_to_floor": round(rate / floor["writes_per_s"], 3),
@@ -261,12 +307,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=2000)
     p.add_argument("--profile", action="store_true", help="pyinstrument the consumer")
+    p.add_argument(
+        "--pin",
+        choices=sorted(PINNINGS),
+        default="none",
+        help="CPU affinity of the consumer, its Kafka threads, redis-server and the broker",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    set_pinning(PINNINGS[args.pin], ("consumer", "kafka_threads", "redis", "broker"))
     users = args.users or max(100, args.events // 10)
     sizes = []
     with private_stack(kafka=True) as stack:
+        pin("redis", stack.redis_pid)
+        pin("broker", stack.kafka_pid)
         for n_items in args.items:
             sizes.append(
                 run_size(
@@ -283,6 +338,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "what": "events/s through one consumer process into Redis, vs raw pipelined writes",
         "processes": "redis-server, Tansu broker, one consumer process (this is the measured"
         " one), the producer (done before the consumer starts) — all on this machine",
+        "pinning": {"name": args.pin, **PINNINGS[args.pin]},
         "sizes": sizes,
     }
     write_result(NAME, result, args.out)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import os
 import random
 import resource
 import select
@@ -38,7 +37,9 @@ from benchmarks.common import (
     bench_settings,
     clustered_model,
     percentiles,
+    pin,
     private_stack,
+    set_pinning,
     synthetic_world,
     timeline_queries,
     write_result,
@@ -52,8 +53,7 @@ TARGET_RECALL = 0.95
 # --------------------------------------------------------------------------- processes
 
 
-# --pin: the CPUs of each role, as ``sched_setaffinity`` sets; "" for none. Children learn
-# theirs from the environment (spawned interpreters inherit it).
+# --pin: the CPUs of each role (benchmarks.common.pin); a role left out is not pinned.
 PINNINGS = {
     "none": {},
     # the scorer alone on one core; Redis and the load generators share the other
@@ -65,17 +65,10 @@ PINNINGS = {
 }
 
 
-def _pin(role: str, pid: int = 0) -> None:
-    """Pin ``pid`` (0: this process) to the CPUs ``--pin`` gives ``role``, if any."""
-    cpus = os.environ.get(f"LEDREC_BENCH_CPUS_{role.upper()}", "")
-    if cpus:
-        os.sched_setaffinity(pid, {int(c) for c in cpus.split(",")})
-
-
 def _echo(settings: Any, stop: Any) -> None:  # child: the floor, no work per request
     """The server's own loop (pop, decode, reply over its connection) with no state read
     and no search: every request gets an empty reply."""
-    _pin("scorer")
+    pin("scorer")
     import redis
 
     from stream import protocol
@@ -104,7 +97,7 @@ def _resp(*args: bytes) -> bytes:
 def _serve(
     settings: Any, stop: Any, out: Any, profile_path: str
 ) -> None:  # child: the real scorer, timed
-    _pin("scorer")
+    pin("scorer")
     import threading
 
     import redis
@@ -386,7 +379,7 @@ def _load(
     settings: Any, users: list[str], spec: LoadSpec, client_kind: str, out: Any
 ) -> None:  # child: a load generator (lean RPC client, or the project's asyncio client)
     if client_kind == "lean":
-        _pin("load")
+        pin("load")
         out.put(_lean_load(settings, users, spec))
         return
     mode, concurrency, rate, start_at = spec.mode, spec.concurrency, spec.rate, spec.start_at
@@ -718,7 +711,7 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
           + f" -> nprobe {nprobe}", flush=True)  # fmt: skip
 
     client = redis.Redis.from_url(settings.redis_url)
-    _pin("redis", int(client.info("server")["process_id"]))
+    pin("redis", stack.redis_pid)
     registry = Registry(client, settings.key_prefix)
     versions = {}
     for kind in ("exact", "ivf"):
@@ -834,8 +827,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    for role in ("scorer", "redis", "load"):
-        os.environ[f"LEDREC_BENCH_CPUS_{role.upper()}"] = PINNINGS[args.pin].get(role, "")
+    set_pinning(PINNINGS[args.pin], ("scorer", "redis", "load"))
     sizes = []
     with private_stack(kafka=False) as stack:
         for n_items in args.items:
