@@ -113,10 +113,10 @@ def _consume(
     updater.consumer = TimedKafka(updater.consumer)  # type: ignore[assignment]
     receive = RawConnection.receive
 
-    def timed_receive(self: Any) -> Any:
+    def timed_receive(self: Any, count: int | None = None) -> Any:
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
-            return receive(self)
+            return receive(self, count)
         finally:
             if timings["first"] and not timings["last"]:
                 timings["redis_wait_s"] += time.perf_counter() - t0 - time.thread_time() + c0
@@ -206,6 +206,25 @@ def _floor(settings: Any, n_writes: int, batch: int, sample_users: list[str]) ->
     }
 
 
+def _result_of(child: Any, queue: Any, timeout_s: float) -> Any:
+    """The child's result; raises at once if it died without one (its traceback is above)."""
+    import queue as queues
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return queue.get(timeout=1.0)
+        except queues.Empty:
+            if not child.is_alive():
+                raise RuntimeError(f"the consumer died (exit code {child.exitcode})") from None
+    raise TimeoutError(f"no result from the consumer in {timeout_s:.0f}s")
+
+
+def _redis_cpu_s(client: Any) -> float:
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
+
 def run_size(
     stack: Any,
     n_items: int,
@@ -249,10 +268,14 @@ def run_size(
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     profile_path = str(profile_dir / f"ingest_profile_{tag}.txt") if profile_dir else None
+    client.config_resetstat()
+    redis_cpu0 = _redis_cpu_s(client)
     child = ctx.Process(target=_consume, args=(settings, n, queue, profile_path))
     child.start()
-    got = queue.get(timeout=900)
+    got = _result_of(child, queue, timeout_s=900)
     child.join(30)
+    redis_cpu = _redis_cpu_s(client) - redis_cpu0
+    calls = cast(dict[str, dict[str, float]], client.info("commandstats"))
     seconds = got["last"] - got["first"]
     rate = n / seconds
     # one hash write per user per batch at most: the floor writes one per event (upper bound)
@@ -285,6 +308,14 @@ def run_size(
         "main_thread_kafka_wait_share": round(got["kafka_wait_s"] / seconds, 3),
         "main_thread_redis_wait_share": round(got["redis_wait_s"] / seconds, 3),
         "us_per_event": round(1e6 / rate, 1),
+        # redis-server's side of it: CPU per event over the whole consumer run (group join
+        # and idle end included), and per call of the consumer's two commands
+        "redis_cpu_us_per_event": round(1e6 * redis_cpu / n, 2),
+        "redis_us_per_call": {
+            name: calls[f"cmdstat_{name}"]["usec_per_call"]
+            for name in ("evalsha", "hmget")
+            if f"cmdstat_{name}" in calls
+        },
         "floor": floor,
         "ratio_to_floor": round(rate / floor["writes_per_s"], 3),
         "target_events_per_s": TARGET_EVENTS_S,

@@ -49,6 +49,10 @@ class Settled:
     writes: PreparedWrites | None = None  # the settled write
 
 
+# Users per chunk of a batch's writes sent while the rest is planned (a few ms of Redis work).
+EARLY_CHUNK_USERS = 500
+
+
 class ApplyPipeline:
     """Applies batches of events to user state with one batch's writes in flight."""
 
@@ -75,11 +79,23 @@ class ApplyPipeline:
         in_flight = self._projected  # users of the write in flight -> their plan in it
         stats = ApplyStats()
         fresh = [u for u in batch if u not in in_flight]
-        early = None
+        parts: list[PreparedWrites] = []
         if fresh:
             self._reads.send(self.store.read_commands(fresh, versions, partitions))
             states = self.store.parse_states(self._reads.receive(), versions, partitions)
-            early = self.store.prepare({u: batch[u] for u in fresh}, fresh, states, models, stats)
+            # Sent chunk by chunk as planned, behind the write in flight: Redis runs each
+            # chunk while the next is planned, instead of idling until the whole batch is,
+            # and the next batch's reads then wait behind less (measured: the consumer
+            # waited ~11% of the time for reads queued behind a whole batch of writes).
+            for lo in range(0, len(fresh), EARLY_CHUNK_USERS):
+                users = fresh[lo : lo + EARLY_CHUNK_USERS]
+                part = self.store.prepare(
+                    {u: batch[u] for u in users}, users, states[lo : lo + len(users)],
+                    models, stats,
+                )  # fmt: skip
+                if part.commands:
+                    self._writes.send(part.commands)
+                parts.append(part)
         settled, carried = self._settle()
         # The rest: users of the settled write (on its projection, unless it lacks some
         # partition's offsets) and users carried over from it (re-read, events of N first).
@@ -87,7 +103,6 @@ class ApplyPipeline:
         for user in batch:
             if user in in_flight:
                 rest[user] = rest[user] + batch[user] if user in carried else batch[user]
-        late = None
         if rest:
             reuse = self._projected_partitions.issuperset(partitions)
             to_read = [u for u in rest if u in carried or not reuse]
@@ -104,12 +119,14 @@ class ApplyPipeline:
                     assert settled.writes is not None
                     rest_states.append(_projection(settled.writes, in_flight[user]))
             late = self.store.prepare(rest, users, rest_states, models, stats)
-        writes = _combine(early, late, versions)
+            if late.commands:
+                self._writes.send(late.commands)
+            parts.append(late)
+        writes = _combine(parts, versions)
         settled.stats.skipped_events += stats.skipped_events
         self._projected = {plan.user_id: j for j, plan in enumerate(writes.plans)}
         self._projected_partitions = set(partitions)
         if writes.commands:
-            self._writes.send(writes.commands)
             self._inflight = writes
         self.unsettled = {
             plan.user_id: writes.events_by_user[plan.user_id] for plan in writes.plans
@@ -145,28 +162,35 @@ class ApplyPipeline:
         writes, self._inflight = self._inflight, None
         if writes is None:
             return settled, {}
-        self.store.settle(writes, self._writes.receive(), settled.stats)
+        # only its replies: the next batch's first chunks may be queued behind them
+        self.store.settle(writes, self._writes.receive(len(writes.commands)), settled.stats)
         settled.batches = 1
         settled.complete = not writes.retry
         settled.writes = writes
         return settled, writes.retry
 
 
-def _combine(
-    first: PreparedWrites | None, second: PreparedWrites | None, versions: list[str]
-) -> PreparedWrites:
-    """One batch of writes from two, plans and sums in the same order."""
-    if first is None or second is None:
-        chosen = first or second
-        return chosen if chosen is not None else PreparedWrites({}, [], [], versions, [])
+def _combine(parts: list[PreparedWrites], versions: list[str]) -> PreparedWrites:
+    """One batch of writes from its parts, plans and sums in the same order (the order
+    their commands were sent in)."""
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return PreparedWrites({}, [], [], versions, [])
     sums = [
-        (np.concatenate([a_tot, b_tot]), np.concatenate([a_w, b_w]))
-        for (a_tot, a_w), (b_tot, b_w) in zip(first.sums, second.sums, strict=True)
+        (
+            np.concatenate([p.sums[m][0] for p in parts]),
+            np.concatenate([p.sums[m][1] for p in parts]),
+        )
+        for m in range(len(versions))
     ]
+    events_by_user: dict[str, list[TimelineEvent]] = {}
+    for p in parts:
+        events_by_user.update(p.events_by_user)
     return PreparedWrites(
-        {**first.events_by_user, **second.events_by_user},
-        first.plans + second.plans,
-        first.commands + second.commands,
+        events_by_user,
+        [plan for p in parts for plan in p.plans],
+        [command for p in parts for command in p.commands],
         versions,
         sums,
     )

@@ -624,8 +624,9 @@ def pack_versions(versions: Iterable[str]) -> bytes:
 
 class RawConnection:
     """A connection of the client's pool held to send RESP-packed commands now and read
-    their replies later, so the caller can work while Redis runs them. Error replies are
-    returned as exceptions; a connection error drops the connection (its replies are lost)."""
+    their replies later, so the caller can work while Redis runs them. Several sends may
+    be outstanding; replies come back in the order sent. Error replies are returned as
+    exceptions; a connection error drops the connection (its replies are lost)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._pool = client.connection_pool
@@ -633,8 +634,6 @@ class RawConnection:
         self._waiting = 0
 
     def send(self, commands: Sequence[bytes]) -> None:
-        if self._waiting:
-            raise RuntimeError("replies of the previous send not read yet")
         if self._conn is None:
             self._conn = self._pool.get_connection()
         try:
@@ -642,15 +641,19 @@ class RawConnection:
         except BaseException:
             self.close()
             raise
-        self._waiting = len(commands)
+        self._waiting += len(commands)
 
-    def receive(self) -> list[Any]:
+    def receive(self, count: int | None = None) -> list[Any]:
+        """The next ``count`` replies (default: every reply still due)."""
+        count = self._waiting if count is None else count
+        if count > self._waiting:
+            raise RuntimeError(f"{count} replies asked, {self._waiting} due")
         try:
-            replies = _read_replies(self._conn, self._waiting)
+            replies = _read_replies(self._conn, count)
         except BaseException:
             self.close()
             raise
-        self._waiting = 0
+        self._waiting -= count
         return replies
 
     def close(self) -> None:

@@ -1,15 +1,20 @@
 """The pipelined state writes against a real Redis: same result as a clean pass, whatever
-the overlap between batches, the partitions they carry, and writers racing them."""
+the overlap between batches, the partitions they carry, writers racing them, and whether a
+batch's writes go out in one piece or in chunks behind the write in flight."""
 
 import numpy as np
+import pytest
 import redis
 
 from ledrec.settings import Settings
+from stream import apply_pipeline
 from stream.apply_pipeline import ApplyPipeline
 from stream.state import TimelineEvent, UserStateStore, window_sum
 from tests.helpers import clean_pass, random_model
 
 T_MAX = 7
+# users per early chunk: the default (a batch here is one chunk), and a few (many chunks)
+CHUNKS = pytest.mark.parametrize("chunk", [apply_pipeline.EARLY_CHUNK_USERS, 3])
 
 
 def _batches(n_events: int, size: int, seed: int) -> list[dict[str, list[TimelineEvent]]]:
@@ -50,9 +55,11 @@ def _check(store: UserStateStore, batches: list[dict[str, list[TimelineEvent]]])
         assert abs(state.weights["v1"] - weight) < 1e-9
 
 
+@CHUNKS
 def test_pipelined_batches_equal_a_clean_pass_despite_racing_writers(
-    settings: Settings, redis_client: redis.Redis
+    settings: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
+    monkeypatch.setattr(apply_pipeline, "EARLY_CHUNK_USERS", chunk)
     v1, v2 = random_model(version="v1"), random_model(seed=5, version="v2")
     store = UserStateStore(redis_client, settings.key_prefix, T_MAX, ttl_seconds=3600)
     pipeline = ApplyPipeline(store)
@@ -74,9 +81,11 @@ def test_pipelined_batches_equal_a_clean_pass_despite_racing_writers(
     _check(store, batches)
 
 
+@CHUNKS
 def test_after_abandoning_the_write_in_flight_a_redo_of_the_unsettled_is_exact(
-    settings: Settings, redis_client: redis.Redis
+    settings: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
+    monkeypatch.setattr(apply_pipeline, "EARLY_CHUNK_USERS", chunk)
     v1 = random_model(version="v1")
     store = UserStateStore(redis_client, settings.key_prefix, T_MAX, ttl_seconds=3600)
     pipeline = ApplyPipeline(store)
