@@ -336,7 +336,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--events", type=int, default=500_000)
     p.add_argument("--users", type=int, default=0, help="default: events / 10")
     p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=2000)
+    p.add_argument(
+        "--batch-size", type=int, default=0, help="default: the consumer's consume_batch_size"
+    )
     p.add_argument("--profile", action="store_true", help="pyinstrument the consumer")
     p.add_argument(
         "--pin",
@@ -349,6 +351,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     set_pinning(PINNINGS[args.pin], ("consumer", "kafka_threads", "redis", "broker"))
     users = args.users or max(100, args.events // 10)
+    if not args.batch_size:
+        from ledrec.settings import Settings
+
+        args.batch_size = Settings().consume_batch_size
     sizes = []
     with private_stack(kafka=True) as stack:
         pin("redis", stack.redis_pid)

@@ -32,7 +32,13 @@ QUICK: dict[str, list[str]] = {
 }  # fmt: skip
 # make bench: the default sizes, no profiler (it would tax what it measures); the profiles
 # in results/profiles/ come from separate runs with --profile (see NOTES.md)
-FULL: dict[str, list[str]] = {"ingest": [], "serving": [], "freshness": []}
+# Serving: the load generators (the users: other machines in a deployment) on one core,
+# redis-server and the scorer on the other (NOTES.md has the same run unpinned).
+FULL: dict[str, list[str]] = {
+    "ingest": [],
+    "serving": ["--pin", "clients-apart"],
+    "freshness": [],
+}
 
 
 def run(parts: list[str], quick: bool, out: Path) -> dict[str, Any]:
@@ -101,6 +107,21 @@ def write_summary(out: Path) -> Path:
     if "serving" in results:
         r = results["serving"]
         lines += ["## Serving (end to end through the Redis RPC)", "", r["processes"] + ".", ""]
+        pinning = r.get("pinning", {"name": "none"})
+        lines += [
+            "CPU placement (`--pin "
+            + pinning["name"]
+            + "`): "
+            + (
+                ", ".join(
+                    f"{role} on CPU {cpus}" for role, cpus in pinning.items() if role != "name"
+                )
+                if len(pinning) > 1
+                else "none (the kernel places every process)"
+            )
+            + ".",
+            "",
+        ]
         for s in r["sizes"]:
             idx = s["index"]
             sweep = idx["recall_sweep"]

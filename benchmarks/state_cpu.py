@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "min_us_per_event": round(min(runs), 2),
         "median_us_per_event": round(sorted(runs)[len(runs) // 2], 2),
     }
-    lo, mid = result["min_us_per_event"], result["median_us_per_event"]
-    print(f"parse_states + prepare: {lo} µs/event min, {mid} median ({n:,} events)")
+    best, median = result["min_us_per_event"], result["median_us_per_event"]
+    print(f"parse_states + prepare: {best} µs/event min, {median} median ({n:,} events)")
     return result
 
 
