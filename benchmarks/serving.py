@@ -25,6 +25,7 @@ import multiprocessing as mp
 import random
 import resource
 import select
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,6 @@ def _serve(
     settings: Any, stop: Any, out: Any, profile_path: str
 ) -> None:  # child: the real scorer, timed
     pin("scorer")
-    import threading
 
     import redis
 
@@ -445,6 +445,23 @@ def _load(
     out.put(asyncio.run(main()))
 
 
+def _redis_cpu_between(url: str, start: float, end: float, out: dict[str, float]) -> None:
+    """redis-server's CPU seconds (user + sys) between epoch times ``start`` and ``end``."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+
+    def cpu() -> float:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    time.sleep(max(0.0, start - time.time()))
+    before = cpu()
+    time.sleep(max(0.0, end - time.time()))
+    out["s"] = cpu() - before
+    client.close()
+
+
 def _run_load(
     settings: Any,
     users: list[str],
@@ -484,9 +501,17 @@ def _run_load(
     ]
     for c in children:
         c.start()
+    redis_cpu: dict[str, float] = {}
+    sampler = threading.Thread(
+        target=_redis_cpu_between,
+        args=(settings.redis_url, start_at + warmup, start_at + warmup + seconds, redis_cpu),
+        daemon=True,
+    )
+    sampler.start()
     results = [out.get(timeout=seconds + 60) for _ in children]
     for c in children:
         c.join(10)
+    sampler.join(10)
     lat = np.concatenate([np.asarray(r["latencies"]) for r in results])
     errors: dict[str, int] = {}
     for r in results:
@@ -497,6 +522,8 @@ def _run_load(
     return {
         "load_generator_cpu_us_per_request": round(1e6 * cpu / max(1, lat.size), 1),
         "load_generator_kernel_cpu_us_per_request": round(1e6 * kernel / max(1, lat.size), 1),
+        # redis-server's CPU over the measured window, per request answered in it
+        "redis_cpu_us_per_request": round(1e6 * redis_cpu.get("s", 0.0) / max(1, lat.size), 1),
         "mode": mode,
         ("concurrency" if mode == "closed" else "offered_per_s"): total,
         "load_processes": procs,
