@@ -91,15 +91,20 @@ def write_summary(out: Path) -> Path:
         lines += [
             "## Ingest (one consumer process: Kafka → decode → state update → commit)",
             "",
-            "| items | events | events/s | µs/event | consumer main thread: CPU µs/event, busy"
+            "| items | events | batch | events/s | µs/event | consumer main thread: CPU µs/event,"
+            " busy, waiting for Redis | redis-server CPU µs/event"
             " | floor: raw pipelined HSETs of the same bytes /s | ratio | target ≥ 50,000/s |",
-            "|---:|---:|---:|---:|---:|---:|---:|---|",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for s in r["sizes"]:
             main_us = 1e6 * s["consumer_main_thread_cpu_s"] / s["events"]
+            waits = s.get("main_thread_redis_wait_share")
             lines.append(
-                f"| {s['items']:,} | {s['events']:,} | {s['events_per_s']:,} |"
-                f" {s['us_per_event']} | {main_us:.1f}, {s['consumer_main_thread_share']:.0%} |"
+                f"| {s['items']:,} | {s['events']:,} | {s['batch_size']:,} |"
+                f" {s['events_per_s']:,} | {s['us_per_event']} |"
+                f" {main_us:.1f}, {s['consumer_main_thread_share']:.0%}"
+                + (f", {waits:.0%}" if waits is not None else "")
+                + f" | {s.get('redis_cpu_us_per_event', '–')} |"
                 f" {s['floor']['writes_per_s']:,} | {s['ratio_to_floor']} |"
                 f" {_met(s['target_met'])} |"
             )
@@ -135,8 +140,9 @@ def write_summary(out: Path) -> Path:
                 + f". Served at nprobe {idx['nprobe_served']} (recall {chosen['recall_at_10']},"
                 f" target ≥ 0.95: {_met(chosen['recall_at_10'] >= 0.95)}).",
                 "",
-                "| server | load | answered/s | p50 | p99 | p99.9 | errors |",
-                "|---|---|---:|---:|---:|---:|---|",
+                "| server | load | answered/s | p50 | p99 | p99.9 | CPU µs/request: scorer thread,"
+                " redis-server, load generators | errors |",
+                "|---|---|---:|---:|---:|---:|---:|---|",
             ]
             for kind, run in s["runs"].items():
                 for p in run["load"]:
@@ -147,12 +153,27 @@ def write_summary(out: Path) -> Path:
                         else f"open, {p['offered_per_s']:,}/s offered"
                     )
                     if not lat.get("n"):
-                        lines.append(f"| {kind} | {load_desc} | 0 | – | – | – | {p['errors']} |")
+                        lines.append(
+                            f"| {kind} | {load_desc} | 0 | – | – | – | – | {p['errors']} |"
+                        )
                         continue
+                    scorer_cpu = (
+                        p.get("server", {})
+                        .get("per_request_amortised", {})
+                        .get("total_thread_cpu", {})
+                        .get("mean_us")
+                    )
+                    cpu = (
+                        f"{scorer_cpu:.0f}" if scorer_cpu is not None else "–",
+                        f"{p['redis_cpu_us_per_request']:.0f}"
+                        if "redis_cpu_us_per_request" in p
+                        else "–",
+                        f"{p['load_generator_cpu_us_per_request']:.0f}",
+                    )
                     lines.append(
                         f"| {kind if kind != 'echo' else 'echo (floor)'} | {load_desc} |"
                         f" {p['answered_per_s']:,} | {_ms(lat['p50_us'])} | {_ms(lat['p99_us'])}"
-                        f" | {_ms(lat['p999_us'])} | {p['errors'] or ''} |"
+                        f" | {_ms(lat['p999_us'])} | {', '.join(cpu)} | {p['errors'] or ''} |"
                     )
             t4 = s["table4_single_request"]
             ivf = s["runs"].get("ivf", {}).get("server", {}).get("per_request_amortised", {})
