@@ -84,6 +84,25 @@ def test_requests_are_taken_oldest_first_with_their_users_states(
     assert redis_client.llen(f"{settings.key_prefix}:rpc:taking:t") == 0
 
 
+def test_hostile_payloads_are_taken_without_a_state_and_redis_survives(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """The take script decodes untrusted bytes with Redis's cmsgpack: deep nesting and
+    lengths that claim gigabytes must fail inside its pcall, not take Redis down."""
+    payloads = [
+        b"\x91" * 60_000 + b"\xc0",  # an array in an array in ... 60,000 deep
+        b"\x81\xa7user_id" + b"\x91" * 60_000 + b"\xc0",
+        b"\xdd\xff\xff\xff\xff",  # an array of 2^32 - 1 elements, none given
+        b"\xdf\xff\xff\xff\xff",  # the same for a map
+        b"\xdb\xff\xff\xff\xff",  # a string of 4 GiB
+    ]
+    redis_client.lpush(settings.request_queue, *payloads)
+    taken = _take(_intake(settings, redis_client), redis_client, state_fields([]))
+    assert [t.payload for t in taken] == payloads
+    assert all(t.state is None for t in taken)
+    assert redis_client.ping()
+
+
 def test_a_batch_is_bounded_and_the_rest_stays_queued(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
