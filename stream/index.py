@@ -74,7 +74,16 @@ class HeadTailIndex:
     def search(
         self, x: npt.NDArray[np.float32], k: int
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        scores, rows = self.ivf.search(x, k)
+        # search_c directly: faiss's Python wrapper checks and converts for µs per call
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n, d = x.shape
+        if d != self.ivf.d or k <= 0:
+            raise ValueError(f"queries of dimension {self.ivf.d} and k > 0 expected")
+        scores = np.empty((n, k), dtype=np.float32)
+        rows = np.empty((n, k), dtype=np.int64)
+        self.ivf.search_c(  # type: ignore[attr-defined]  # a SWIG method the stubs lack
+            n, faiss.swig_ptr(x), k, faiss.swig_ptr(scores), faiss.swig_ptr(rows)
+        )
         return scores, rows
 
 

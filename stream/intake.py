@@ -83,15 +83,20 @@ class Intake:
         # the script measures bytes: an id of max_id_length characters is at most 4x that
         self._bounds = (b"%d" % max_request_bytes, b"%d" % (4 * max_id_length))
         self._prefix = user_key_prefix
+        self._packed: list[bytes] = []
+        self._packed_for: tuple[float, tuple[bytes, ...], bytes] | None = None
 
     def commands(self, block_s: float, fields: Sequence[bytes]) -> list[bytes]:
         """``BLMOVE`` (wait up to ``block_s``) and the take script reading ``fields``."""
-        wait = command(b"BLMOVE", self.queue, self.taking, b"RIGHT", b"LEFT", b"%g" % block_s)
-        take = command(
-            b"EVALSHA", self._sha, b"2", self.queue, self.taking, self._more, *self._bounds,
-            self._prefix, *fields,
-        )  # fmt: skip
-        return [wait, take]
+        key = (block_s, tuple(fields), self._sha)
+        if key != self._packed_for:  # the same every batch but after a swap: pack once
+            wait = command(b"BLMOVE", self.queue, self.taking, b"RIGHT", b"LEFT", b"%g" % block_s)
+            take = command(
+                b"EVALSHA", self._sha, b"2", self.queue, self.taking, self._more, *self._bounds,
+                self._prefix, *fields,
+            )  # fmt: skip
+            self._packed, self._packed_for = [wait, take], key
+        return self._packed
 
     def taken(self, replies: Sequence[Any], fields: Sequence[bytes]) -> list[Taken]:
         """The requests in the replies to ``commands`` (raises their error replies).
