@@ -76,8 +76,8 @@ def _echo(settings: Any, stop: Any) -> None:  # child: the floor, no work per re
     from stream.server import RecommendServer
 
     class EchoServer(RecommendServer):
-        def _read_plan(self) -> tuple[str | None, list[bytes]]:
-            return None, []  # take requests without their states
+        def _read_plan(self) -> tuple[str | None, tuple[bytes, ...]]:
+            return None, ()  # take requests without their states
 
         def _states(self, requests: list[Any], read: Any, read_version: Any) -> list[Any]:
             return []
@@ -89,10 +89,6 @@ def _echo(settings: Any, stop: Any) -> None:  # child: the floor, no work per re
     server.scorer = object()  # type: ignore[assignment]  # no model: _score does no work
     while not stop.is_set():
         server.serve_once(block_s=0.2)
-
-
-def _resp(*args: bytes) -> bytes:
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
 
 
 def _serve(
@@ -233,12 +229,15 @@ class _LeanLoad:
 
         from stream import protocol
         from stream.client import _request
+        from stream.state import resp_command
 
         req = _request(self.settings.key_prefix, 10, timeout_s, user_id, None, True)
         sock = self.idle.pop() if self.idle else self._connect()
         sock.sendall(
-            _resp(b"EVALSHA", self.sha, b"1", self.queue, protocol.encode_request(req), b"1000000")
-            + _resp(b"BLPOP", req.reply_to.encode(), b"%d" % max(1, round(timeout_s)))
+            resp_command(
+                b"EVALSHA", self.sha, b"1", self.queue, protocol.encode_request(req), b"1000000"
+            )
+            + resp_command(b"BLPOP", req.reply_to.encode(), b"%d" % max(1, round(timeout_s)))
         )
         self.busy[sock.fileno()] = (sock, hiredis.Reader(), [], due)
         self.epoll.register(sock.fileno(), select.EPOLLIN)

@@ -223,7 +223,7 @@ class StateUpdater:
             self._dead_unflushed = 0
         if self._uncommitted:
             offsets = [TopicPartition(t, p, o + 1) for (t, p), o in self._uncommitted.items()]
-            if asynchronous:
+            if asynchronous:  # two calls: the stubs type commit() by a literal flag
                 self.consumer.commit(offsets=offsets, asynchronous=True)
             else:
                 self.consumer.commit(offsets=offsets, asynchronous=False)

@@ -7,7 +7,6 @@ user_id, so one user's events stay ordered in one partition and have one writer.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Collection
 from typing import Any
@@ -15,11 +14,8 @@ from typing import Any
 import msgpack
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from stream.state import has_control_character
 from stream.wire import unpack_untrusted
-
-# Ids are text without control characters: user state stores a timeline as item ids joined
-# by one (stream/state.py), and a control character in an id is a producer bug anyway.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class EventError(ValueError):
@@ -45,7 +41,7 @@ class Event(BaseModel):
     def _id_not_blank(cls, v: str) -> str:
         if not v or v.strip() != v:
             raise ValueError("ids must be non-empty without surrounding whitespace")
-        if _CONTROL.search(v):
+        if has_control_character(v):
             raise ValueError("ids must not contain control characters")
         return v
 

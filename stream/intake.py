@@ -10,8 +10,9 @@ replies (``stream.server``).
 
 The script decodes requests with Redis's ``cmsgpack`` only to find the user id; it
 trusts nothing: a request it cannot decode, or without a plausible user id, is returned
-with no state and judged by the scorer's own validation (``protocol.decode_request``),
-which may still read the state itself (``needs_read``).
+with no state and judged by the scorer's own validation (``protocol.decode_request``);
+a valid user request without a state is read when it is served
+(``RecommendServer._states``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+
+from stream.state import resp_command
 
 # KEYS[1] the request queue, KEYS[2] this scorer's taking list (where BLMOVE put the
 # request it waited for). ARGV: how many more to take from the queue, the request size
@@ -86,12 +89,14 @@ class Intake:
         self._packed: list[bytes] = []
         self._packed_for: tuple[float, tuple[bytes, ...], bytes] | None = None
 
-    def commands(self, block_s: float, fields: Sequence[bytes]) -> list[bytes]:
+    def commands(self, block_s: float, fields: tuple[bytes, ...]) -> list[bytes]:
         """``BLMOVE`` (wait up to ``block_s``) and the take script reading ``fields``."""
-        key = (block_s, tuple(fields), self._sha)
+        key = (block_s, fields, self._sha)
         if key != self._packed_for:  # the same every batch but after a swap: pack once
-            wait = command(b"BLMOVE", self.queue, self.taking, b"RIGHT", b"LEFT", b"%g" % block_s)
-            take = command(
+            wait = resp_command(
+                b"BLMOVE", self.queue, self.taking, b"RIGHT", b"LEFT", b"%g" % block_s
+            )
+            take = resp_command(
                 b"EVALSHA", self._sha, b"2", self.queue, self.taking, self._more, *self._bounds,
                 self._prefix, *fields,
             )  # fmt: skip
@@ -119,8 +124,3 @@ class Intake:
             Taken(took[j], took[j + 1] if isinstance(took[j + 1], list) else None)
             for j in range(0, len(took), 2)
         ]
-
-
-def command(*args: bytes) -> bytes:
-    """One command packed as RESP."""
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)

@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from stream.artifact import ArtifactError, Model, load_model
+from stream.state import has_control_character
 
 log = logging.getLogger("ledrec.registry")
 
@@ -53,7 +54,7 @@ class Registry:
 
     def register(self, model: Model, state: str = "staged") -> None:
         """Record a saved model version (its directory must exist in the store)."""
-        if not model.version or any(ord(c) < 32 or c == "\x7f" for c in model.version):
+        if not model.version or has_control_character(model.version):
             # user states list versions joined by a control character (stream/state.py)
             raise RegistryError(f"invalid model version name {model.version!r}")
         info = {

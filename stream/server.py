@@ -291,14 +291,12 @@ class RecommendServer:
         """
         self._swap_if_ready()
         taken, self._prefetched = self._prefetched, None
-        read_version = self._read_version
         if not taken:
             taken = self._reply_and_take([], block_s)
-            read_version = self._read_version
             if not taken:
                 return 0
         started = time.perf_counter()
-        replies = self._answer(taken, read_version)
+        replies = self._answer(taken, self._read_version)  # the version of the last take
         BATCH_SECONDS.observe(time.perf_counter() - started)
         self.totals.batches += 1
         self._prefetched = self._reply_and_take(replies, block_s) or None
@@ -320,7 +318,7 @@ class RecommendServer:
             )
         return self.intake.taken(results[len(replies) :], fields)
 
-    def _read_plan(self) -> tuple[str | None, list[bytes]]:
+    def _read_plan(self) -> tuple[str | None, tuple[bytes, ...]]:
         """The version whose sums to take with the next requests, and the fields to read."""
         scorer = self.scorer
         version = scorer.version if scorer is not None else None
@@ -393,9 +391,9 @@ class RecommendServer:
         """The user requests' states, in order: as taken with them, else read now (a request
         the take script could not judge; no scorer when it was taken)."""
         versions = [read_version] if read_version else []
-        fields = [r for req, r in zip(requests, read, strict=True) if req.user_id is not None]
-        states = self.store.parse_states([r for r in fields if r is not None], versions)
-        if len(states) == len(fields):
+        raw = [r for req, r in zip(requests, read, strict=True) if req.user_id is not None]
+        states = self.store.parse_states([r for r in raw if r is not None], versions)
+        if len(states) == len(raw):
             return states
         parsed = iter(states)
         missing = [
@@ -404,7 +402,7 @@ class RecommendServer:
             if req.user_id is not None and r is None
         ]
         fresh = iter(self.store.read_many(missing, [self.scorer.version] if self.scorer else []))
-        return [next(parsed) if r is not None else next(fresh) for r in fields]
+        return [next(parsed) if r is not None else next(fresh) for r in raw]
 
     def _score(
         self, scorer: Scorer, requests: list[Request], user_states: list[UserState | None]
@@ -445,6 +443,6 @@ class RecommendServer:
 
 
 @functools.lru_cache(maxsize=16)
-def _fields_for(version: str | None) -> list[bytes]:
-    """The state fields a scorer serving ``version`` takes with its requests (read-only)."""
+def _fields_for(version: str | None) -> tuple[bytes, ...]:
+    """The state fields a scorer serving ``version`` takes with its requests."""
     return state_fields([version] if version else [])

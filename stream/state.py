@@ -30,6 +30,7 @@ writer that did not know a version yet), so a stored sum is never stale.
 from __future__ import annotations
 
 import functools
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
 from stream.artifact import Model
 
 ITEM_SEP = "\x1f"  # ASCII unit separator; event validation keeps control characters out of ids
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SEP = ITEM_SEP.encode()
 _WEIGHT = np.dtype("<f8")
 _PACK_WEIGHT = struct.Struct("<d").pack
@@ -432,11 +434,14 @@ class UserStateStore:
             yield (key.decode() if isinstance(key, bytes) else key)[start:]
 
 
-def state_fields(versions: Sequence[str], partitions: Sequence[int] = ()) -> list[bytes]:
+def state_fields(versions: Sequence[str], partitions: Sequence[int] = ()) -> tuple[bytes, ...]:
     """The hash fields ``parse_states`` expects, in its order."""
-    fields = [b"ti", b"tw", b"seq", b"vs"]
-    fields += [f"s:{v}".encode() for v in versions] + [f"w:{v}".encode() for v in versions]
-    return fields + [b"o:%d" % p for p in partitions]
+    return (
+        b"ti", b"tw", b"seq", b"vs",
+        *(f"s:{v}".encode() for v in versions),
+        *(f"w:{v}".encode() for v in versions),
+        *(b"o:%d" % p for p in partitions),
+    )  # fmt: skip
 
 
 def _unapplied(events: list[TimelineEvent], state: UserState | None) -> list[TimelineEvent]:
@@ -553,6 +558,17 @@ def _version_fields(version: str) -> tuple[bytes, bytes]:
 
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def resp_command(*args: bytes) -> bytes:
+    """One command packed as RESP (for ``execute_raw`` and ``RawConnection``)."""
+    return b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args)
+
+
+def has_control_character(text: str) -> bool:
+    """Whether ``text`` holds an ASCII control character: ids and version names may not,
+    since a timeline and the ``vs`` field join them with one (``ITEM_SEP``)."""
+    return _CONTROL.search(text) is not None
 
 
 def execute_raw(client: redis.Redis, commands: Sequence[bytes]) -> list[Any]:

@@ -43,7 +43,7 @@ def _request(settings: Settings, n: int, user_id: str | None = None) -> bytes:
 
 
 def _take(
-    intake: Intake, client: redis.Redis, fields: list[bytes], block_s: float = 0.1
+    intake: Intake, client: redis.Redis, fields: tuple[bytes, ...], block_s: float = 0.1
 ) -> list[Taken]:
     conn = RawConnection(client)
     try:
