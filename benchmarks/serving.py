@@ -107,7 +107,8 @@ def _serve(
     # reply + pop round trip (thread CPU seconds: that round trip's wall includes waiting
     # for the next request)
     batches: list[tuple[int, float, float, float, float, float, float, float]] = []
-    cur = {"read": 0.0, "search": 0.0, "score": 0.0, "n": 0, "answer": 0.0, "reply_cpu": 0.0}
+    cur = {"read": 0.0, "search": 0.0, "score": 0.0, "n": 0, "answer": 0.0, "reply_cpu": 0.0,
+           "polled": 0.0}  # fmt: skip
 
     def timed(cls: Any, name: str, slot: str) -> None:
         original = getattr(cls, name)
@@ -122,6 +123,11 @@ def _serve(
         setattr(cls, name, wrapper)
 
     timed(RecommendServer, "_states", "read")
+    # time spent polling for the next request (serve_spin_us) is waiting, not work: the
+    # CPU figures below leave it out
+    import stream.state
+
+    timed(stream.state, "_poll", "polled")
     timed(Scorer, "top_k", "search")
     timed(RecommendServer, "_score", "score")
     answer = RecommendServer._answer
@@ -135,19 +141,19 @@ def _serve(
         return replies
 
     def timed_reply_and_take(self: Any, replies: list[bytes], block_s: float) -> Any:
-        c0 = time.thread_time()
+        c0, polled = time.thread_time(), cur["polled"]
         try:
             return reply_and_take(self, replies, block_s)
         finally:
             if cur["n"]:  # the round trip that replies to the batch just answered
-                cur["reply_cpu"] += time.thread_time() - c0
+                cur["reply_cpu"] += time.thread_time() - c0 - (cur["polled"] - polled)
 
     def timed_serve_once(self: Any, block_s: float = 0.5) -> int:
-        cur.update(read=0.0, search=0.0, score=0.0, n=0, answer=0.0, reply_cpu=0.0)
+        cur.update(read=0.0, search=0.0, score=0.0, n=0, answer=0.0, reply_cpu=0.0, polled=0.0)
         c0 = time.thread_time()
         n = serve_once(self, block_s)
         if cur["n"]:
-            cpu = time.thread_time() - c0
+            cpu = time.thread_time() - c0 - cur["polled"]
             batches.append(
                 (n, cur["answer"], cur["read"], cur["search"], cur["score"], cpu, cur["reply_cpu"],
                  time.time())
@@ -723,7 +729,9 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
 
     tag = f"i{n_items}"
     settings = bench_settings(stack, key_prefix=f"s{tag}", request_queue=f"s{tag}:rpc:requests")
-    settings = settings.model_copy(update={"serve_batch_size": args.batch_size})
+    settings = settings.model_copy(
+        update={"serve_batch_size": args.batch_size, "serve_spin_us": args.spin_us}
+    )
     t0 = time.perf_counter()
     _, events = synthetic_world(n_items, args.users, args.users * 30, seed=2)
     model = clustered_model(events, n_items, args.dim)
@@ -848,6 +856,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="open loop: evenly spaced requests, or a Poisson process of the same rate",
     )
     p.add_argument("--batch-size", type=int, default=64, help="scorer's serve_batch_size")
+    p.add_argument(
+        "--spin-us",
+        type=int,
+        default=0,
+        help="scorer's serve_spin_us (poll before sleeping; give it a core: --pin scorer-alone)",
+    )
     p.add_argument("--exact-max-items-served", type=int, default=10**6)
     p.add_argument("--profile", action="store_true", help="pyinstrument the scorer process")
     p.add_argument(
@@ -868,7 +882,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "what": "end-to-end latency/throughput through the Redis RPC, recall, breakdown",
         "processes": (
             f"redis-server; one scorer process (RecommendServer, faiss OpenMP 1 thread, "
-            f"serve_batch_size {args.batch_size}); {args.procs} load-generator processes "
+            f"serve_batch_size {args.batch_size}, "
+            + (
+                f"polling its socket up to {args.spin_us} µs before it sleeps"
+                if args.spin_us
+                else "sleeping while it waits for requests"
+            )
+            + f"); {args.procs} load-generator processes "
             + (
                 "(a lean raw-socket client speaking the same RPC: bounded-push script + "
                 "BLPOP in one round trip, select loop"

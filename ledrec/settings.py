@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     request_queue: str = "ledrec:rpc:requests"
     request_timeout_s: float = 2.0
     serve_batch_size: int = 64
+    # How long the serving thread polls its socket for the next batch before it sleeps.
+    # 0: it sleeps at once. For a scorer with a core of its own: a sleeping scorer is woken
+    # per request, which on the 2-core VM of benchmarks/results cost Redis ~30 µs of CPU per
+    # request and doubled p50 (NOTES.md). Polling keeps that core busy while requests flow;
+    # past this long without one it sleeps as usual. Never on a core shared with Redis.
+    serve_spin_us: int = 0
     exact_index_max_items: int = 200_000  # above: IVF inner-product index
     ivf_nprobe: int = 32
     max_queue_length: int = 10_000  # a client refuses to enqueue past this (load shedding)

@@ -98,7 +98,7 @@ class RecommendServer:
         # The serving thread's own connection: its state reads (through the store) and its
         # pops and replies (``_pipeline``); everything else uses ``client``'s pool.
         self._serving = redis.Redis(connection_pool=_HeldConnectionPool(client.connection_pool))
-        self._round_trips = RawConnection(self._serving)
+        self._round_trips = RawConnection(self._serving, settings.serve_spin_us / 1e6)
         self.store = UserStateStore(
             self._serving, settings.key_prefix, settings.timeline_max, settings.user_ttl_seconds
         )
