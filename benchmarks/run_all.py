@@ -26,7 +26,7 @@ QUICK: dict[str, list[str]] = {
     "ingest": ["--items", "2000", "--events", "5000"],
     "serving": [
         "--items", "5000", "--users", "200", "--queries", "50", "--seconds", "1",
-        "--clients", "2", "--rate", "200", "--nprobes", "1", "4",
+        "--clients", "2", "--rate", "200", "--nprobes", "1", "4", "--spin-us", "500",
     ],
     "freshness": ["--probes", "5", "--items", "1000", "--batch-timeouts", "0.01"],
 }  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import run_all
+from benchmarks import run_all, stalls
 
 pytestmark = pytest.mark.integration
 
@@ -32,3 +32,11 @@ def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_results(tmp_path: Pa
     summary = (tmp_path / "SUMMARY.md").read_text()
     assert "Ingest" in summary and "Serving" in summary and "Freshness" in summary
     assert json.loads((tmp_path / "serving.json").read_text())["benchmark"] == "serving"
+
+
+def test_the_stall_probe_times_sleeps_on_every_cpu() -> None:
+    result = stalls.main(["--seconds", "0.3"])
+    assert result["cpus"] and result["steal_s"] >= 0
+    for cpu in result["cpus"].values():
+        assert cpu["oversleep"]["n"] > 50  # ~1 ms sleeps for 0.3 s
+        assert cpu["max_ms"] >= cpu["oversleep"]["p50_us"] / 1e3
