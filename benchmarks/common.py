@@ -204,6 +204,12 @@ def fmt_us(value: float) -> str:
     return f"{value:,.0f} µs" if value < 10_000 else f"{value / 1000:,.1f} ms"
 
 
+def redis_cpu_s(client: Any) -> float:
+    """redis-server's CPU seconds so far (user + sys, from ``INFO cpu``)."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def set_pinning(roles: dict[str, str], names: Sequence[str]) -> None:
     """Give each of ``names`` its CPUs from ``roles`` ("1", "0,1"; absent: no pinning), for
     :func:`pin` in this process and in the children it spawns (they inherit the

@@ -29,6 +29,7 @@ from benchmarks.common import (
     pin,
     private_stack,
     raw_pipeline,
+    redis_cpu_s,
     set_pinning,
     synthetic_world,
     write_result,
@@ -220,11 +221,6 @@ def _result_of(child: Any, queue: Any, timeout_s: float) -> Any:
     raise TimeoutError(f"no result from the consumer in {timeout_s:.0f}s")
 
 
-def _redis_cpu_s(client: Any) -> float:
-    cpu = client.info("cpu")
-    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
-
-
 def run_size(
     stack: Any,
     n_items: int,
@@ -269,12 +265,12 @@ def run_size(
     queue = ctx.Queue()
     profile_path = str(profile_dir / f"ingest_profile_{tag}.txt") if profile_dir else None
     client.config_resetstat()
-    redis_cpu0 = _redis_cpu_s(client)
+    redis_cpu0 = redis_cpu_s(client)
     child = ctx.Process(target=_consume, args=(settings, n, queue, profile_path))
     child.start()
     got = _result_of(child, queue, timeout_s=900)
     child.join(30)
-    redis_cpu = _redis_cpu_s(client) - redis_cpu0
+    redis_cpu = redis_cpu_s(client) - redis_cpu0
     calls = cast(dict[str, dict[str, float]], client.info("commandstats"))
     seconds = got["last"] - got["first"]
     rate = n / seconds

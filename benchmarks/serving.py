@@ -41,6 +41,7 @@ from benchmarks.common import (
     percentiles,
     pin,
     private_stack,
+    redis_cpu_s,
     set_pinning,
     synthetic_world,
     timeline_queries,
@@ -457,15 +458,10 @@ def _redis_cpu_between(url: str, start: float, end: float, out: dict[str, float]
     import redis
 
     client = redis.Redis.from_url(url)
-
-    def cpu() -> float:
-        info = client.info("cpu")
-        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
     time.sleep(max(0.0, start - time.time()))
-    before = cpu()
+    before = redis_cpu_s(client)
     time.sleep(max(0.0, end - time.time()))
-    out["s"] = cpu() - before
+    out["s"] = redis_cpu_s(client) - before
     client.close()
 
 
