@@ -44,7 +44,7 @@ def machine() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "absent"
-    from deploy.stack import find_redis_server
+    from ledrec.deploy.stack import find_redis_server
 
     try:
         out = subprocess.run([find_redis_server(), "--version"], capture_output=True, text=True)
@@ -102,7 +102,7 @@ class Stack:
 @contextlib.contextmanager
 def private_stack(kafka: bool = True) -> Iterator[Stack]:
     """Start redis-server (+ Tansu when ``kafka``) on free ports; stop both afterwards."""
-    from deploy.stack import KafkaBroker, RedisServer
+    from ledrec.deploy.stack import KafkaBroker, RedisServer
 
     with tempfile.TemporaryDirectory(prefix="ledrec-bench-") as tmp:
         home = Path(tmp)
@@ -130,7 +130,7 @@ def bench_settings(stack: Stack, **overrides: Any) -> Any:
 
 def synthetic_world(n_items: int, n_users: int, n_events: int, seed: int = 0) -> tuple[Any, Any]:
     """(SyntheticConfig, SyntheticEvents) with 100 taste clusters (one per ~10^4 items)."""
-    from training.synthetic import SyntheticConfig, generate
+    from ledrec.training.synthetic import SyntheticConfig, generate
 
     config = SyntheticConfig(
         n_users=n_users,
@@ -148,7 +148,7 @@ def clustered_model(
     """An LED-like model on the world's clusters: ``v_i`` = cluster centre + sub-cluster
     offset + noise (so items of one taste are near each other, as trained embeddings are),
     ``b_i`` = log popularity (the paper's bias initialisation)."""
-    from stream.artifact import Model
+    from ledrec.stream.artifact import Model
 
     rng = np.random.default_rng(seed + 1)
     n_clusters = int(events.item_cluster.max()) + 1

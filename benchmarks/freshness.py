@@ -31,7 +31,7 @@ TARGET_P99_S = 0.100
 def _consumer(settings: Any, stop: Any) -> None:  # child
     import redis
 
-    from stream.consumer import StateUpdater
+    from ledrec.stream.consumer import StateUpdater
 
     updater = StateUpdater(
         settings, settings.kafka_bootstrap, redis.Redis.from_url(settings.redis_url)
@@ -43,7 +43,7 @@ def _consumer(settings: Any, stop: Any) -> None:  # child
 def _server(settings: Any, stop: Any) -> None:  # child
     import redis
 
-    from stream.server import RecommendServer
+    from ledrec.stream.server import RecommendServer
 
     server = RecommendServer(settings, redis.Redis.from_url(settings.redis_url))
     threading.Thread(target=_relay, args=(stop, server.stop_event), daemon=True).start()
@@ -60,7 +60,7 @@ def _kafka_floor(settings: Any, probes: int) -> dict[str, Any]:
     """Publish → a bare consumer sees it (same producer settings, no group, no Redis)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from stream.producer import EventPublisher
+    from ledrec.stream.producer import EventPublisher
 
     publisher = EventPublisher(settings, settings.kafka_bootstrap)
     consumer = Consumer(
@@ -91,11 +91,11 @@ def run_timeout(stack: Any, args: argparse.Namespace, batch_timeout: float) -> d
     import redis
 
     from benchmarks.common import clustered_model, synthetic_world
-    from deploy.stack import ensure_topics
-    from stream.artifact import save_model
-    from stream.client import RecommenderClient
-    from stream.producer import EventPublisher
-    from stream.registry import Registry
+    from ledrec.deploy.stack import ensure_topics
+    from ledrec.stream.artifact import save_model
+    from ledrec.stream.client import RecommenderClient
+    from ledrec.stream.producer import EventPublisher
+    from ledrec.stream.registry import Registry
 
     tag = f"t{round(batch_timeout * 1000)}"
     settings = bench_settings(

@@ -51,8 +51,8 @@ def _consume(
 ) -> None:  # child process
     import redis
 
-    from stream.consumer import StateUpdater
-    from stream.state import RawConnection
+    from ledrec.stream.consumer import StateUpdater
+    from ledrec.stream.state import RawConnection
 
     timings: dict[str, float] = {"first": 0.0, "last": 0.0, "apply_s": 0.0, "batches": 0}
     # where the main thread waits rather than works: in consume() for Kafka, and for Redis
@@ -232,10 +232,10 @@ def run_size(
 ) -> dict[str, Any]:
     import redis
 
-    from deploy.stack import ensure_topics
-    from stream.artifact import save_model
-    from stream.registry import Registry
-    from training.synthetic import EVENT_TYPES
+    from ledrec.deploy.stack import ensure_topics
+    from ledrec.stream.artifact import save_model
+    from ledrec.stream.registry import Registry
+    from ledrec.training.synthetic import EVENT_TYPES
 
     tag = f"i{n_items}"
     settings = bench_settings(

@@ -74,8 +74,8 @@ def _echo(settings: Any, stop: Any) -> None:  # child: the floor, no work per re
     pin("scorer")
     import redis
 
-    from stream import protocol
-    from stream.server import RecommendServer
+    from ledrec.stream import protocol
+    from ledrec.stream.server import RecommendServer
 
     class EchoServer(RecommendServer):
         def _read_plan(self) -> tuple[str | None, tuple[bytes, ...]]:
@@ -100,8 +100,8 @@ def _serve(
 
     import redis
 
-    from stream.scorer import Scorer
-    from stream.server import RecommendServer
+    from ledrec.stream.scorer import Scorer
+    from ledrec.stream.server import RecommendServer
 
     # per batch: n, answer, read, search, score (wall seconds), answer (thread CPU seconds)
     # per batch: n, answer, read, search, score (wall seconds); the whole serve_once and its
@@ -126,9 +126,9 @@ def _serve(
     timed(RecommendServer, "_states", "read")
     # time spent polling for the next request (serve_spin_us) is waiting, not work: the
     # CPU figures below leave it out
-    import stream.state
+    import ledrec.stream.state
 
-    timed(stream.state, "_poll", "polled")
+    timed(ledrec.stream.state, "_poll", "polled")
     timed(Scorer, "top_k", "search")
     timed(RecommendServer, "_score", "score")
     answer = RecommendServer._answer
@@ -238,9 +238,9 @@ class _LeanLoad:
     def send(self, user_id: str, due: float, timeout_s: float = 2.0) -> None:
         import hiredis
 
-        from stream import protocol
-        from stream.client import _request
-        from stream.state import resp_command
+        from ledrec.stream import protocol
+        from ledrec.stream.client import _request
+        from ledrec.stream.state import resp_command
 
         req = _request(self.settings.key_prefix, 10, timeout_s, user_id, None, True)
         sock = self.idle.pop() if self.idle else self._connect()
@@ -254,7 +254,7 @@ class _LeanLoad:
 
     def poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` for replies; record every request they complete."""
-        from stream.client import Overloaded, RecommendError, _result
+        from ledrec.stream.client import Overloaded, RecommendError, _result
 
         if not self.busy:
             time.sleep(timeout)
@@ -341,7 +341,7 @@ def _lean_load(settings: Any, users: list[str], spec: LoadSpec) -> dict[str, Any
     warmup, seconds = spec.warmup, spec.seconds
     import redis
 
-    from stream.client import _BOUNDED_PUSH
+    from ledrec.stream.client import _BOUNDED_PUSH
 
     _fine_timer_slack()
     sha = redis.Redis.from_url(settings.redis_url).script_load(_BOUNDED_PUSH).encode()
@@ -395,7 +395,7 @@ def _load(
     import redis.asyncio as aredis
     from redis.exceptions import RedisError
 
-    from stream.client import AsyncRecommenderClient, RecommendError
+    from ledrec.stream.client import AsyncRecommenderClient, RecommendError
 
     async def main() -> dict[str, Any]:
         conn = aredis.Redis.from_url(settings.redis_url, max_connections=10_000)
@@ -547,7 +547,7 @@ def _recall_sweep(
 ) -> tuple[list[dict[str, Any]], Any]:
     import faiss
 
-    from stream.index import augmented, set_nprobe
+    from ledrec.stream.index import augmented, set_nprobe
 
     x = np.hstack([queries, np.ones((len(queries), 1), np.float32)])
     flat = faiss.IndexFlatIP(x.shape[1])
@@ -581,9 +581,9 @@ def _table4(settings: Any, model: Any, index: Any, users: list[str], nprobe: int
     """Single-request user-embedding and kNN times, in this process, one thread."""
     import redis
 
-    from stream.index import set_nprobe
-    from stream.scorer import Query, Scorer
-    from stream.state import UserStateStore
+    from ledrec.stream.index import set_nprobe
+    from ledrec.stream.scorer import Query, Scorer
+    from ledrec.stream.state import UserStateStore
 
     client = redis.Redis.from_url(settings.redis_url)
     store = UserStateStore(client, settings.key_prefix, settings.timeline_max, 3600)
@@ -661,7 +661,7 @@ def _with_server(
     """Start the scorer (or the echo floor), wait until it answers, run ``fn``, stop it."""
     import redis
 
-    from stream.client import RecommenderClient, RecommendError
+    from ledrec.stream.client import RecommenderClient, RecommendError
 
     ctx = mp.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
@@ -696,8 +696,8 @@ def _populate(settings: Any, events: Any, models: list[Any], n_users: int) -> li
     """Apply the world's events of the first ``n_users`` users to their Redis states."""
     import redis
 
-    from stream.state import TimelineEvent, UserStateStore
-    from training.synthetic import EVENT_TYPES
+    from ledrec.stream.state import TimelineEvent, UserStateStore
+    from ledrec.training.synthetic import EVENT_TYPES
 
     client = redis.Redis.from_url(settings.redis_url)
     store = UserStateStore(client, settings.key_prefix, settings.timeline_max, 24 * 3600)
@@ -719,9 +719,9 @@ def _populate(settings: Any, events: Any, models: list[Any], n_users: int) -> li
 def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, Any]:
     import redis
 
-    from stream.artifact import save_model
-    from stream.index import build_index, serialize
-    from stream.registry import Registry
+    from ledrec.stream.artifact import save_model
+    from ledrec.stream.index import build_index, serialize
+    from ledrec.stream.registry import Registry
 
     tag = f"i{n_items}"
     settings = bench_settings(stack, key_prefix=f"s{tag}", request_queue=f"s{tag}:rpc:requests")

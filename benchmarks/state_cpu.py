@@ -20,8 +20,8 @@ from benchmarks.common import clustered_model, synthetic_world
 def main(argv: list[str] | None = None) -> dict[str, float]:
     import redis
 
-    from deploy.stack import RedisServer
-    from stream.state import ApplyStats, TimelineEvent, UserStateStore, execute_raw
+    from ledrec.deploy.stack import RedisServer
+    from ledrec.stream.state import ApplyStats, TimelineEvent, UserStateStore, execute_raw
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=1_000_000)

@@ -27,13 +27,13 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy.stack import RedisServer  # noqa: E402
+from ledrec.deploy.stack import RedisServer  # noqa: E402
 from ledrec.settings import Settings  # noqa: E402
-from stream.artifact import save_model  # noqa: E402
-from stream.client import RecommenderClient  # noqa: E402
-from stream.reencoder import read_progress  # noqa: E402
-from stream.registry import Registry  # noqa: E402
-from stream.state import TimelineEvent, UserStateStore  # noqa: E402
+from ledrec.stream.artifact import save_model  # noqa: E402
+from ledrec.stream.client import RecommenderClient  # noqa: E402
+from ledrec.stream.reencoder import read_progress  # noqa: E402
+from ledrec.stream.registry import Registry  # noqa: E402
+from ledrec.stream.state import TimelineEvent, UserStateStore  # noqa: E402
 from tests.helpers import random_model, settings_env  # noqa: E402
 
 

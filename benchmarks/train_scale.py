@@ -55,10 +55,10 @@ def run_size(
     users: int, items: int, events: int, dim: int, epochs: int, seed: int
 ) -> dict[str, Any]:
     """One size, in this process: generate, split, PMI, SVD, a short fine-tune."""
-    from training.finetune import FinetuneConfig, finetune
-    from training.pretrain import pmi_matrix, svd_embeddings
-    from training.split import strong_generalization_split
-    from training.synthetic import SyntheticConfig, synthetic_interactions
+    from ledrec.training.finetune import FinetuneConfig, finetune
+    from ledrec.training.pretrain import pmi_matrix, svd_embeddings
+    from ledrec.training.split import strong_generalization_split
+    from ledrec.training.synthetic import SyntheticConfig, synthetic_interactions
 
     report: dict[str, Any] = {"users": users, "items": items, "target_events": events, "stages": {}}
     config = SyntheticConfig(n_users=users, n_items=items, n_events=events, seed=seed)

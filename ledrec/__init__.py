@@ -1,3 +1,5 @@
 """ledrec: a streaming real-time recommender built on LED (Lightweight Encoder-Decoder)."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version as _version
+
+__version__ = _version("ledrec")

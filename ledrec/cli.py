@@ -20,7 +20,7 @@ from redis.retry import Retry
 from ledrec.logs import setup_logging
 from ledrec.settings import Settings
 
-log = logging.getLogger("ledrec.cli")
+log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
@@ -45,7 +45,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _addresses(settings: Settings) -> tuple[str, str]:
-    from deploy.stack import resolve_addresses
+    from ledrec.deploy.stack import resolve_addresses
 
     return resolve_addresses(settings)
 
@@ -95,7 +95,7 @@ def _metrics(port: int | None) -> None:
 
 # -- stack ----------------------------------------------------------------------------------
 def cmd_stack(args: argparse.Namespace) -> int:
-    from deploy.stack import stack_down, stack_status, stack_up
+    from ledrec.deploy.stack import stack_down, stack_status, stack_up
 
     settings = _settings(args)
     if args.action == "up":
@@ -119,8 +119,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 # -- events ---------------------------------------------------------------------------------
 def cmd_publish(args: argparse.Namespace) -> int:
-    from deploy.stack import ensure_topics
-    from stream.producer import EventPublisher, events_from_rows, read_rows, sniff_format
+    from ledrec.deploy.stack import ensure_topics
+    from ledrec.stream.producer import EventPublisher, events_from_rows, read_rows, sniff_format
 
     settings = _settings(args)
     # The input first: a wrong path is reported at once, not after reaching (or not) Kafka.
@@ -156,8 +156,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    from deploy.stack import ensure_topics
-    from stream.consumer import StateUpdater
+    from ledrec.deploy.stack import ensure_topics
+    from ledrec.stream.consumer import StateUpdater
 
     settings = _settings(args)
     setup_logging(args.log_level, "consumer")
@@ -176,7 +176,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from stream.server import RecommendServer
+    from ledrec.stream.server import RecommendServer
 
     settings = _settings(args)
     setup_logging(args.log_level, "scorer")
@@ -190,7 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from stream.client import RecommenderClient
+    from ledrec.stream.client import RecommenderClient
 
     settings = _settings(args)
     _, url = _addresses(settings)
@@ -216,13 +216,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 # -- training and models --------------------------------------------------------------------
 def _load_data(args: argparse.Namespace) -> tuple[Any, str]:
-    from training import dataset
+    from ledrec.training import dataset
 
     if args.movielens:
         return dataset.load_movielens(Path(args.movielens)), f"movielens:{args.movielens}"
     if args.events:
         return dataset.load_events_file(Path(args.events)), f"events:{args.events}"
-    from training.synthetic import SyntheticConfig, synthetic_interactions
+    from ledrec.training.synthetic import SyntheticConfig, synthetic_interactions
 
     config = SyntheticConfig(
         n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed
@@ -233,7 +233,7 @@ def _load_data(args: argparse.Namespace) -> tuple[Any, str]:
 def _finetune_config(args: argparse.Namespace) -> Any:
     if args.svd_only:
         return None
-    from training.finetune import FinetuneConfig
+    from ledrec.training.finetune import FinetuneConfig
 
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
     return FinetuneConfig(
@@ -242,9 +242,9 @@ def _finetune_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from stream.artifact import load_model
-    from stream.registry import Registry
-    from training.jobs import PretrainConfig, TrainConfig, run_train
+    from ledrec.stream.artifact import load_model
+    from ledrec.stream.registry import Registry
+    from ledrec.training.jobs import PretrainConfig, TrainConfig, run_train
 
     settings = _settings(args)
     data, source = _load_data(args)
@@ -272,7 +272,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.jobs import (
+    from ledrec.training.jobs import (
         PretrainConfig,
         default_finetune_configs,
         default_scarce_configs,
@@ -296,10 +296,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from stream.artifact import load_model
-    from stream.reencoder import read_progress
-    from stream.registry import Registry
-    from stream.swap import Swapper
+    from ledrec.stream.artifact import load_model
+    from ledrec.stream.reencoder import read_progress
+    from ledrec.stream.registry import Registry
+    from ledrec.stream.swap import Swapper
 
     settings = _settings(args)
     setup_logging(args.log_level, "models")
@@ -350,9 +350,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:
-    from training.finetune import FinetuneConfig
-    from training.jobs import PretrainConfig, TrainConfig
-    from training.retrain import RetrainConfig, Retrainer, parse_duration
+    from ledrec.training.finetune import FinetuneConfig
+    from ledrec.training.jobs import PretrainConfig, TrainConfig
+    from ledrec.training.retrain import RetrainConfig, Retrainer, parse_duration
 
     settings = _settings(args)
     setup_logging(args.log_level, "trainer")
@@ -413,7 +413,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # -- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from ledrec import __version__
+
     parser = _Parser(prog="ledrec", description=__doc__)
+    parser.add_argument("-V", "--version", action="version", version=f"ledrec {__version__}")
     parser.add_argument("--home", help="state directory (stack record, models); env LEDREC_HOME")
     parser.add_argument("--kafka-bootstrap", help="Kafka bootstrap servers; env KAFKA_BOOTSTRAP")
     parser.add_argument("--redis-url", help="Redis URL (redis:// or rediss://); env REDIS_URL")
@@ -522,12 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from deploy.stack import StackError
-    from stream.artifact import ArtifactError
-    from stream.client import RecommendError
-    from stream.events import EventError
-    from stream.producer import PublishError
-    from stream.registry import RegistryError
+    from ledrec.deploy.stack import StackError
+    from ledrec.stream.artifact import ArtifactError
+    from ledrec.stream.client import RecommendError
+    from ledrec.stream.events import EventError
+    from ledrec.stream.producer import PublishError
+    from ledrec.stream.registry import RegistryError
 
     expected = (
         CliError, StackError, ArtifactError, RecommendError, EventError, RegistryError,

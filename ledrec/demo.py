@@ -27,13 +27,13 @@ import numpy as np
 import redis
 import scipy.sparse as sp
 
-from deploy.stack import ensure_topics, stack_down, stack_up
+from ledrec.deploy.stack import ensure_topics, stack_down, stack_up
 from ledrec.settings import Settings
-from stream.artifact import load_model
-from stream.client import RecommenderClient
-from stream.consumer import consumer_statuses
-from stream.producer import EventPublisher
-from stream.registry import Registry
+from ledrec.stream.artifact import load_model
+from ledrec.stream.client import RecommenderClient
+from ledrec.stream.consumer import consumer_statuses
+from ledrec.stream.producer import EventPublisher
+from ledrec.stream.registry import Registry
 
 MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 CACHE = Path.home() / ".cache" / "ledrec"
@@ -78,12 +78,12 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from training.dataset import load_movielens
-    from training.evaluate import led_score_fn
-    from training.finetune import FinetuneConfig
-    from training.jobs import PretrainConfig, TrainConfig, run_train
-    from training.split import strong_generalization_split
-    from training.synthetic import SyntheticConfig, synthetic_interactions
+    from ledrec.training.dataset import load_movielens
+    from ledrec.training.evaluate import led_score_fn
+    from ledrec.training.finetune import FinetuneConfig
+    from ledrec.training.jobs import PretrainConfig, TrainConfig, run_train
+    from ledrec.training.split import strong_generalization_split
+    from ledrec.training.synthetic import SyntheticConfig, synthetic_interactions
 
     home = Path(tempfile.mkdtemp(prefix="ledrec-demo-"))
     path = None if args.synthetic else find_movielens(args.movielens)

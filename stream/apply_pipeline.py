@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream.artifact import Model
-from stream.state import (
+from ledrec.stream.artifact import Model
+from ledrec.stream.state import (
     ApplyStats,
     PreparedWrites,
     RawConnection,

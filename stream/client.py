@@ -14,8 +14,8 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from stream import protocol
-from stream.protocol import Request
+from ledrec.stream import protocol
+from ledrec.stream.protocol import Request
 
 # Enqueue only while the queue is under its bound: an overloaded system says so at once
 # instead of queueing without end. KEYS[1] queue; ARGV: request, bound.

@@ -29,16 +29,16 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prometheus_client import Counter, Histogram
 
 from ledrec.settings import Settings
-from stream.apply_pipeline import ApplyPipeline, Settled
-from stream.artifact import Model
-from stream.events import EventCodec, EventError
-from stream.kafka import client_config
-from stream.registry import ModelCache, Registry
-from stream.state import ApplyStats, TimelineEvent, UserStateStore
+from ledrec.stream.apply_pipeline import ApplyPipeline, Settled
+from ledrec.stream.artifact import Model
+from ledrec.stream.events import EventCodec, EventError
+from ledrec.stream.kafka import client_config
+from ledrec.stream.registry import ModelCache, Registry
+from ledrec.stream.state import ApplyStats, TimelineEvent, UserStateStore
 
 T = TypeVar("T")
 
-log = logging.getLogger("ledrec.consumer")
+log = logging.getLogger(__name__)
 
 EVENTS_APPLIED = Counter("ledrec_events_applied_total", "Events applied to user state")
 EVENTS_SKIPPED = Counter("ledrec_events_redelivered_total", "Redelivered events skipped")

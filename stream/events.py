@@ -14,8 +14,8 @@ from typing import Any
 import msgpack
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from stream.state import has_control_character
-from stream.wire import unpack_untrusted
+from ledrec.stream.state import has_control_character
+from ledrec.stream.wire import unpack_untrusted
 
 
 class EventError(ValueError):

@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from stream.artifact import Model
+from ledrec.stream.artifact import Model
 
 HEAD_ITEMS = 2048
 _MAGIC = b"LEDHT002"  # a HeadTailIndex: magic, then one faiss IVF blob

@@ -11,8 +11,8 @@ from typing import Any, TextIO
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ledrec.settings import Settings
-from stream.events import Event, EventCodec, EventError
-from stream.kafka import client_config
+from ledrec.stream.events import Event, EventCodec, EventError
+from ledrec.stream.kafka import client_config
 
 
 class PublishError(RuntimeError):

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from stream.wire import unpack_untrusted
+from ledrec.stream.wire import unpack_untrusted
 
 BAD_REQUEST = "bad_request"
 OVERLOADED = "overloaded"

@@ -29,8 +29,8 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from stream.artifact import Model
-from stream.state import UserState, UserStateStore, window_sum
+from ledrec.stream.artifact import Model
+from ledrec.stream.state import UserState, UserStateStore, window_sum
 
 MAX_PASSES = 5  # past this, what remains is encoded from the timeline on demand
 MAX_ATTEMPTS = 10  # CAS retries of one user within a batch before leaving it to the next pass

@@ -26,10 +26,10 @@ from typing import Any
 
 import redis
 
-from stream.artifact import ArtifactError, Model, load_model
-from stream.state import has_control_character
+from ledrec.stream.artifact import ArtifactError, Model, load_model
+from ledrec.stream.state import has_control_character
 
-log = logging.getLogger("ledrec.registry")
+log = logging.getLogger(__name__)
 
 STATES = ("staged", "warming", "active", "retained", "retired")
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from ledrec.settings import Settings
-from stream.events import Event, EventCodec, EventError
-from stream.kafka import client_config
+from ledrec.stream.events import Event, EventCodec, EventError
+from ledrec.stream.kafka import client_config
 
 
 @dataclass

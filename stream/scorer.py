@@ -14,9 +14,9 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from stream.artifact import INDEX_FILE, Model
-from stream.index import build_index, deserialize, set_nprobe
-from stream.state import window_sum
+from ledrec.stream.artifact import INDEX_FILE, Model
+from ledrec.stream.index import build_index, deserialize, set_nprobe
+from ledrec.stream.state import window_sum
 
 SEEN_MARGIN = 16  # first search: k + at most this many, for seen items to drop
 

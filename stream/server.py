@@ -31,15 +31,15 @@ import redis
 from prometheus_client import Counter, Histogram
 
 from ledrec.settings import Settings
-from stream import protocol
-from stream.artifact import ArtifactError
-from stream.intake import Intake, Taken
-from stream.protocol import Limits, Request, RequestError
-from stream.registry import ModelCache, Registry
-from stream.scorer import Query, Scorer
-from stream.state import RawConnection, UserState, UserStateStore, state_fields
+from ledrec.stream import protocol
+from ledrec.stream.artifact import ArtifactError
+from ledrec.stream.intake import Intake, Taken
+from ledrec.stream.protocol import Limits, Request, RequestError
+from ledrec.stream.registry import ModelCache, Registry
+from ledrec.stream.scorer import Query, Scorer
+from ledrec.stream.state import RawConnection, UserState, UserStateStore, state_fields
 
-log = logging.getLogger("ledrec.server")
+log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 5.0
 HEARTBEAT_TTL_S = 5.0  # a scorer silent this long no longer counts in a swap

@@ -42,7 +42,7 @@ import numpy.typing as npt
 import redis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
 
-from stream.artifact import Model
+from ledrec.stream.artifact import Model
 
 ITEM_SEP = "\x1f"  # ASCII unit separator; event validation keeps control characters out of ids
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 import redis
 
 from ledrec.settings import Settings
-from stream.artifact import load_model
-from stream.reencoder import BackfillProgress, Reencoder, clear_progress
-from stream.registry import Registry, RegistryError
-from stream.state import UserStateStore
+from ledrec.stream.artifact import load_model
+from ledrec.stream.reencoder import BackfillProgress, Reencoder, clear_progress
+from ledrec.stream.registry import Registry, RegistryError
+from ledrec.stream.state import UserStateStore
 
-log = logging.getLogger("ledrec.swap")
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 LOCK_TTL_MS = 15_000

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import pytest
 import redis
 
-from deploy.stack import (
+from ledrec.deploy.stack import (
     KafkaBroker,
     RedisServer,
     ensure_topics,

@@ -14,7 +14,7 @@ import numpy.typing as npt
 import scipy.linalg
 import scipy.sparse as sp
 
-from training.evaluate import ScoreFn, evaluate_scores
+from ledrec.training.evaluate import ScoreFn, evaluate_scores
 
 EASE_LAMBDAS = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 

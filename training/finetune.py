@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import sparse
 
-from training.evaluate import evaluate_scores, led_score_fn
-from training.losses import Loss, make_loss
-from training.pretrain import popularity_biases
-from training.split import Split
+from ledrec.training.evaluate import evaluate_scores, led_score_fn
+from ledrec.training.losses import Loss, make_loss
+from ledrec.training.pretrain import popularity_biases
+from ledrec.training.split import Split
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from stream.artifact import Model, save_model
-from training.baselines import EASE_LAMBDAS, ease_score_fn, popularity_score_fn, tune_ease
-from training.dataset import Interactions
-from training.evaluate import evaluate_scores, led_score_fn
-from training.pretrain import popularity_biases, pretrain_embeddings
-from training.split import Split, strong_generalization_split
+from ledrec.stream.artifact import Model, save_model
+from ledrec.training.baselines import EASE_LAMBDAS, ease_score_fn, popularity_score_fn, tune_ease
+from ledrec.training.dataset import Interactions
+from ledrec.training.evaluate import evaluate_scores, led_score_fn
+from ledrec.training.pretrain import popularity_biases, pretrain_embeddings
+from ledrec.training.split import Split, strong_generalization_split
 
 if TYPE_CHECKING:
-    from training.finetune import FinetuneConfig
+    from ledrec.training.finetune import FinetuneConfig
 
 Progress = Callable[[str], None]
 Array = npt.NDArray[np.float32]
@@ -129,7 +129,7 @@ def _finetune_init(config: FinetuneConfig, zero: ZeroShot, seed: int) -> Array |
 def default_finetune_configs(dim: int, seed: int, **overrides: Any) -> list[FinetuneConfig]:
     """Table 2's LED rows: every loss with the Train variant, and SVD vs random init for
     both variants with the default loss."""
-    from training.finetune import FinetuneConfig
+    from ledrec.training.finetune import FinetuneConfig
 
     # BPR's cost grows with pairs × negatives: 256 negatives keep it within minutes.
     rows: list[tuple[str, str, str, dict[str, Any]]] = [
@@ -151,7 +151,7 @@ def default_finetune_configs(dim: int, seed: int, **overrides: Any) -> list[Fine
 
 def default_scarce_configs(dim: int, seed: int, **overrides: Any) -> list[FinetuneConfig]:
     """Paper Table 3's question: does pre-training help when clicks are scarce?"""
-    from training.finetune import FinetuneConfig
+    from ledrec.training.finetune import FinetuneConfig
 
     return [
         FinetuneConfig(loss="css", variant=v, init=i, dim=dim, seed=seed, **overrides)
@@ -192,7 +192,7 @@ def run_evaluate(
     Writes ``report.json`` and ``report.md`` to ``out_dir`` and returns the report.
     ``None`` configs mean the defaults; pass ``[]`` to skip fine-tuning.
     """
-    from training.finetune import finetune
+    from ledrec.training.finetune import finetune
 
     pre = pretrain or PretrainConfig()
     finetune_configs = (
@@ -373,7 +373,7 @@ def run_train(
         zero = zero_shot(split, svd, pre.zero_shot_scales)
     embeddings, biases, val_metrics = zero.embeddings, zero.biases, zero.val_metrics
     if config.finetune is not None:
-        from training.finetune import finetune
+        from ledrec.training.finetune import finetune
 
         if config.finetune.dim != pre.dim:
             raise ValueError(f"finetune dim {config.finetune.dim} != pretrain dim {pre.dim}")
@@ -405,7 +405,7 @@ def run_train(
     )
     index_bytes = None
     if exact_index_max_items is not None and model.n_items > exact_index_max_items:
-        from stream.index import build_index, serialize
+        from ledrec.stream.index import build_index, serialize
 
         with clock.stage("index"):
             index_bytes = serialize(build_index(model, exact_index_max_items, seed=config.seed))

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 import redis
 
 from ledrec.settings import Settings
-from stream.artifact import load_model
-from stream.registry import Registry, RegistryError
-from stream.replay import consumed_total, replay_events
-from stream.swap import Swapper
-from training.dataset import from_events
-from training.jobs import TrainConfig, run_train
+from ledrec.stream.artifact import load_model
+from ledrec.stream.registry import Registry, RegistryError
+from ledrec.stream.replay import consumed_total, replay_events
+from ledrec.stream.swap import Swapper
+from ledrec.training.dataset import from_events
+from ledrec.training.jobs import TrainConfig, run_train
 
-log = logging.getLogger("ledrec.trainer")
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 

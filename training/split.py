@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from training.dataset import Interactions, binary_matrix
+from ledrec.training.dataset import Interactions, binary_matrix
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from training.dataset import Interactions, from_arrays
+from ledrec.training.dataset import Interactions, from_arrays
 
 EVENT_TYPES = ("view", "click", "sale")  # index = code in SyntheticEvents.kind
 

@@ -12,10 +12,10 @@ import numpy as np
 import redis
 
 from ledrec.settings import Settings
-from stream.artifact import Model
-from stream.consumer import consumer_statuses
-from stream.producer import EventPublisher
-from stream.state import UserStateStore
+from ledrec.stream.artifact import Model
+from ledrec.stream.consumer import consumer_statuses
+from ledrec.stream.producer import EventPublisher
+from ledrec.stream.state import UserStateStore
 from tests.helpers import clean_pass
 
 Events = list[tuple[str, str, float]]

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from deploy.acl import ROLES, acl_rules
-from deploy.stack import RedisServer, StackError, free_port
+from ledrec.deploy.acl import ROLES, acl_rules
+from ledrec.deploy.stack import RedisServer, StackError, free_port
 from ledrec.settings import Settings
-from stream.client import RecommenderClient
-from stream.producer import EventPublisher
-from stream.state import UserStateStore
+from ledrec.stream.client import RecommenderClient
+from ledrec.stream.producer import EventPublisher
+from ledrec.stream.state import UserStateStore
 from tests.faults.common import start_cli, wait_until
 from tests.helpers import publish_model, random_model, settings_env
 
@@ -197,7 +197,7 @@ def test_components_over_tls_as_least_privilege_users(
 
 def test_security_doc_shows_the_tested_rules() -> None:
     """docs/security.md carries exactly the ACL lines this file tests (default names)."""
-    from deploy.acl import acl_command
+    from ledrec.deploy.acl import acl_command
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
     for role in ROLES:

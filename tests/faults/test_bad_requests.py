@@ -14,10 +14,10 @@ import pytest
 import redis
 
 from ledrec.settings import Settings
-from stream import protocol
-from stream.client import BadRequest, RecommenderClient
-from stream.consumer import StateUpdater
-from stream.producer import EventPublisher
+from ledrec.stream import protocol
+from ledrec.stream.client import BadRequest, RecommenderClient
+from ledrec.stream.consumer import StateUpdater
+from ledrec.stream.producer import EventPublisher
 from tests.faults.common import start_cli, wait_until
 from tests.helpers import publish_model, random_model, settings_env
 

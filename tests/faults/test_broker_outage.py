@@ -26,9 +26,9 @@ from typing import NoReturn
 import pytest
 import redis
 
-from deploy.stack import KafkaBroker, S3Server, ensure_topics
+from ledrec.deploy.stack import KafkaBroker, S3Server, ensure_topics
 from ledrec.settings import Settings
-from stream.producer import EventPublisher, PublishError
+from ledrec.stream.producer import EventPublisher, PublishError
 from tests.faults.common import (
     Events,
     assert_clean_pass,

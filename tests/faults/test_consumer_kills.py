@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from ledrec.settings import Settings
-from stream.consumer import FAULT_KILL_AFTER_REDIS_WRITE
+from ledrec.stream.consumer import FAULT_KILL_AFTER_REDIS_WRITE
 from tests.faults.common import (
     applied_by,
     assert_clean_pass,

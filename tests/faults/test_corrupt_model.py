@@ -19,11 +19,11 @@ import pytest
 import redis
 
 from ledrec.settings import Settings
-from stream.artifact import ArtifactError, load_model, save_model
-from stream.client import RecommenderClient
-from stream.producer import EventPublisher
-from stream.registry import Registry
-from stream.state import UserStateStore
+from ledrec.stream.artifact import ArtifactError, load_model, save_model
+from ledrec.stream.client import RecommenderClient
+from ledrec.stream.producer import EventPublisher
+from ledrec.stream.registry import Registry
+from ledrec.stream.state import UserStateStore
 from tests.faults.common import start_cli, wait_until
 from tests.helpers import publish_model, random_model, settings_env
 

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from stream.events import EventCodec, EventError
-from stream.protocol import Limits, RequestError, decode_request
+from ledrec.stream.events import EventCodec, EventError
+from ledrec.stream.protocol import Limits, RequestError, decode_request
 
 pytestmark = pytest.mark.faults
 

@@ -12,12 +12,10 @@ import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-import deploy.stack
-import stream.consumer
-import stream.producer
-import stream.replay
+from ledrec.deploy import stack
 from ledrec.settings import Settings
-from stream.kafka import client_config
+from ledrec.stream import consumer, producer, replay
+from ledrec.stream.kafka import client_config
 
 SECURE = {
     "security.protocol": "SASL_SSL",
@@ -46,17 +44,17 @@ def test_sasl_ssl_settings_reach_every_client(
         return Recorded
 
     for module, name, cls in [
-        (stream.consumer, "Consumer", Consumer), (stream.consumer, "Producer", Producer),
-        (stream.producer, "Producer", Producer), (stream.replay, "Consumer", Consumer),
-        (deploy.stack, "AdminClient", AdminClient),
+        (consumer, "Consumer", Consumer), (consumer, "Producer", Producer),
+        (producer, "Producer", Producer), (replay, "Consumer", Consumer),
+        (stack, "AdminClient", AdminClient),
     ]:  # fmt: skip
         monkeypatch.setattr(module, name, recording(cls))
     settings = Settings(kafka_bootstrap=NOWHERE, redis_url="redis://unused", kafka_config=SECURE)
 
-    stream.consumer.StateUpdater(settings, NOWHERE, redis_client)  # group consumer + DLQ producer
-    stream.producer.EventPublisher(settings, NOWHERE)
-    stream.replay._consumer(settings, NOWHERE)  # the trainer's replay
-    deploy.stack._admin(NOWHERE, settings.kafka_config)  # ensure_topics, wait_for_kafka
+    consumer.StateUpdater(settings, NOWHERE, redis_client)  # group consumer + DLQ producer
+    producer.EventPublisher(settings, NOWHERE)
+    replay._consumer(settings, NOWHERE)  # the trainer's replay
+    stack._admin(NOWHERE, settings.kafka_config)  # ensure_topics, wait_for_kafka
 
     assert [name for name, _ in built] == ["Consumer", "Producer", "Producer", "Consumer",
                                            "AdminClient"]  # fmt: skip

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from deploy.stack import RedisServer
 from ledrec.cli import _redis
+from ledrec.deploy.stack import RedisServer
 from ledrec.settings import Settings
-from stream.client import RecommenderClient, RecommendError
+from ledrec.stream.client import RecommenderClient, RecommendError
 from tests.faults.common import Events, assert_clean_pass, publish_stream, start_cli, wait_until
 from tests.helpers import committed_lag, publish_model, random_model, settings_env
 

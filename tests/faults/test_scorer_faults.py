@@ -22,8 +22,8 @@ import pytest
 import redis
 
 from ledrec.settings import Settings
-from stream.client import RecommenderClient, RecommendError, Timeout
-from stream.protocol import Request, encode_request
+from ledrec.stream.client import RecommenderClient, RecommendError, Timeout
+from ledrec.stream.protocol import Request, encode_request
 from tests.faults.common import start_cli, wait_until
 from tests.helpers import publish_model, random_model, settings_env
 

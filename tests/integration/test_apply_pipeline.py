@@ -7,9 +7,9 @@ import pytest
 import redis
 
 from ledrec.settings import Settings
-from stream import apply_pipeline
-from stream.apply_pipeline import ApplyPipeline
-from stream.state import TimelineEvent, UserStateStore, window_sum
+from ledrec.stream import apply_pipeline
+from ledrec.stream.apply_pipeline import ApplyPipeline
+from ledrec.stream.state import TimelineEvent, UserStateStore, window_sum
 from tests.helpers import clean_pass, random_model
 
 T_MAX = 7

@@ -11,9 +11,9 @@ import numpy as np
 import redis
 
 from ledrec.settings import Settings
-from stream.consumer import consumer_statuses
-from stream.producer import EventPublisher
-from stream.state import UserStateStore
+from ledrec.stream.consumer import consumer_statuses
+from ledrec.stream.producer import EventPublisher
+from ledrec.stream.state import UserStateStore
 from tests.helpers import clean_pass, committed_lag, publish_model, random_model, settings_env
 
 N_EVENTS = 30_000

@@ -13,11 +13,11 @@ import pytest
 import redis
 
 from ledrec.settings import Settings
-from stream.client import RecommenderClient, RecommendError
-from stream.producer import EventPublisher
-from stream.registry import Registry, RegistryError
-from stream.state import UserStateStore, window_sum
-from stream.swap import Swapper, SwapReport
+from ledrec.stream.client import RecommenderClient, RecommendError
+from ledrec.stream.producer import EventPublisher
+from ledrec.stream.registry import Registry, RegistryError
+from ledrec.stream.state import UserStateStore, window_sum
+from ledrec.stream.swap import Swapper, SwapReport
 from tests.helpers import (
     clean_pass,
     publish_model,

@@ -10,10 +10,10 @@ import numpy as np
 import redis
 
 from ledrec.settings import Settings
-from stream.intake import Intake, Taken
-from stream.protocol import Request, decode_reply, encode_request
-from stream.server import RecommendServer
-from stream.state import RawConnection, TimelineEvent, UserStateStore, state_fields
+from ledrec.stream.intake import Intake, Taken
+from ledrec.stream.protocol import Request, decode_reply, encode_request
+from ledrec.stream.server import RecommendServer
+from ledrec.stream.state import RawConnection, TimelineEvent, UserStateStore, state_fields
 from tests.helpers import publish_model, random_model
 
 

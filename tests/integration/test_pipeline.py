@@ -12,11 +12,11 @@ import redis
 from confluent_kafka import Consumer, Producer
 
 from ledrec.settings import Settings
-from stream.client import AsyncRecommenderClient, BadRequest, RecommenderClient, Timeout
-from stream.consumer import consumer_statuses
-from stream.producer import EventPublisher
-from stream.protocol import Request, encode_request
-from stream.state import UserStateStore
+from ledrec.stream.client import AsyncRecommenderClient, BadRequest, RecommenderClient, Timeout
+from ledrec.stream.consumer import consumer_statuses
+from ledrec.stream.producer import EventPublisher
+from ledrec.stream.protocol import Request, encode_request
+from ledrec.stream.state import UserStateStore
 from tests.helpers import clean_pass, publish_model, random_model, running_consumer, running_server
 
 

@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from ledrec.settings import Settings
-from stream.protocol import decode_reply
-from stream.server import RecommendServer
-from stream.state import RawConnection, TimelineEvent, UserStateStore, resp_command
+from ledrec.stream.protocol import decode_reply
+from ledrec.stream.server import RecommendServer
+from ledrec.stream.state import RawConnection, TimelineEvent, UserStateStore, resp_command
 from tests.helpers import publish_model, random_model
 from tests.integration.test_intake import _request
 

@@ -12,12 +12,12 @@ import numpy as np
 import redis
 
 from ledrec.settings import Settings
-from stream.artifact import Model
-from stream.client import RecommenderClient
-from stream.reencoder import read_progress
-from stream.registry import ModelCache, Registry
-from stream.state import TimelineEvent, UserStateStore, window_sum
-from stream.swap import Swapper
+from ledrec.stream.artifact import Model
+from ledrec.stream.client import RecommenderClient
+from ledrec.stream.reencoder import read_progress
+from ledrec.stream.registry import ModelCache, Registry
+from ledrec.stream.state import TimelineEvent, UserStateStore, window_sum
+from ledrec.stream.swap import Swapper
 from tests.helpers import publish_model, random_model, settings_env
 
 

@@ -9,14 +9,14 @@ import pytest
 import redis
 
 from ledrec.settings import Settings
-from stream.artifact import load_model
-from stream.producer import EventPublisher
-from stream.registry import Registry
-from stream.replay import replay_events
+from ledrec.stream.artifact import load_model
+from ledrec.stream.producer import EventPublisher
+from ledrec.stream.registry import Registry
+from ledrec.stream.replay import replay_events
+from ledrec.training.jobs import PretrainConfig, TrainConfig
+from ledrec.training.retrain import RetrainConfig, Retrainer, parse_duration
+from ledrec.training.synthetic import SyntheticConfig, iter_events
 from tests.helpers import settings_env
-from training.jobs import PretrainConfig, TrainConfig
-from training.retrain import RetrainConfig, Retrainer, parse_duration
-from training.synthetic import SyntheticConfig, iter_events
 
 SMALL = ["--svd-only", "--dim", "16", "--min-count", "2", "--n-heldout", "100"]
 

@@ -8,9 +8,9 @@ import time
 import redis
 
 from ledrec.settings import Settings
-from stream.client import RecommenderClient
-from stream.protocol import Request, decode_reply, encode_request
-from stream.server import RecommendServer
+from ledrec.stream.client import RecommenderClient
+from ledrec.stream.protocol import Request, decode_reply, encode_request
+from ledrec.stream.server import RecommendServer
 from tests.helpers import publish_model, random_model, running_server
 
 

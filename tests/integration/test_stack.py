@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, Producer
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from deploy.stack import (
+from ledrec.deploy.stack import (
     KafkaBroker,
     RedisServer,
     StackNotRunning,

@@ -4,7 +4,7 @@ import numpy as np
 import redis
 
 from ledrec.settings import Settings
-from stream.state import TimelineEvent, UserStateStore, window_sum
+from ledrec.stream.state import TimelineEvent, UserStateStore, window_sum
 from tests.helpers import clean_pass, random_model
 
 

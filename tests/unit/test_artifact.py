@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.artifact import ArtifactError, Model, list_versions, load_model, save_model
+from ledrec.stream.artifact import ArtifactError, Model, list_versions, load_model, save_model
 
 
 def _model(n: int = 20, d: int = 4) -> Model:

@@ -1,7 +1,13 @@
 import numpy as np
 import scipy.sparse as sp
 
-from training.baselines import ease_score_fn, ease_weights, gram, popularity_score_fn, tune_ease
+from ledrec.training.baselines import (
+    ease_score_fn,
+    ease_weights,
+    gram,
+    popularity_score_fn,
+    tune_ease,
+)
 
 
 def _clicks(seed: int = 0, shape: tuple[int, int] = (50, 12)) -> sp.csr_matrix:

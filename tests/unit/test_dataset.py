@@ -2,7 +2,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.dataset import from_events, load_csv, load_movielens
+from ledrec.training.dataset import from_events, load_csv, load_movielens
 
 
 def test_load_movielens_csv(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_parquet_and_csv_events_give_the_same_interactions(tmp_path: Path) -> No
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from training.dataset import load_events_file
+    from ledrec.training.dataset import load_events_file
 
     rows = [("u1", "a", "view"), ("u1", "b", "click"), ("u2", "a", "sale"), ("u2", "c", "like")]
     pq.write_table(

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.evaluate import evaluate_scores, led_score_fn, ndcg_at_k, recall_at_k
+from ledrec.training.evaluate import evaluate_scores, led_score_fn, ndcg_at_k, recall_at_k
 
 
 def test_recall_hand_example() -> None:

@@ -3,7 +3,7 @@ import math
 import msgpack
 import pytest
 
-from stream.events import EventCodec, EventError
+from ledrec.stream.events import EventCodec, EventError
 
 CODEC = EventCodec({"view": 1.0, "click": 1.0}, max_id_length=16, max_event_bytes=256)
 

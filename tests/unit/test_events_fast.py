@@ -8,7 +8,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.events import EventCodec, EventError, fast_event_fields
+from ledrec.stream.events import EventCodec, EventError, fast_event_fields
 
 _int64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)  # what msgpack can carry
 _ids = st.one_of(st.text(max_size=12), st.sampled_from(["", " u", "u ", "u1", "é"]), _int64)

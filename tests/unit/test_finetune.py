@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import training.finetune as finetune_module
-from training.dataset import binary_matrix
-from training.evaluate import evaluate_scores, led_score_fn
-from training.finetune import (
+import ledrec.training.finetune as finetune_module
+from ledrec.training.dataset import binary_matrix
+from ledrec.training.evaluate import evaluate_scores, led_score_fn
+from ledrec.training.finetune import (
     FinetuneConfig,
     _gradients,
     _initial_params,
@@ -17,9 +17,9 @@ from training.finetune import (
     _sample_batch,
     finetune,
 )
-from training.losses import make_loss
-from training.pretrain import pretrain_embeddings
-from training.split import Split, fold_in_split
+from ledrec.training.losses import make_loss
+from ledrec.training.pretrain import pretrain_embeddings
+from ledrec.training.split import Split, fold_in_split
 
 N_ITEMS, N_CLUSTERS = 40, 4
 

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from stream.index import HeadTailIndex, augmented, build_index, deserialize, serialize
+from ledrec.stream.index import HeadTailIndex, augmented, build_index, deserialize, serialize
 from tests.helpers import random_model
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from training.losses import BPR, Loss, Mult, MultCSS, NegativeSampling, make_loss
+from ledrec.training.losses import BPR, Loss, Mult, MultCSS, NegativeSampling, make_loss
 
 LOSSES = [BPR(), NegativeSampling(), MultCSS(n_items=50), Mult()]
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.pretrain import pmi_matrix, popularity_biases, pretrain_embeddings
+from ledrec.training.pretrain import pmi_matrix, popularity_biases, pretrain_embeddings
 
 # users × items A, B, C, D: U1 {A, B, D}, U2 {A, B, C}, U3 {A, C}
 VIEWS = sp.csr_matrix(np.array([[1, 1, 0, 1], [1, 1, 1, 0], [1, 0, 1, 0]], dtype=np.float32))

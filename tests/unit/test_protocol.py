@@ -3,7 +3,7 @@ import time
 import msgpack
 import pytest
 
-from stream.protocol import Limits, Request, RequestError, decode_request, encode_request
+from ledrec.stream.protocol import Limits, Request, RequestError, decode_request, encode_request
 
 LIMITS = Limits(max_request_bytes=4096, max_id_length=32, max_k=100, max_timeline=10)
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from stream.artifact import Model
-from stream.scorer import Query, Scorer
+from ledrec.stream.artifact import Model
+from ledrec.stream.scorer import Query, Scorer
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream.index import augmented
-from stream.scorer import SEEN_MARGIN, Query, Scorer
+from ledrec.stream.index import augmented
+from ledrec.stream.scorer import SEEN_MARGIN, Query, Scorer
 from tests.helpers import random_model
 
 

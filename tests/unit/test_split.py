@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.dataset import Interactions
-from training.split import strong_generalization_split
+from ledrec.training.dataset import Interactions
+from ledrec.training.split import strong_generalization_split
 
 
 def _data(n_users: int = 300, n_items: int = 80, seed: int = 1) -> Interactions:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from training.synthetic import (
+from ledrec.training.synthetic import (
     EVENT_TYPES,
     SyntheticConfig,
     generate,
