@@ -51,8 +51,8 @@ def _consume(
 ) -> None:  # child process
     import redis
 
+    from ledrec.stream._resp import RawConnection
     from ledrec.stream.consumer import StateUpdater
-    from ledrec.stream.state import RawConnection
 
     timings: dict[str, float] = {"first": 0.0, "last": 0.0, "apply_s": 0.0, "batches": 0}
     # where the main thread waits rather than works: in consume() for Kafka, and for Redis
@@ -85,7 +85,7 @@ def _consume(
     pin("kafka_threads")  # inherited by the threads librdkafka starts in the constructor
     updater = Timed(settings, settings.kafka_bootstrap, client)
     pin("consumer")
-    submit = updater.pipeline.submit
+    submit = updater.writer.submit
 
     def timed_apply(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
@@ -94,7 +94,7 @@ def _consume(
         finally:
             timings["apply_s"] += time.perf_counter() - t0
 
-    updater.pipeline.submit = timed_apply  # type: ignore[method-assign]
+    updater.writer.submit = timed_apply  # type: ignore[method-assign]
 
     class TimedKafka:
         def __init__(self, consumer: Any) -> None:

@@ -239,8 +239,8 @@ class _LeanLoad:
         import hiredis
 
         from ledrec.stream import protocol
+        from ledrec.stream._resp import resp_command
         from ledrec.stream.client import _request
-        from ledrec.stream.state import resp_command
 
         req = _request(self.settings.key_prefix, 10, timeout_s, user_id, None, True)
         sock = self.idle.pop() if self.idle else self._connect()
@@ -696,7 +696,7 @@ def _populate(settings: Any, events: Any, models: list[Any], n_users: int) -> li
     """Apply the world's events of the first ``n_users`` users to their Redis states."""
     import redis
 
-    from ledrec.stream.state import TimelineEvent, UserStateStore
+    from ledrec.stream.state import StateWriter, TimelineEvent, UserStateStore
     from ledrec.training.synthetic import EVENT_TYPES
 
     client = redis.Redis.from_url(settings.redis_url)
@@ -711,7 +711,7 @@ def _populate(settings: Any, events: Any, models: list[Any], n_users: int) -> li
             by_user.setdefault(f"u{users[off]}", []).append(
                 TimelineEvent(0, off, f"i{items[off]}", weights[off])
             )
-        store.apply(by_user, models)
+        StateWriter(store).apply(by_user, models)
     client.close()
     return sorted({f"u{u}" for u in users})
 

@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import redis
 
     from ledrec.deploy.stack import RedisServer
-    from ledrec.stream.state import ApplyStats, TimelineEvent, UserStateStore, execute_raw
+    from ledrec.stream._resp import execute_raw
+    from ledrec.stream.state import ApplyStats, StateWriter, TimelineEvent, UserStateStore
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=1_000_000)
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         client = redis.Redis.from_url(server.url)
         store = UserStateStore(client, "bench", 100, 86400)
         for batch in warm:  # full timelines, as in steady state
-            store.apply(batch, [model])
+            StateWriter(store).apply(batch, [model])
         captured = []
         for batch in measured:
             ids = list(batch)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for _ in range(args.reps):
             t0 = time.thread_time()
             for batch, ids, replies in captured:
-                states = store.parse_states(replies, versions, partitions)
+                states = parse_states(replies, versions, partitions)
                 store.prepare(batch, ids, states, [model], ApplyStats())
             runs.append((time.thread_time() - t0) / n * 1e6)
     result = {

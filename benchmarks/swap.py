@@ -33,7 +33,7 @@ from ledrec.stream.artifact import save_model  # noqa: E402
 from ledrec.stream.client import RecommenderClient  # noqa: E402
 from ledrec.stream.reencoder import read_progress  # noqa: E402
 from ledrec.stream.registry import Registry  # noqa: E402
-from ledrec.stream.state import TimelineEvent, UserStateStore  # noqa: E402
+from ledrec.stream.state import StateWriter, TimelineEvent, UserStateStore  # noqa: E402
 from tests.helpers import random_model, settings_env  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def run(n_users: int, n_items: int, dim: int, timeline: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         for start in range(0, n_users, 5000):
             items = rng.integers(n_items, size=(5000, timeline))
-            store.apply(
+            StateWriter(store).apply(
                 {
                     f"u{u}": [
                         TimelineEvent(0, o, f"i{items[u - start, o]}", 1.0) for o in range(timeline)

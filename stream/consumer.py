@@ -1,8 +1,8 @@
 """The state updater: a consumer-group process turning events into per-user state in Redis.
 
 Per batch: decode and validate every message (bad ones go to the dead-letter topic with
-the reason in headers), group the good ones by user and hand them to the apply pipeline
-(``stream/apply_pipeline.py``), which sends this batch's writes and settles the previous
+the reason in headers), group the good ones by user and hand them to the state writer
+(``ledrec.stream.state.StateWriter``), which sends this batch's writes and settles the previous
 batch's: Redis runs one batch's compare-and-set writes while the next is decoded. Kafka
 offsets are committed only up to a batch whose writes have all settled, and only after the
 dead letters are delivered. A crash anywhere before the commit means those batches are
@@ -29,12 +29,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prometheus_client import Counter, Histogram
 
 from ledrec.settings import Settings
-from ledrec.stream.apply_pipeline import ApplyPipeline, Settled
 from ledrec.stream.artifact import Model
 from ledrec.stream.events import EventCodec, EventError
 from ledrec.stream.kafka import client_config
 from ledrec.stream.registry import ModelCache, Registry
-from ledrec.stream.state import ApplyStats, TimelineEvent, UserStateStore
+from ledrec.stream.state import ApplyStats, Settled, StateWriter, TimelineEvent, UserStateStore
 
 T = TypeVar("T")
 
@@ -102,7 +101,7 @@ class StateUpdater:
         self.redis = redis_client
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.assigned: list[int] = []
-        self.pipeline = ApplyPipeline(self.store)
+        self.writer = StateWriter(self.store)
         self._uncommitted: dict[tuple[str, int], int] = {}  # last offsets of settled batches
         self._dead_unflushed = 0
         self._settled_batches = 0
@@ -163,7 +162,7 @@ class StateUpdater:
             by_user[user_id].append(TimelineEvent(partition, offset, item_id, weights[kind]))
         models = self._retrying(self._live_models)
         try:
-            settled = self.pipeline.submit(by_user, models)
+            settled = self.writer.submit(by_user, models)
         except (redis.ConnectionError, redis.TimeoutError) as e:
             settled = self._redo_unsettled(e)  # this batch included
         self._record(settled)
@@ -172,7 +171,7 @@ class StateUpdater:
         if settled.complete:
             self._commit(asynchronous=True)  # every batch before this one is in Redis
         self._uncommitted.update(last_offsets)
-        if settled.batches == 0 and not self.pipeline.unsettled:
+        if settled.batches == 0 and self.writer.idle:
             self._commit(asynchronous=True)  # nothing in flight: this batch needed no write
         self.totals.batches += 1
         BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -183,11 +182,11 @@ class StateUpdater:
 
     def flush(self) -> None:
         """Settle the write in flight, commit every offset, report (idle, rebalance, stop)."""
-        if not self.pipeline.unsettled and not self._uncommitted and not self._dead_unflushed:
+        if self.writer.idle and not self._uncommitted and not self._dead_unflushed:
             return
         models = self._retrying(self._live_models)
         try:
-            settled = self.pipeline.drain(models)
+            settled = self.writer.drain(models)
         except (redis.ConnectionError, redis.TimeoutError) as e:
             settled = self._redo_unsettled(e)
         self._record(settled)
@@ -198,9 +197,7 @@ class StateUpdater:
         """After a Redis failure mid-pipeline: apply, synchronously, whatever may be missing."""
         REDIS_RETRIES.inc()
         log.warning("redis unavailable; redoing unsettled writes", extra={"error": str(error)})
-        redo = self.pipeline.abandon()
-        stats = self._retrying(lambda: self.store.apply(redo, self._live_models()))
-        return Settled(stats, batches=1, complete=True)
+        return self._retrying(lambda: self.writer.recover(self._live_models()))
 
     def _record(self, settled: Settled) -> None:
         stats: ApplyStats = settled.stats

@@ -7,6 +7,7 @@ user_id, so one user's events stay ordered in one partition and have one writer.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Collection
 from typing import Any
@@ -14,8 +15,15 @@ from typing import Any
 import msgpack
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from ledrec.stream.state import has_control_character
 from ledrec.stream.wire import unpack_untrusted
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def has_control_character(text: str) -> bool:
+    """Whether ``text`` holds an ASCII control character: ids and version names may not, since
+    the stored timeline and version list join them with one (``ledrec.stream.state.ITEM_SEP``)."""
+    return _CONTROL.search(text) is not None
 
 
 class EventError(ValueError):

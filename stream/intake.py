@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from ledrec.stream.state import resp_command
+from ledrec.stream._resp import resp_command
 
 # KEYS[1] the request queue, KEYS[2] this scorer's taking list (where BLMOVE put the
 # request it waited for). ARGV: how many more to take from the queue, the request size

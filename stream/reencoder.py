@@ -7,7 +7,7 @@ users with SCAN (never blocking Redis), ``backfill_batch`` keys per round trip:
 1. pipelined ``HMGET seq, w:<version>``: users who already have the sum (written by a
    consumer, or by an earlier run) are left alone;
 2. pipelined ``HMGET ti, tw, seq, vs`` of the others, their window sum computed exactly as the
-   consumer would (``state.window_sum``);
+   consumer would (``encoder.window_sum``);
 3. pipelined compare-and-set writes (``UserStateStore.set_sums``): a user written since
    step 2 is read again and retried.
 
@@ -30,7 +30,8 @@ import numpy.typing as npt
 import redis
 
 from ledrec.stream.artifact import Model
-from ledrec.stream.state import UserState, UserStateStore, window_sum
+from ledrec.stream.encoder import window_sum
+from ledrec.stream.state import UserState, UserStateStore
 
 MAX_PASSES = 5  # past this, what remains is encoded from the timeline on demand
 MAX_ATTEMPTS = 10  # CAS retries of one user within a batch before leaving it to the next pass

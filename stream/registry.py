@@ -27,7 +27,7 @@ from typing import Any
 import redis
 
 from ledrec.stream.artifact import ArtifactError, Model, load_model
-from ledrec.stream.state import has_control_character
+from ledrec.stream.events import has_control_character
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ledrec.stream.artifact import INDEX_FILE, Model
+from ledrec.stream.encoder import user_vector, window_sum
 from ledrec.stream.index import build_index, deserialize, set_nprobe
-from ledrec.stream.state import window_sum
 
 SEEN_MARGIN = 16  # first search: k + at most this many, for seen items to drop
 
@@ -51,9 +51,7 @@ class Scorer:
         self, total: npt.NDArray[np.float64] | None, weight: float
     ) -> npt.NDArray[np.float32]:
         """``u = sum / weight``; zeros when the user has no known item."""
-        if total is None or weight <= 0:
-            return np.zeros(self.model.dim, dtype=np.float32)
-        return (total / weight).astype(np.float32)
+        return user_vector(total, weight, self.model.dim)
 
     def encode_timeline(self, timeline: Sequence[tuple[str, float]]) -> npt.NDArray[np.float32]:
         total, weight = window_sum(self.model, timeline)

@@ -32,12 +32,13 @@ from prometheus_client import Counter, Histogram
 
 from ledrec.settings import Settings
 from ledrec.stream import protocol
+from ledrec.stream._resp import HeldConnectionPool, RawConnection
 from ledrec.stream.artifact import ArtifactError
 from ledrec.stream.intake import Intake, Taken
 from ledrec.stream.protocol import Limits, Request, RequestError
 from ledrec.stream.registry import ModelCache, Registry
 from ledrec.stream.scorer import Query, Scorer
-from ledrec.stream.state import RawConnection, UserState, UserStateStore, state_fields
+from ledrec.stream.state import UserState, UserStateStore, parse_states, state_fields
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +53,6 @@ BATCH_SECONDS = Histogram(
     "Server-side time per batch (decode, read state, encode, search, pack replies)",
     buckets=(1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5),
 )
-
-
-class _HeldConnectionPool(redis.ConnectionPool):
-    """A pool of one connection for the serving loop's thread alone: no checkout checks.
-
-    redis-py's pool checks every checkout (a lock, a poll syscall for stale data, metrics):
-    ~45 µs of CPU per round trip in the serving loop, more than the round trip itself
-    (measured at one user per state read). Same connection settings (TLS, ACL user,
-    retries) as the client it copies; connects on first use and after a reset.
-    """
-
-    def __init__(self, like: redis.ConnectionPool) -> None:
-        super().__init__(connection_class=like.connection_class, **like.connection_kwargs)
-        self._held = self.make_connection()
-
-    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        self._held.connect()  # type: ignore[no-untyped-call]  # no-op when connected
-        return self._held
-
-    def release(self, connection: Any) -> None:
-        pass  # held, never shared
-
-    def disconnect(self, inuse_connections: bool = True) -> None:
-        self._held.disconnect()  # type: ignore[no-untyped-call]
 
 
 @dataclass
@@ -97,7 +74,7 @@ class RecommendServer:
         self.models = ModelCache(self.registry)
         # The serving thread's own connection: its state reads (through the store) and its
         # pops and replies (``_pipeline``); everything else uses ``client``'s pool.
-        self._serving = redis.Redis(connection_pool=_HeldConnectionPool(client.connection_pool))
+        self._serving = redis.Redis(connection_pool=HeldConnectionPool(client.connection_pool))
         self._round_trips = RawConnection(self._serving, settings.serve_spin_us / 1e6)
         self.store = UserStateStore(
             self._serving, settings.key_prefix, settings.timeline_max, settings.user_ttl_seconds
@@ -392,7 +369,7 @@ class RecommendServer:
         the take script could not judge; no scorer when it was taken)."""
         versions = [read_version] if read_version else []
         raw = [r for req, r in zip(requests, read, strict=True) if req.user_id is not None]
-        states = self.store.parse_states([r for r in raw if r is not None], versions)
+        states = parse_states([r for r in raw if r is not None], versions)
         if len(states) == len(raw):
             return states
         parsed = iter(states)

@@ -13,9 +13,9 @@ import redis
 from ledrec.settings import Settings
 from ledrec.stream.artifact import Model, save_model
 from ledrec.stream.consumer import StateUpdater
+from ledrec.stream.encoder import window_sum
 from ledrec.stream.registry import Registry
 from ledrec.stream.server import RecommendServer
-from ledrec.stream.state import window_sum
 
 
 def random_model(n_items: int = 200, dim: int = 8, seed: int = 0, version: str = "") -> Model:

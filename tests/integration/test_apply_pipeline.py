@@ -7,14 +7,13 @@ import pytest
 import redis
 
 from ledrec.settings import Settings
-from ledrec.stream import apply_pipeline
-from ledrec.stream.apply_pipeline import ApplyPipeline
-from ledrec.stream.state import TimelineEvent, UserStateStore, window_sum
+from ledrec.stream.encoder import window_sum
+from ledrec.stream.state import StateWriter, TimelineEvent, UserStateStore, writer
 from tests.helpers import clean_pass, random_model
 
 T_MAX = 7
 # users per early chunk: the default (a batch here is one chunk), and a few (many chunks)
-CHUNKS = pytest.mark.parametrize("chunk", [apply_pipeline.EARLY_CHUNK_USERS, 3])
+CHUNKS = pytest.mark.parametrize("chunk", [writer.EARLY_CHUNK_USERS, 3])
 
 
 def _batches(n_events: int, size: int, seed: int) -> list[dict[str, list[TimelineEvent]]]:
@@ -59,10 +58,10 @@ def _check(store: UserStateStore, batches: list[dict[str, list[TimelineEvent]]])
 def test_pipelined_batches_equal_a_clean_pass_despite_racing_writers(
     settings: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
-    monkeypatch.setattr(apply_pipeline, "EARLY_CHUNK_USERS", chunk)
+    monkeypatch.setattr(writer, "EARLY_CHUNK_USERS", chunk)
     v1, v2 = random_model(version="v1"), random_model(seed=5, version="v2")
     store = UserStateStore(redis_client, settings.key_prefix, T_MAX, ttl_seconds=3600)
-    pipeline = ApplyPipeline(store)
+    pipeline = StateWriter(store)
     batches = _batches(3000, 40, seed=1)
     applied = conflicts = 0
     for n, batch in enumerate(batches):
@@ -82,17 +81,17 @@ def test_pipelined_batches_equal_a_clean_pass_despite_racing_writers(
 
 
 @CHUNKS
-def test_after_abandoning_the_write_in_flight_a_redo_of_the_unsettled_is_exact(
+def test_recovering_mid_pipeline_redoes_exactly_what_may_be_missing(
     settings: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
-    monkeypatch.setattr(apply_pipeline, "EARLY_CHUNK_USERS", chunk)
+    monkeypatch.setattr(writer, "EARLY_CHUNK_USERS", chunk)
     v1 = random_model(version="v1")
     store = UserStateStore(redis_client, settings.key_prefix, T_MAX, ttl_seconds=3600)
-    pipeline = ApplyPipeline(store)
+    pipeline = StateWriter(store)
     batches = _batches(1500, 40, seed=2)
     for n, batch in enumerate(batches):
         pipeline.submit(batch, [v1])
         if n % 5 == 4:  # as if Redis had failed: the consumer redoes what may be missing
-            store.apply(pipeline.abandon(), [v1])
+            pipeline.recover([v1])
     pipeline.drain([v1])
     _check(store, batches)

@@ -14,9 +14,10 @@ import redis
 
 from ledrec.settings import Settings
 from ledrec.stream.client import RecommenderClient, RecommendError
+from ledrec.stream.encoder import window_sum
 from ledrec.stream.producer import EventPublisher
 from ledrec.stream.registry import Registry, RegistryError
-from ledrec.stream.state import UserStateStore, window_sum
+from ledrec.stream.state import UserStateStore
 from ledrec.stream.swap import Swapper, SwapReport
 from tests.helpers import (
     clean_pass,

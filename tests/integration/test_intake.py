@@ -10,10 +10,17 @@ import numpy as np
 import redis
 
 from ledrec.settings import Settings
+from ledrec.stream._resp import RawConnection
 from ledrec.stream.intake import Intake, Taken
 from ledrec.stream.protocol import Request, decode_reply, encode_request
 from ledrec.stream.server import RecommendServer
-from ledrec.stream.state import RawConnection, TimelineEvent, UserStateStore, state_fields
+from ledrec.stream.state import (
+    StateWriter,
+    TimelineEvent,
+    UserStateStore,
+    parse_states,
+    state_fields,
+)
 from tests.helpers import publish_model, random_model
 
 
@@ -58,7 +65,7 @@ def test_requests_are_taken_oldest_first_with_their_users_states(
 ) -> None:
     model = random_model(n_items=50, dim=4, version="v1")
     store = _store(settings, redis_client)
-    store.apply({"alice": [TimelineEvent(0, 1, model.item_ids[3], 1.0)]}, [model])
+    StateWriter(store).apply({"alice": [TimelineEvent(0, 1, model.item_ids[3], 1.0)]}, [model])
     payloads = [
         _request(settings, 0, "alice"),
         _request(settings, 1, "nobody"),
@@ -74,7 +81,7 @@ def test_requests_are_taken_oldest_first_with_their_users_states(
     assert [t.payload for t in taken] == payloads
     assert taken[0].state is not None and taken[1].state is not None
     assert all(t.state is None for t in taken[2:])
-    alice, nobody = store.parse_states([taken[0].state, taken[1].state], ["v1"])
+    alice, nobody = parse_states([taken[0].state, taken[1].state], ["v1"])
     assert nobody is None
     expected = store.read("alice", ["v1"])
     assert alice is not None and expected is not None
@@ -150,7 +157,7 @@ def test_a_state_not_taken_with_its_request_is_read_when_served(
     model = random_model(n_items=100, version="v1")
     publish_model(settings, redis_client, model)
     store = _store(settings, redis_client)
-    store.apply({"bob": [TimelineEvent(0, 1, model.item_ids[0], 1.0)]}, [model])
+    StateWriter(store).apply({"bob": [TimelineEvent(0, 1, model.item_ids[0], 1.0)]}, [model])
     server = RecommendServer(settings, redis_client)
     server.load_active()
     # taken while no version was served: no state with it

@@ -11,9 +11,10 @@ import pytest
 import redis
 
 from ledrec.settings import Settings
+from ledrec.stream._resp import RawConnection, resp_command
 from ledrec.stream.protocol import decode_reply
 from ledrec.stream.server import RecommendServer
-from ledrec.stream.state import RawConnection, TimelineEvent, UserStateStore, resp_command
+from ledrec.stream.state import StateWriter, TimelineEvent, UserStateStore
 from tests.helpers import publish_model, random_model
 from tests.integration.test_intake import _request
 
@@ -83,7 +84,8 @@ def test_a_polling_scorer_answers_like_a_sleeping_one(
 ) -> None:
     model = random_model(n_items=100, version="v1")
     publish_model(settings, redis_client, model)
-    UserStateStore(redis_client, settings.key_prefix, settings.timeline_max, 0).apply(
+    store = UserStateStore(redis_client, settings.key_prefix, settings.timeline_max, 0)
+    StateWriter(store).apply(
         {"bob": [TimelineEvent(0, 1, model.item_ids[0], 1.0)]}, [model]
     )
     replies = []

@@ -14,9 +14,10 @@ import redis
 from ledrec.settings import Settings
 from ledrec.stream.artifact import Model
 from ledrec.stream.client import RecommenderClient
+from ledrec.stream.encoder import window_sum
 from ledrec.stream.reencoder import read_progress
 from ledrec.stream.registry import ModelCache, Registry
-from ledrec.stream.state import TimelineEvent, UserStateStore, window_sum
+from ledrec.stream.state import StateWriter, TimelineEvent, UserStateStore
 from ledrec.stream.swap import Swapper
 from tests.helpers import publish_model, random_model, settings_env
 
@@ -28,7 +29,7 @@ def _populate(store: UserStateStore, models: list[Model], n_users: int, seed: in
             f"u{u}": [TimelineEvent(0, o, f"i{rng.integers(220)}", 1.0) for o in range(8)]
             for u in range(start, min(n_users, start + 2000))
         }
-        store.apply(batch, models)
+        StateWriter(store).apply(batch, models)
 
 
 def _assert_exact(store: UserStateStore, version: str, model_seed: int, n_users: int) -> None:
@@ -47,11 +48,13 @@ def test_a_writer_that_does_not_know_a_version_drops_its_sum(
 ) -> None:
     v1, v2 = random_model(version="v1"), random_model(seed=1, version="v2")
     store = UserStateStore(redis_client, settings.key_prefix, 5, 0)
-    store.apply({"u": [TimelineEvent(0, 0, "i1", 1.0)]}, [v1, v2])
-    store.apply({"u": [TimelineEvent(0, 1, "i2", 1.0)]}, [v1])  # read the live set before v2
+    StateWriter(store).apply({"u": [TimelineEvent(0, 0, "i1", 1.0)]}, [v1, v2])
+    StateWriter(store).apply(
+        {"u": [TimelineEvent(0, 1, "i2", 1.0)]}, [v1]
+    )  # read the live set before v2
     state = store.read("u", ["v1", "v2"])
     assert state is not None and "v2" not in state.sums  # missing, never stale
-    store.apply({"u": [TimelineEvent(0, 2, "i3", 1.0)]}, [v1, v2])
+    StateWriter(store).apply({"u": [TimelineEvent(0, 2, "i3", 1.0)]}, [v1, v2])
     state = store.read("u", ["v2"])
     assert state is not None
     np.testing.assert_allclose(state.sums["v2"], window_sum(v2, state.timeline)[0])
@@ -99,7 +102,7 @@ def test_backfill_killed_midway_resumes_and_races_writers_without_double_adding(
             offset += 1
             models = [v1] if stale else cache.live_models()
             batch = {u: [TimelineEvent(1, offset, f"i{rng.integers(220)}", 1.0)] for u in users}
-            store.apply(batch, models)
+            StateWriter(store).apply(batch, models)
             time.sleep(0.002)
 
     writers = [threading.Thread(target=write, args=(s,), daemon=True) for s in (False, True)]

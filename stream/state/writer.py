@@ -1,9 +1,14 @@
-"""Pipelined state updates: one batch's writes run in Redis while the next batch is prepared.
+"""The one way user states are written: ``StateWriter`` applies batches of events, exactly once.
 
-``UserStateStore.apply`` does read → compute → write → wait for each batch; the consumer sat
-idle for the whole write (Redis running ~2,000 compare-and-set scripts). Here the writes of
-batch N are sent without waiting; while Redis runs them the consumer decodes batch N+1,
-reads its users' states and only then collects N's replies:
+Per user: read the state, drop events at or below the stored offsets, compute the new
+timeline and window sums, write them with a compare-and-set on ``seq``
+(``schema.APPLY_SCRIPT``). A zombie consumer, a redelivery after a crash or the re-encoder
+racing the consumer therefore can never apply an event twice or lose one: the loser of a
+race re-reads and recomputes.
+
+``apply`` does that synchronously. ``submit`` pipelines it: the writes of batch N are sent
+without waiting; while Redis runs them the consumer decodes batch N+1, reads its users'
+states and only then collects N's replies:
 
 * a user of N+1 who was also written in N is planned on the state N's write will leave
   (its *projection*), not on a read that could overtake that write;
@@ -15,8 +20,8 @@ reads its users' states and only then collects N's replies:
 A batch counts as applied once its writes are settled with no user carried over; the
 consumer commits Kafka offsets only then. ``unsettled`` (the events of the write in flight)
 plus the batch being submitted is always a superset of the events not yet known to be in
-Redis: after a Redis failure ``abandon`` returns it, and the consumer redoes it with
-``UserStateStore.apply`` (the per-user offsets skip whatever had landed).
+Redis: after a Redis failure ``recover`` redoes them synchronously (the per-user offsets
+skip whatever had landed), and keeps them until that succeeds.
 """
 
 from __future__ import annotations
@@ -24,19 +29,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from ledrec.stream._resp import RawConnection, execute_raw
 from ledrec.stream.artifact import Model
-from ledrec.stream.state import (
+from ledrec.stream.state._plan import PreparedWrites, combine, prepare, projection, settle
+from ledrec.stream.state.schema import (
     ApplyStats,
-    PreparedWrites,
-    RawConnection,
     TimelineEvent,
     UserState,
-    UserStateStore,
-    pack_versions,
+    parse_states,
     partitions_of,
 )
+from ledrec.stream.state.store import UserStateStore
 
 
 @dataclass
@@ -53,15 +56,17 @@ class Settled:
 EARLY_CHUNK_USERS = 500
 
 
-class ApplyPipeline:
-    """Applies batches of events to user state with one batch's writes in flight."""
+class StateWriter:
+    """Applies batches of events to user state, exactly once, with one batch's writes in
+    flight (``submit``) or synchronously (``apply``)."""
 
     def __init__(self, store: UserStateStore) -> None:
         self.store = store
+        self._missing: dict[str, list[TimelineEvent]] = {}  # to redo after a Redis failure
         self._writes = RawConnection(store.client)  # the write in flight, in order
         self._reads = RawConnection(store.client)
         self._inflight: PreparedWrites | None = None
-        # users of the write in flight -> their plan's index in it (see ``_projection``)
+        # users of the write in flight -> their plan's index in it (see ``_plan.projection``)
         self._projected: dict[str, int] = {}
         self._projected_partitions: set[int] = set()  # whose offsets the projections hold
         self.unsettled: dict[str, list[TimelineEvent]] = {}
@@ -73,7 +78,7 @@ class ApplyPipeline:
         Users not in the write in flight are read and planned first, while Redis is still
         running that write; only the users in it wait for its replies.
         """
-        self._incoming = batch  # until sent: ``abandon`` adds it to what may be missing
+        self._incoming = batch  # until sent: ``recover`` adds it to what may be missing
         versions = [m.version for m in models]
         partitions = partitions_of(batch)
         in_flight = self._projected  # users of the write in flight -> their plan in it
@@ -82,16 +87,16 @@ class ApplyPipeline:
         parts: list[PreparedWrites] = []
         if fresh:
             self._reads.send(self.store.read_commands(fresh, versions, partitions))
-            states = self.store.parse_states(self._reads.receive(), versions, partitions)
+            states = parse_states(self._reads.receive(), versions, partitions)
             # Sent chunk by chunk as planned, behind the write in flight: Redis runs each
             # chunk while the next is planned, instead of idling until the whole batch is,
             # and the next batch's reads then wait behind less (measured: the consumer
             # waited ~11% of the time for reads queued behind a whole batch of writes).
             for lo in range(0, len(fresh), EARLY_CHUNK_USERS):
                 users = fresh[lo : lo + EARLY_CHUNK_USERS]
-                part = self.store.prepare(
-                    {u: batch[u] for u in users}, users, states[lo : lo + len(users)],
-                    models, stats,
+                part = prepare(
+                    self.store, {u: batch[u] for u in users}, users,
+                    states[lo : lo + len(users)], models, stats,
                 )  # fmt: skip
                 if part.commands:
                     self._writes.send(part.commands)
@@ -117,12 +122,12 @@ class ApplyPipeline:
                     rest_states.append(by_user[user])
                 else:
                     assert settled.writes is not None
-                    rest_states.append(_projection(settled.writes, in_flight[user]))
-            late = self.store.prepare(rest, users, rest_states, models, stats)
+                    rest_states.append(projection(settled.writes, in_flight[user]))
+            late = prepare(self.store, rest, users, rest_states, models, stats)
             if late.commands:
                 self._writes.send(late.commands)
             parts.append(late)
-        writes = _combine(parts, versions)
+        writes = combine(parts, versions)
         settled.stats.skipped_events += stats.skipped_events
         self._projected = {plan.user_id: j for j, plan in enumerate(writes.plans)}
         self._projected_partitions = set(partitions)
@@ -139,7 +144,7 @@ class ApplyPipeline:
         settled, carried = self._settle()
         self._projected = {}
         if carried:
-            redo = self.store.apply(carried, models)
+            redo = self.apply(carried, models)
             settled.stats.applied_events += redo.applied_events
             settled.stats.skipped_events += redo.skipped_events
             settled.stats.conflicts += redo.conflicts
@@ -147,15 +152,50 @@ class ApplyPipeline:
         self.unsettled = {}
         return settled
 
-    def abandon(self) -> dict[str, list[TimelineEvent]]:
-        """Forget the write in flight (Redis failed); returns every event maybe not applied."""
+    def apply(
+        self, events_by_user: dict[str, list[TimelineEvent]], models: Sequence[Model]
+    ) -> ApplyStats:
+        """Apply each user's new events (in offset order) to their state, synchronously.
+
+        One round trip reads every user of the batch, the window sums of all of them are
+        computed at once per model, one round trip writes them with the per-user
+        compare-and-set script; users who lost a race are re-read and redone. Returns when
+        every user's write has succeeded: only then may Kafka offsets be committed. Not to
+        be mixed with a ``submit`` in flight (``drain`` or ``recover`` first).
+        """
+        stats = ApplyStats(users=len(events_by_user))
+        versions = [m.version for m in models]
+        pending = events_by_user
+        while pending:
+            users = list(pending)
+            partitions = partitions_of(pending)
+            states = self.store.read_many(users, versions, partitions)
+            writes = prepare(self.store, pending, users, states, models, stats)
+            if writes.commands:
+                settle(self.store, writes, execute_raw(self.store.client, writes.commands), stats)
+            pending = writes.retry
+        return stats
+
+    def recover(self, models: Sequence[Model]) -> Settled:
+        """After a Redis failure: forget the write in flight and apply, synchronously, every
+        event that may be missing (the batch being submitted included).
+
+        If this fails too, the events are kept for the next ``recover``.
+        """
         self._writes.close()
         self._reads.close()
         self._inflight = None
         self._projected = {}
-        missing = _merge(self.unsettled, self._incoming)
+        self._missing = _merge(self._missing, _merge(self.unsettled, self._incoming))
         self.unsettled, self._incoming = {}, {}
-        return missing
+        stats = self.apply(self._missing, models)
+        self._missing = {}
+        return Settled(stats, batches=1, complete=True)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight and nothing to recover."""
+        return not self.unsettled and not self._missing
 
     def _settle(self) -> tuple[Settled, dict[str, list[TimelineEvent]]]:
         settled = Settled()
@@ -163,37 +203,11 @@ class ApplyPipeline:
         if writes is None:
             return settled, {}
         # only its replies: the next batch's first chunks may be queued behind them
-        self.store.settle(writes, self._writes.receive(len(writes.commands)), settled.stats)
+        settle(self.store, writes, self._writes.receive(len(writes.commands)), settled.stats)
         settled.batches = 1
         settled.complete = not writes.retry
         settled.writes = writes
         return settled, writes.retry
-
-
-def _combine(parts: list[PreparedWrites], versions: list[str]) -> PreparedWrites:
-    """One batch of writes from its parts, plans and sums in the same order (the order
-    their commands were sent in)."""
-    if len(parts) == 1:
-        return parts[0]
-    if not parts:
-        return PreparedWrites({}, [], [], versions, [])
-    sums = [
-        (
-            np.concatenate([p.sums[m][0] for p in parts]),
-            np.concatenate([p.sums[m][1] for p in parts]),
-        )
-        for m in range(len(versions))
-    ]
-    events_by_user: dict[str, list[TimelineEvent]] = {}
-    for p in parts:
-        events_by_user.update(p.events_by_user)
-    return PreparedWrites(
-        events_by_user,
-        [plan for p in parts for plan in p.plans],
-        [command for p in parts for command in p.commands],
-        versions,
-        sums,
-    )
 
 
 def _merge(
@@ -207,23 +221,3 @@ def _merge(
         before = out.get(user)
         out[user] = events if before is None else before + events
     return out
-
-
-def _projection(writes: PreparedWrites, j: int) -> UserState:
-    """The state that plan ``j`` of ``writes`` left behind (its compare-and-set succeeded)."""
-    plan = writes.plans[j]
-    old = plan.state
-    offsets = dict(old.offsets) if old is not None else {}
-    for e in plan.events:
-        offsets[e.partition] = e.offset
-    state = UserState(
-        plan.items,
-        plan.weights,
-        (old.seq if old else 0) + 1,
-        pack_versions(writes.versions),
-        offsets,
-    )
-    for v, (totals, weights) in zip(writes.versions, writes.sums, strict=True):
-        state.sums[v] = totals[j]
-        state.weights[v] = float(weights[j])
-    return state
