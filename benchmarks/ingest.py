@@ -51,50 +51,46 @@ def _consume(
 ) -> None:  # child process
     import redis
 
-    from ledrec.stream._resp import RawConnection
-    from ledrec.stream.consumer import StateUpdater
+    from ledrec.stream.consumer import BatchDone, StateUpdater
+    from ledrec.stream.state import WriteTiming
 
     timings: dict[str, float] = {"first": 0.0, "last": 0.0, "apply_s": 0.0, "batches": 0}
     # where the main thread waits rather than works: in consume() for Kafka, and for Redis
-    # replies (wall minus thread CPU of RawConnection.receive)
+    # replies (the state writer's observed wait: wall minus thread CPU of its reads)
     timings.update(kafka_wait_s=0.0, redis_wait_s=0.0)
     timings.update(cpu_s=0.0, main_cpu_s=0.0)
     timings["startup_s"] = 0.0
+    updater: StateUpdater | None = None
 
-    class Timed(StateUpdater):
-        def process(self, messages: list[Any]) -> None:
-            if not timings["first"]:
-                timings["first"] = time.perf_counter()
-                timings["cpu_first"] = time.process_time()
-                timings["main_cpu_first"] = time.thread_time()
-            super().process(messages)
-            timings["batches"] += 1
+    def on_batch(done: BatchDone) -> None:
+        # A batch's events count once its writes have settled (the next batch's submit,
+        # or the idle flush for the last one): that is when the rate's clock stops.
+        if not timings["first"]:
+            timings["first"] = done.started
+            timings["cpu_first"] = time.process_time()
+            timings["main_cpu_first"] = time.thread_time()
+        timings["batches"] += 1
+        t = done.totals
+        finished = t.applied + t.dead_lettered + t.skipped + done.dead_letters_pending
+        if finished >= n_events and not timings["last"]:
+            timings["last"] = time.perf_counter()
+            timings["cpu_s"] = time.process_time() - timings["cpu_first"]
+            timings["main_cpu_s"] = time.thread_time() - timings["main_cpu_first"]
+            assert updater is not None
+            updater.stop_event.set()
 
-        def _record(self, settled: Any) -> None:
-            # A batch's events count once its writes have settled (the next batch's submit,
-            # or the idle flush for the last one): that is when the rate's clock stops.
-            super()._record(settled)
-            done = self.totals.applied + self.totals.dead_lettered + self.totals.skipped
-            if done + self._dead_unflushed >= n_events and not timings["last"]:
-                timings["last"] = time.perf_counter()
-                timings["cpu_s"] = time.process_time() - timings["cpu_first"]
-                timings["main_cpu_s"] = time.thread_time() - timings["main_cpu_first"]
-                self.stop_event.set()
+    def on_write(timing: WriteTiming) -> None:
+        if timing.call == "submit":
+            timings["apply_s"] += timing.wall_s
+        if timings["first"] and not timings["last"]:
+            timings["redis_wait_s"] += timing.wait_s
 
     client = redis.Redis.from_url(settings.redis_url)
     pin("kafka_threads")  # inherited by the threads librdkafka starts in the constructor
-    updater = Timed(settings, settings.kafka_bootstrap, client)
+    updater = StateUpdater(
+        settings, settings.kafka_bootstrap, client, observe=on_batch, observe_writes=on_write
+    )
     pin("consumer")
-    submit = updater.writer.submit
-
-    def timed_apply(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return submit(*args, **kwargs)
-        finally:
-            timings["apply_s"] += time.perf_counter() - t0
-
-    updater.writer.submit = timed_apply  # type: ignore[method-assign]
 
     class TimedKafka:
         def __init__(self, consumer: Any) -> None:
@@ -112,17 +108,6 @@ def _consume(
             return getattr(self._consumer, name)
 
     updater.consumer = TimedKafka(updater.consumer)  # type: ignore[assignment]
-    receive = RawConnection.receive
-
-    def timed_receive(self: Any, count: int | None = None) -> Any:
-        t0, c0 = time.perf_counter(), time.thread_time()
-        try:
-            return receive(self, count)
-        finally:
-            if timings["first"] and not timings["last"]:
-                timings["redis_wait_s"] += time.perf_counter() - t0 - time.thread_time() + c0
-
-    RawConnection.receive = timed_receive  # type: ignore[method-assign]
     t0 = time.perf_counter()
     for model in updater.models.live_models():  # startup, not ingest: load + id index once
         _ = model.row_of

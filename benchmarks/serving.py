@@ -100,71 +100,20 @@ def _serve(
 
     import redis
 
-    from ledrec.stream.scorer import Scorer
-    from ledrec.stream.server import RecommendServer
+    from ledrec.stream.server import BatchTiming, RecommendServer
 
-    # per batch: n, answer, read, search, score (wall seconds), answer (thread CPU seconds)
-    # per batch: n, answer, read, search, score (wall seconds); the whole serve_once and its
-    # reply + pop round trip (thread CPU seconds: that round trip's wall includes waiting
-    # for the next request)
+    # per batch: n, answer, read, search, score (wall seconds); the whole batch and its
+    # reply + take round trip (thread CPU seconds, polling for the next request left out:
+    # that is waiting, not work), and when
     batches: list[tuple[int, float, float, float, float, float, float, float]] = []
-    cur = {"read": 0.0, "search": 0.0, "score": 0.0, "n": 0, "answer": 0.0, "reply_cpu": 0.0,
-           "polled": 0.0}  # fmt: skip
 
-    def timed(cls: Any, name: str, slot: str) -> None:
-        original = getattr(cls, name)
+    def observe(t: BatchTiming) -> None:
+        batches.append(
+            (t.requests, t.answer_s, t.read_s, t.search_s, t.score_s, t.cpu_s, t.reply_cpu_s,
+             t.at)
+        )  # fmt: skip
 
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                cur[slot] += time.perf_counter() - t0
-
-        setattr(cls, name, wrapper)
-
-    timed(RecommendServer, "_states", "read")
-    # time spent polling for the next request (serve_spin_us) is waiting, not work: the
-    # CPU figures below leave it out
-    import ledrec.stream.state
-
-    timed(ledrec.stream.state, "_poll", "polled")
-    timed(Scorer, "top_k", "search")
-    timed(RecommendServer, "_score", "score")
-    answer = RecommendServer._answer
-    reply_and_take = RecommendServer._reply_and_take
-    serve_once = RecommendServer.serve_once
-
-    def timed_answer(self: Any, taken: list[Any], read_version: str | None) -> Any:
-        t0 = time.perf_counter()
-        replies = answer(self, taken, read_version)
-        cur.update(n=len(taken), answer=time.perf_counter() - t0)
-        return replies
-
-    def timed_reply_and_take(self: Any, replies: list[bytes], block_s: float) -> Any:
-        c0, polled = time.thread_time(), cur["polled"]
-        try:
-            return reply_and_take(self, replies, block_s)
-        finally:
-            if cur["n"]:  # the round trip that replies to the batch just answered
-                cur["reply_cpu"] += time.thread_time() - c0 - (cur["polled"] - polled)
-
-    def timed_serve_once(self: Any, block_s: float = 0.5) -> int:
-        cur.update(read=0.0, search=0.0, score=0.0, n=0, answer=0.0, reply_cpu=0.0, polled=0.0)
-        c0 = time.thread_time()
-        n = serve_once(self, block_s)
-        if cur["n"]:
-            cpu = time.thread_time() - c0 - cur["polled"]
-            batches.append(
-                (n, cur["answer"], cur["read"], cur["search"], cur["score"], cpu, cur["reply_cpu"],
-                 time.time())
-            )  # fmt: skip
-        return n
-
-    RecommendServer._answer = timed_answer  # type: ignore[method-assign]
-    RecommendServer._reply_and_take = timed_reply_and_take  # type: ignore[method-assign]
-    RecommendServer.serve_once = timed_serve_once  # type: ignore[method-assign]
-    server = RecommendServer(settings, redis.Redis.from_url(settings.redis_url))
+    server = RecommendServer(settings, redis.Redis.from_url(settings.redis_url), observe=observe)
 
     def relay() -> None:
         stop.wait()
@@ -184,11 +133,16 @@ def _serve(
     out.put(batches)
 
 
+def _pack(*args: bytes) -> bytes:
+    """One command in RESP."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+
 class _LeanLoad:
     """A load generator speaking the RPC's wire protocol on raw sockets, one thread, no
     asyncio: per request, the bounded-push script and the BLOCKing pop of the reply go out
     in one write (one round trip), replies are parsed by hiredis and decoded by the
-    library's own ``_result``. Same request/reply bytes as ``stream.client``, at a
+    library's own ``read_reply``. Same request/reply bytes as ``stream.client``, at a
     fraction of its CPU, so the load generator does not starve the scorer on 2 cores.
 
     Open loop: request ``n`` of this process is due at ``start + (n + offset) / rate``
@@ -239,22 +193,18 @@ class _LeanLoad:
         import hiredis
 
         from ledrec.stream import protocol
-        from ledrec.stream._resp import resp_command
-        from ledrec.stream.client import _request
 
-        req = _request(self.settings.key_prefix, 10, timeout_s, user_id, None, True)
+        req = protocol.new_request(self.settings.key_prefix, 10, timeout_s, user_id, None, True)
         sock = self.idle.pop() if self.idle else self._connect()
         sock.sendall(
-            resp_command(
-                b"EVALSHA", self.sha, b"1", self.queue, protocol.encode_request(req), b"1000000"
-            )
-            + resp_command(b"BLPOP", req.reply_to.encode(), b"%d" % max(1, round(timeout_s)))
+            _pack(b"EVALSHA", self.sha, b"1", self.queue, protocol.encode_request(req), b"1000000")
+            + _pack(b"BLPOP", req.reply_to.encode(), b"%d" % max(1, round(timeout_s)))
         )
         self.busy[sock.fileno()] = (sock, hiredis.Reader(), [], due)
 
     def poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` for replies; record every request they complete."""
-        from ledrec.stream.client import Overloaded, RecommendError, _result
+        from ledrec.stream.client import Overloaded, RecommendError, Timeout, read_reply
 
         if not self.busy:
             time.sleep(timeout)
@@ -278,7 +228,9 @@ class _LeanLoad:
             try:
                 if pushed == -1:
                     raise Overloaded("request queue is full")
-                _result(raw, 2.0)
+                if raw is None:
+                    raise Timeout("no reply within 2s")
+                read_reply(raw[1])
             except RecommendError as e:
                 error = type(e).__name__
             if due < self.measure_from:
@@ -341,10 +293,10 @@ def _lean_load(settings: Any, users: list[str], spec: LoadSpec) -> dict[str, Any
     warmup, seconds = spec.warmup, spec.seconds
     import redis
 
-    from ledrec.stream.client import _BOUNDED_PUSH
+    from ledrec.stream.protocol import ENQUEUE_SCRIPT
 
     _fine_timer_slack()
-    sha = redis.Redis.from_url(settings.redis_url).script_load(_BOUNDED_PUSH).encode()
+    sha = redis.Redis.from_url(settings.redis_url).script_load(ENQUEUE_SCRIPT).encode()
     load = _LeanLoad(settings, sha)
     load.measure_from, load.end = start_at + warmup, start_at + warmup + seconds
     load.open(concurrency if mode == "closed" else 64)  # connects are not requests

@@ -24,17 +24,28 @@ from typing import Any
 import numpy as np
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ledrec.deploy.stack import RedisServer
+from ledrec.settings import Settings
+from ledrec.stream.artifact import (
+    Model,
+    save_model,
+)
+from ledrec.stream.client import RecommenderClient
+from ledrec.stream.reencoder import read_progress
+from ledrec.stream.registry import Registry
+from ledrec.stream.state import StateWriter, TimelineEvent, UserStateStore
 
-from ledrec.deploy.stack import RedisServer  # noqa: E402
-from ledrec.settings import Settings  # noqa: E402
-from ledrec.stream.artifact import save_model  # noqa: E402
-from ledrec.stream.client import RecommenderClient  # noqa: E402
-from ledrec.stream.reencoder import read_progress  # noqa: E402
-from ledrec.stream.registry import Registry  # noqa: E402
-from ledrec.stream.state import StateWriter, TimelineEvent, UserStateStore  # noqa: E402
-from tests.helpers import random_model, settings_env  # noqa: E402
+
+def random_model(n_items: int, dim: int, seed: int, version: str) -> Model:
+    """A model of random embeddings (what a swap costs does not depend on their values)."""
+    rng = np.random.default_rng(seed)
+    return Model(
+        item_ids=np.array([f"i{i}" for i in range(n_items)]),
+        embeddings=rng.normal(size=(n_items, dim)).astype(np.float32),
+        biases=rng.normal(size=n_items).astype(np.float32),
+        version=version,
+        provenance={"source": "benchmarks/swap.py"},
+    )
 
 
 def _stats(samples_s: list[float], floor: dict[str, float] | None = None) -> dict[str, float]:
@@ -105,7 +116,7 @@ def run(n_users: int, n_items: int, dim: int, timeline: int) -> dict[str, Any]:
             floor_s.append(time.perf_counter() - t)
         floor = _stats(floor_s)
 
-        env = settings_env(settings)
+        env = settings.environment()
         scorer = subprocess.Popen([sys.executable, "-m", "ledrec.cli", "serve"], env=env,
                                   stderr=subprocess.DEVNULL)  # fmt: skip
         try:
@@ -167,7 +178,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--timeline", type=int, default=20)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "swap.json"))
+    parser.add_argument(
+        "--out", default=str(Path(__file__).resolve().parent / "results" / "swap.json")
+    )
     args = parser.parse_args()
     result = run(args.users, args.items, args.dim, args.timeline)
     Path(args.out).write_text(json.dumps(result, indent=2))

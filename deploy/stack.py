@@ -21,21 +21,30 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 from urllib.parse import quote
 
 import redis
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-if TYPE_CHECKING:
-    from ledrec.settings import Settings
+from ledrec.connect import (
+    HOST,
+    StackInfo,
+    ensure_topics,
+    kafka_answers,
+    pid_alive,
+    read_record,
+    record_path,
+    redis_markers,
+    resolve_addresses,
+    stack_status,
+    wait_for_kafka,
+)
+from ledrec.errors import ConnectError, StackNotRunning
 
 __all__ = [
     "KafkaBroker",
@@ -55,19 +64,13 @@ __all__ = [
     "wait_for_kafka",
 ]
 
-HOST = "127.0.0.1"
 # redis-py retries a failed connection (and a rejected password) with backoff for seconds.
 _NO_RETRY = Retry(NoBackoff(), 0)
-STACK_RECORD = "stack.json"
 STACK_DIR = "stack"
 
 
-class StackError(RuntimeError):
+class StackError(ConnectError):
     """A local server could not be found, started or stopped."""
-
-
-class StackNotRunning(StackError):
-    """No server addresses are configured and no live local stack is recorded."""
 
 
 # --------------------------------------------------------------------------- binaries
@@ -425,7 +428,7 @@ class KafkaBroker(_ServerProcess):
         ]  # fmt: skip
 
     def _probe(self) -> bool:
-        return _port_open(self.port) and _kafka_answers(self.bootstrap, None, timeout=2.0)
+        return _port_open(self.port) and kafka_answers(self.bootstrap, None, timeout=2.0)
 
     @property
     def bootstrap(self) -> str:
@@ -487,161 +490,7 @@ class S3Server(_ServerProcess):
 # --------------------------------------------------------------------------- Kafka helpers
 
 
-def _admin(bootstrap: str, kafka_config: Mapping[str, str] | None) -> AdminClient:
-    return AdminClient({**(kafka_config or {}), "bootstrap.servers": bootstrap})
-
-
-def _kafka_answers(bootstrap: str, kafka_config: Mapping[str, str] | None, timeout: float) -> bool:
-    try:
-        _admin(bootstrap, kafka_config).list_topics(timeout=timeout)
-    except KafkaException:
-        return False
-    return True
-
-
-def wait_for_kafka(
-    bootstrap: str, timeout: float = 30.0, kafka_config: Mapping[str, str] | None = None
-) -> None:
-    """Block until an AdminClient can list the topics of ``bootstrap``."""
-    deadline = time.monotonic() + timeout
-    while not _kafka_answers(bootstrap, kafka_config, timeout=2.0):
-        if time.monotonic() > deadline:
-            raise StackError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s")
-        time.sleep(0.1)
-
-
-def ensure_topics(
-    bootstrap: str,
-    topics: dict[str, int],
-    kafka_config: dict[str, str] | None = None,
-    *,
-    replication_factor: int = 1,
-    timeout: float = 30.0,
-) -> None:
-    """Create ``topics`` (name -> partitions) and wait until they exist; existing ones are kept.
-
-    An existing topic is not altered (its partition count may differ from the one asked).
-    """
-    if not topics:
-        return
-    admin = _admin(bootstrap, kafka_config)
-    futures = admin.create_topics(
-        [NewTopic(name, num_partitions=n, replication_factor=replication_factor)
-         for name, n in topics.items()],
-        operation_timeout=timeout,
-        request_timeout=timeout,
-    )  # fmt: skip
-    for name, future in futures.items():
-        try:
-            future.result(timeout=timeout)
-        except TimeoutError:  # concurrent.futures' (the builtin since 3.11)
-            raise StackError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s") from None
-        except KafkaException as exc:
-            error = exc.args[0]
-            exists = (
-                isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS
-            )
-            if not exists:
-                raise StackError(f"cannot create topic {name!r} on {bootstrap}: {exc}") from exc
-    # Creation acknowledged; wait until the metadata shows every partition (led).
-    deadline = time.monotonic() + timeout
-    while True:
-        meta = admin.list_topics(timeout=timeout)
-        missing = [
-            name
-            for name in topics
-            if name not in meta.topics
-            or meta.topics[name].error is not None
-            or not meta.topics[name].partitions
-            or any(p.leader < 0 for p in meta.topics[name].partitions.values())
-        ]
-        if not missing:
-            return
-        if time.monotonic() > deadline:
-            raise StackError(f"topics {missing} not visible on {bootstrap} after {timeout:.0f}s")
-        time.sleep(0.1)
-
-
 # --------------------------------------------------------------------------- user-facing stack
-
-
-@dataclass(frozen=True)
-class StackInfo:
-    """A local stack as recorded in ``<home>/stack.json``, with the liveness of each pid."""
-
-    redis_url: str
-    kafka_bootstrap: str
-    redis_pid: int
-    kafka_pid: int
-    started_at: str  # ISO 8601, UTC
-    redis_alive: bool = True
-    kafka_alive: bool = True
-
-    @property
-    def alive(self) -> bool:
-        """Both servers are running."""
-        return self.redis_alive and self.kafka_alive
-
-    def record(self) -> dict[str, Any]:
-        """The fields written to ``stack.json`` (no liveness)."""
-        data = asdict(self)
-        del data["redis_alive"], data["kafka_alive"]
-        return data
-
-
-def _record_path(home: Path) -> Path:
-    return Path(home) / STACK_RECORD
-
-
-def _pid_alive(pid: int, markers: tuple[str, ...] = ()) -> bool:
-    """Whether ``pid`` runs (not a zombie) with one of ``markers`` (if any) in its cmdline."""
-    if pid <= 0:
-        return False
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            stat = (proc / "stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                return False
-            if markers:  # guards against a recycled pid
-                cmdline = (
-                    (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-                )
-                return any(m in cmdline for m in markers)
-        except (OSError, IndexError):
-            return False
-    return True
-
-
-def _port_of(address: str) -> str:
-    """The port of ``host:port`` or ``redis://...host:port/db``."""
-    hostport = address.split("://", 1)[-1].split("@")[-1].split("/")[0]
-    return hostport.rsplit(":", 1)[-1]
-
-
-def _read_record(home: Path) -> StackInfo | None:
-    path = _record_path(home)
-    try:
-        data = json.loads(path.read_text())
-        return StackInfo(
-            redis_url=str(data["redis_url"]),
-            kafka_bootstrap=str(data["kafka_bootstrap"]),
-            redis_pid=int(data["redis_pid"]),
-            kafka_pid=int(data["kafka_pid"]),
-            started_at=str(data["started_at"]),
-        )
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise StackError(f"unreadable stack record {path}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -656,33 +505,15 @@ def _locked(home: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _redis_markers(info: StackInfo) -> tuple[str, ...]:
-    port = _port_of(info.redis_url)
-    # redis-server rewrites its process title to "redis-server 127.0.0.1:PORT".
-    return (f"{HOST}:{port}", f"--port {port}")
-
-
-def stack_status(home: Path) -> StackInfo | None:
-    """The recorded stack with the liveness of each pid, or None if nothing is recorded."""
-    info = _read_record(home)
-    if info is None:
-        return None
-    return replace(
-        info,
-        redis_alive=_pid_alive(info.redis_pid, _redis_markers(info)),
-        kafka_alive=_pid_alive(info.kafka_pid, (info.kafka_bootstrap,)),
-    )
-
-
 def _terminate_pid(
     pid: int, sig: signal.Signals, markers: tuple[str, ...], timeout: float = 10.0
 ) -> None:
-    if not _pid_alive(pid, markers):
+    if not pid_alive(pid, markers):
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid, markers):
+    while pid_alive(pid, markers):
         if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -691,7 +522,7 @@ def _terminate_pid(
 
 
 def _stop_recorded(info: StackInfo) -> None:
-    _terminate_pid(info.redis_pid, RedisServer.stop_signal, _redis_markers(info))
+    _terminate_pid(info.redis_pid, RedisServer.stop_signal, redis_markers(info))
     _terminate_pid(info.kafka_pid, KafkaBroker.stop_signal, (info.kafka_bootstrap,))
 
 
@@ -729,9 +560,9 @@ def stack_up(
             kafka_pid=broker.pid,
             started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        tmp = _record_path(home).with_suffix(".json.tmp")
+        tmp = record_path(home).with_suffix(".json.tmp")
         tmp.write_text(json.dumps(info.record(), indent=2) + "\n")
-        tmp.replace(_record_path(home))
+        tmp.replace(record_path(home))
         return info
 
 
@@ -739,36 +570,8 @@ def stack_down(home: Path) -> None:
     """Stop the recorded stack (graceful, then SIGKILL) and remove its record."""
     home = Path(home)
     with _locked(home):
-        info = _read_record(home)
+        info = read_record(home)
         if info is None:
             return
         _stop_recorded(info)
-        _record_path(home).unlink(missing_ok=True)
-
-
-def resolve_addresses(settings: Settings) -> tuple[str, str]:
-    """``(kafka_bootstrap, redis_url)``: from settings/env when set, else the live local stack.
-
-    Raises :class:`StackNotRunning` when an address is neither configured nor recorded.
-    """
-    kafka, redis_url = settings.kafka_bootstrap, settings.redis_url
-    if kafka and redis_url:
-        return kafka, redis_url
-    info = stack_status(settings.home)
-    usable = info is not None and (kafka or info.kafka_alive) and (redis_url or info.redis_alive)
-    if info is None or not usable:
-        missing = " and ".join(
-            name for name, value in (("KAFKA_BOOTSTRAP", kafka), ("REDIS_URL", redis_url))
-            if not value
-        )  # fmt: skip
-        where = _record_path(settings.home)
-        state = (
-            f"the stack recorded in {where} is not running"
-            if info is not None
-            else (f"no local stack is recorded in {where}")
-        )
-        raise StackNotRunning(
-            f"no {missing} configured and {state}: "
-            "run `ledrec stack up` or set KAFKA_BOOTSTRAP / REDIS_URL"
-        )
-    return kafka or info.kafka_bootstrap, redis_url or info.redis_url
+        record_path(home).unlink(missing_ok=True)

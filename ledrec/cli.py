@@ -9,22 +9,21 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import redis
 from confluent_kafka import KafkaException
 from pydantic import ValidationError
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
+from ledrec.connect import ensure_event_topics, redis_client, resolve_addresses
+from ledrec.errors import LedrecError
 from ledrec.logs import setup_logging
 from ledrec.settings import Settings
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 
-class CliError(Exception):
+class CliError(LedrecError):
     """A user-facing failure, printed as one line."""
 
 
@@ -35,49 +34,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    """The settings: environment, then the flags given (validated like the environment)."""
     overrides: dict[str, Any] = {}
     for name in ("kafka_bootstrap", "redis_url", "home", "model_store", "events_topic"):
         value = getattr(args, name, None)
         if value:
             overrides[name] = value
-    settings = Settings()
-    return settings.model_copy(update=overrides) if overrides else settings
-
-
-def _addresses(settings: Settings) -> tuple[str, str]:
-    from ledrec.deploy.stack import resolve_addresses
-
-    return resolve_addresses(settings)
-
-
-class _ReconnectRetry(Retry):
-    """Retries lost connections, never a refused password (redis-py's AuthenticationError is
-    a ConnectionError, so a wrong password used to take ~7 s of backoff to report)."""
-
-    def call_with_retry(
-        self,
-        do: Callable[[], _T],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> _T:
-        def retryable(error: Exception) -> bool:
-            if isinstance(error, redis.AuthenticationError):
-                return False
-            return is_retryable is None or is_retryable(error)
-
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
-
-
-def _redis(url: str) -> redis.Redis:
-    """A client that rides out a Redis restart: reconnect with capped, jittered backoff.
-
-    8 retries, backoff doubling from 50 ms to 2 s; components add their own outer loop for
-    longer outages. ``rediss://`` (TLS), user:password and ``?ssl_ca_certs=...`` come from the
-    URL.
-    """
-    retry = _ReconnectRetry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), 8)
-    return redis.Redis.from_url(url, health_check_interval=30, retry=retry)
+    return Settings(**overrides)
 
 
 def _stop_on_signals(stop: Callable[[], None]) -> None:
@@ -119,19 +82,14 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 # -- events ---------------------------------------------------------------------------------
 def cmd_publish(args: argparse.Namespace) -> int:
-    from ledrec.deploy.stack import ensure_topics
     from ledrec.stream.producer import EventPublisher, events_from_rows, read_rows, sniff_format
 
     settings = _settings(args)
     # The input first: a wrong path is reported at once, not after reaching (or not) Kafka.
     source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     with source:
-        bootstrap, _ = _addresses(settings)
-        ensure_topics(
-            bootstrap,
-            {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
-            settings.kafka_config,
-        )
+        bootstrap, _ = resolve_addresses(settings)
+        ensure_event_topics(settings, bootstrap)
         first = source.readline()
         fmt = args.format or sniff_format(args.file, first)
         import itertools
@@ -156,19 +114,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    from ledrec.deploy.stack import ensure_topics
     from ledrec.stream.consumer import StateUpdater
 
     settings = _settings(args)
     setup_logging(args.log_level, "consumer")
-    bootstrap, url = _addresses(settings)
-    ensure_topics(
-        bootstrap,
-        {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
-        settings.kafka_config,
-    )
+    bootstrap, url = resolve_addresses(settings)
+    ensure_event_topics(settings, bootstrap)
     _metrics(args.metrics_port)
-    updater = StateUpdater(settings, bootstrap, _redis(url))
+    updater = StateUpdater(settings, bootstrap, redis_client(url))
     _stop_on_signals(updater.stop_event.set)
     totals = updater.run(max_idle_s=args.max_idle)
     log.info("consumer stopped", extra=vars(totals))
@@ -180,9 +133,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging(args.log_level, "scorer")
-    _, url = _addresses(settings)
+    _, url = resolve_addresses(settings)
     _metrics(args.metrics_port)
-    server = RecommendServer(settings, _redis(url))
+    server = RecommendServer(settings, redis_client(url))
     _stop_on_signals(server.stop_event.set)
     totals = server.run()
     log.info("scorer stopped", extra=vars(totals))
@@ -193,9 +146,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from ledrec.stream.client import RecommenderClient
 
     settings = _settings(args)
-    _, url = _addresses(settings)
+    _, url = resolve_addresses(settings)
     client = RecommenderClient(
-        _redis(url),
+        redis_client(url),
         settings.request_queue,
         settings.key_prefix,
         args.timeout,
@@ -261,8 +214,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"model saved: {path}")
     if args.register or args.activate:
-        _, url = _addresses(settings)
-        registry = Registry(_redis(url), settings.key_prefix)
+        _, url = resolve_addresses(settings)
+        registry = Registry(redis_client(url), settings.key_prefix)
         model = load_model(path)
         registry.register(model)
         if args.activate:
@@ -303,8 +256,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging(args.log_level, "models")
-    _, url = _addresses(settings)
-    client = _redis(url)
+    _, url = resolve_addresses(settings)
+    client = redis_client(url)
     registry = Registry(client, settings.key_prefix)
     swapper = Swapper(settings, client)
     if args.action in ("register", "activate", "backfill", "retire") and not args.version:
@@ -358,7 +311,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, "trainer")
     if sum(bool(x) for x in (args.every, args.after_events, args.once)) != 1:
         raise CliError("give one of --every, --after-events, --once")
-    bootstrap, url = _addresses(settings)
+    bootstrap, url = resolve_addresses(settings)
     finetune = None
     if not args.svd_only:
         finetune = FinetuneConfig(loss=args.loss, dim=args.dim, epochs=args.epochs, seed=args.seed)
@@ -374,7 +327,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         min_events=args.min_events,
         force=args.force,
     )
-    trainer = Retrainer(settings, bootstrap, _redis(url), config, progress=print)
+    trainer = Retrainer(settings, bootstrap, redis_client(url), config, progress=print)
     if args.once:
         result = trainer.run_once()
         if result.activated:
@@ -525,7 +478,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ledrec.deploy.stack import StackError
     from ledrec.stream.artifact import ArtifactError
     from ledrec.stream.client import RecommendError
     from ledrec.stream.events import EventError
@@ -533,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ledrec.stream.registry import RegistryError
 
     expected = (
-        CliError, StackError, ArtifactError, RecommendError, EventError, RegistryError,
+        LedrecError, ArtifactError, RecommendError, EventError, RegistryError,
         PublishError, KafkaException, redis.RedisError, OSError, ValueError,
     )  # fmt: skip
     try:

@@ -6,6 +6,8 @@ addresses also from their conventional names ``KAFKA_BOOTSTRAP`` and ``REDIS_URL
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, field_validator
@@ -93,6 +95,20 @@ class Settings(BaseSettings):
         if not v or any(w <= 0 for w in v.values()):
             raise ValueError("event_weights needs at least one type, every weight > 0")
         return v
+
+    def environment(self, **overrides: object) -> dict[str, str]:
+        """``os.environ`` plus the variables that make a ``ledrec`` process started with it
+        use exactly these settings (and ``overrides``)."""
+        env = dict(os.environ)
+        env["KAFKA_BOOTSTRAP"], env["REDIS_URL"] = self.kafka_bootstrap, self.redis_url
+        data = self.model_dump(exclude={"kafka_bootstrap", "redis_url"}) | overrides
+        for name, value in data.items():
+            if value is None:
+                continue
+            env[f"LEDREC_{name.upper()}"] = (
+                json.dumps(value) if isinstance(value, dict | list) else str(value)
+            )
+        return env
 
     @property
     def model_store_path(self) -> Path:

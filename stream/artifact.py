@@ -29,13 +29,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ledrec.errors import LedrecError
+
 MANIFEST = "manifest.json"
 ARRAY_FILES = ("item_ids.npy", "embeddings.npy", "biases.npy")
 INDEX_FILE = "index.faiss"
 FORMAT_VERSION = 1
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(LedrecError, RuntimeError):
     """A model version that is missing, truncated, tampered with or inconsistent."""
 
 

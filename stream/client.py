@@ -1,31 +1,39 @@
 """Recommendation clients (sync and asyncio) over the Redis RPC.
 
-client = RecommenderClient.from_url("redis://127.0.0.1:6379/0")
-client.recommend("user-42", k=10)   # -> [("item-7", 3.2), ...]
+    with RecommenderClient.from_settings() as client:   # env, or the `ledrec stack up` record
+        client.recommend("user-42", k=10)   # -> [("item-7", 3.2), ...]
+
+A call's timeout bounds all of it, connecting included (for clients built by
+``from_settings`` / ``from_url``), and every failure is one of the documented errors:
+``Timeout``, ``Overloaded``, ``BadRequest``, ``Unavailable``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-import uuid
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from ledrec.connect import resolve_redis_url
+from ledrec.errors import LedrecError
+from ledrec.settings import Settings
 from ledrec.stream import protocol
 from ledrec.stream.protocol import Request
 
-# Enqueue only while the queue is under its bound: an overloaded system says so at once
-# instead of queueing without end. KEYS[1] queue; ARGV: request, bound.
-_BOUNDED_PUSH = """
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end
-return redis.call('LPUSH', KEYS[1], ARGV[1])
-"""
+# A blocking read is given this much longer than the reply's server-side wait (BLPOP's
+# timeout), so that the server's "nothing came" answer, not the socket, ends the call.
+_READ_GRACE_S = 0.25
 
 
-class RecommendError(RuntimeError):
+class RecommendError(LedrecError, RuntimeError):
     """Base class of the client's errors."""
 
 
@@ -42,7 +50,7 @@ class Overloaded(RecommendError):
 
 
 class Unavailable(RecommendError):
-    """The scorer has no model to answer with."""
+    """Nothing can answer: Redis is unreachable, or the scorers have no model."""
 
 
 @dataclass(frozen=True)
@@ -52,30 +60,15 @@ class Recommendations:
     source: str  # "state", "timeline" (encoded on the fly), "items" or "popularity"
 
 
-def _request(
-    prefix: str,
-    k: int,
-    timeout_s: float,
-    user_id: str | None,
-    items: list[str] | None,
-    exclude_seen: bool,
-) -> Request:
-    rid = uuid.uuid4().hex
-    return Request(
-        id=rid,
-        reply_to=f"{prefix}:rpc:reply:{rid}",
-        deadline=time.time() + timeout_s,
-        k=k,
-        user_id=user_id,
-        items=tuple(items) if items is not None else None,
-        exclude_seen=exclude_seen,
-    )
-
-
 def _result(raw: Any, timeout_s: float) -> Recommendations:
     if raw is None:
         raise Timeout(f"no reply within {timeout_s:.3f}s")
-    reply = protocol.decode_reply(raw[1])
+    return read_reply(raw[1])
+
+
+def read_reply(body: bytes) -> Recommendations:
+    """The recommendations in a reply body, or its error raised as the documented exception."""
+    reply = protocol.decode_reply(body)
     if not reply.get("ok"):
         error = reply.get("error", {})
         code, message = error.get("code"), error.get("message", "")
@@ -87,6 +80,11 @@ def _result(raw: Any, timeout_s: float) -> Recommendations:
     return Recommendations(
         [(str(i), float(s)) for i, s in reply["items"]], reply["version"], reply["source"]
     )
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left before ``deadline`` (monotonic); at least 1 ms (BLPOP 0 would block)."""
+    return max(deadline - time.monotonic(), 0.001)
 
 
 class _ClientBase:
@@ -106,7 +104,7 @@ class _ClientBase:
     ) -> tuple[Request, float, list[bytes | int]]:
         """The request, its timeout, and the bounded-push script's arguments."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        req = _request(self.prefix, k, timeout, user_id, items, exclude_seen)
+        req = protocol.new_request(self.prefix, k, timeout, user_id, items, exclude_seen)
         return req, timeout, [protocol.encode_request(req), self.max_queue_length]
 
     def _queue_full(self) -> Overloaded:
@@ -126,11 +124,48 @@ class RecommenderClient(_ClientBase):
     ) -> None:
         super().__init__(queue, prefix, timeout_s, max_queue_length)
         self.client = client
-        self._push = client.register_script(_BOUNDED_PUSH)
+        self._push = client.register_script(protocol.ENQUEUE_SCRIPT)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RecommenderClient:
-        return cls(redis.Redis.from_url(url), **kwargs)
+    def from_settings(
+        cls, settings: Settings | None = None, *, timeout_s: float | None = None
+    ) -> RecommenderClient:
+        """A client for the deployment ``settings`` describe (default: ``Settings()``, i.e.
+        the environment, else the local stack ``ledrec stack up`` recorded)."""
+        settings = settings if settings is not None else Settings()
+        return cls.from_url(
+            resolve_redis_url(settings),
+            queue=settings.request_queue,
+            prefix=settings.key_prefix,
+            timeout_s=settings.request_timeout_s if timeout_s is None else timeout_s,
+            max_queue_length=settings.max_queue_length,
+        )
+
+    @classmethod
+    def from_url(cls, url: str, timeout_s: float = 2.0, **kwargs: Any) -> RecommenderClient:
+        """A client for the Redis at ``url``, connecting within ``timeout_s``."""
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s + _READ_GRACE_S,
+            retry=Retry(NoBackoff(), 0),  # the call's timeout, not retries, bounds it
+        )
+        return cls(client, timeout_s=timeout_s, **kwargs)
+
+    def close(self) -> None:
+        """Close the connections."""
+        self.client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def recommend(
         self, user_id: str, k: int = 10, exclude_seen: bool = True, timeout_s: float | None = None
@@ -158,10 +193,36 @@ class RecommenderClient(_ClientBase):
         exclude_seen: bool = True,
         timeout_s: float | None = None,
     ) -> Recommendations:
+        """The recommendations for a user (``user_id``) or a timeline (``items``)."""
         req, timeout, args = self._prepare(user_id, items, k, exclude_seen, timeout_s)
-        if self._push(keys=[self.queue], args=args) < 0:
-            raise self._queue_full()
-        return _result(self.client.blpop([req.reply_to], timeout=timeout), timeout)
+        deadline = time.monotonic() + timeout
+        pool = self.client.connection_pool
+        try:
+            conn: Any = pool.get_connection()  # connects within the connect timeout
+            try:
+                conn.send_command("EVALSHA", self._push.sha, 1, self.queue, *args)
+                try:
+                    pushed = conn.read_response(timeout=_remaining(deadline))
+                except redis.exceptions.NoScriptError:  # a new or restarted Redis
+                    conn.send_command("EVAL", protocol.ENQUEUE_SCRIPT, 1, self.queue, *args)
+                    pushed = conn.read_response(timeout=_remaining(deadline))
+                if pushed < 0:
+                    raise self._queue_full()
+                wait = _remaining(deadline)
+                conn.send_command("BLPOP", req.reply_to, f"{wait:.3f}")
+                raw = conn.read_response(timeout=wait + _READ_GRACE_S)
+            except BaseException:
+                conn.disconnect()  # a half-read connection is never reused
+                raise
+            finally:
+                pool.release(conn)
+        except redis.TimeoutError as e:
+            raise Timeout(f"no reply within {timeout:.3f}s") from e
+        except redis.ConnectionError as e:
+            raise Unavailable(f"redis unreachable: {e}") from e
+        except redis.RedisError as e:
+            raise Unavailable(f"redis refused the request: {e}") from e
+        return _result(raw, timeout)
 
 
 class AsyncRecommenderClient(_ClientBase):
@@ -177,11 +238,43 @@ class AsyncRecommenderClient(_ClientBase):
     ) -> None:
         super().__init__(queue, prefix, timeout_s, max_queue_length)
         self.client = client
-        self._push = client.register_script(_BOUNDED_PUSH)
+        self._push = client.register_script(protocol.ENQUEUE_SCRIPT)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> AsyncRecommenderClient:
-        return cls(aredis.Redis.from_url(url), **kwargs)
+    def from_settings(
+        cls, settings: Settings | None = None, *, timeout_s: float | None = None
+    ) -> AsyncRecommenderClient:
+        """``RecommenderClient.from_settings``, for asyncio."""
+        settings = settings if settings is not None else Settings()
+        return cls.from_url(
+            resolve_redis_url(settings),
+            queue=settings.request_queue,
+            prefix=settings.key_prefix,
+            timeout_s=settings.request_timeout_s if timeout_s is None else timeout_s,
+            max_queue_length=settings.max_queue_length,
+        )
+
+    @classmethod
+    def from_url(cls, url: str, timeout_s: float = 2.0, **kwargs: Any) -> AsyncRecommenderClient:
+        """A client for the Redis at ``url``, connecting within ``timeout_s``."""
+        client = aredis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s + _READ_GRACE_S,
+            retry=AsyncRetry(NoBackoff(), 0),
+        )
+        return cls(client, timeout_s=timeout_s, **kwargs)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     async def recommend(
         self, user_id: str, k: int = 10, exclude_seen: bool = True, timeout_s: float | None = None
@@ -209,10 +302,23 @@ class AsyncRecommenderClient(_ClientBase):
         exclude_seen: bool = True,
         timeout_s: float | None = None,
     ) -> Recommendations:
+        """The recommendations for a user (``user_id``) or a timeline (``items``)."""
         req, timeout, args = self._prepare(user_id, items, k, exclude_seen, timeout_s)
-        if await self._push(keys=[self.queue], args=args) < 0:
-            raise self._queue_full()
-        return _result(await self.client.blpop([req.reply_to], timeout=timeout), timeout)
+        deadline = time.monotonic() + timeout
+        try:
+            async with asyncio.timeout(timeout + _READ_GRACE_S):
+                if await self._push(keys=[self.queue], args=args) < 0:
+                    raise self._queue_full()
+                wait = _remaining(deadline)
+                raw = await self.client.blpop([req.reply_to], timeout=round(wait, 3))
+        except (TimeoutError, redis.TimeoutError) as e:
+            raise Timeout(f"no reply within {timeout:.3f}s") from e
+        except redis.ConnectionError as e:
+            raise Unavailable(f"redis unreachable: {e}") from e
+        except redis.RedisError as e:
+            raise Unavailable(f"redis refused the request: {e}") from e
+        return _result(raw, timeout)
 
     async def aclose(self) -> None:
+        """Close the connections."""
         await self.client.aclose()

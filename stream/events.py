@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from ledrec.errors import LedrecError
 from ledrec.stream.wire import unpack_untrusted
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -26,7 +27,7 @@ def has_control_character(text: str) -> bool:
     return _CONTROL.search(text) is not None
 
 
-class EventError(ValueError):
+class EventError(LedrecError, ValueError):
     """An event that cannot be accepted; ``reason`` goes to the dead-letter headers."""
 
     def __init__(self, reason: str) -> None:

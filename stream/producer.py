@@ -6,16 +6,19 @@ import csv
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from types import TracebackType
+from typing import Any, Self, TextIO
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from ledrec.connect import resolve_kafka_bootstrap
+from ledrec.errors import LedrecError
 from ledrec.settings import Settings
 from ledrec.stream.events import Event, EventCodec, EventError
 from ledrec.stream.kafka import client_config
 
 
-class PublishError(RuntimeError):
+class PublishError(LedrecError, RuntimeError):
     """Events that the broker did not acknowledge, listed in ``undelivered`` (each user's in
     the order published: one partition per user).
 
@@ -48,7 +51,8 @@ class EventPublisher:
     """Validates events and produces them keyed by user, with idempotent, acked delivery.
 
     ``publish`` queues; ``flush`` waits for the broker's acknowledgements and raises
-    ``PublishError`` if any event was not delivered, so success means durable.
+    ``PublishError`` if any event was not delivered, so success means durable. As a context
+    manager it flushes on leaving the block.
     """
 
     def __init__(self, settings: Settings, kafka_bootstrap: str) -> None:
@@ -70,6 +74,35 @@ class EventPublisher:
             )
         )
         self.report = DeliveryReport()
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> EventPublisher:
+        """A publisher for the deployment ``settings`` describe (default: ``Settings()``, i.e.
+        the environment, else the local stack ``ledrec stack up`` recorded)."""
+        settings = settings if settings is not None else Settings()
+        return cls(settings, resolve_kafka_bootstrap(settings))
+
+    def close(self, timeout_s: float = 30.0) -> DeliveryReport:
+        """Flush (``PublishError`` if an event was not delivered), then drop the producer."""
+        try:
+            return self.flush(timeout_s)
+        finally:
+            self.producer = None  # type: ignore[assignment]  # librdkafka's handle is freed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()  # raises PublishError: leaving the block means "delivered"
+        else:
+            self.producer.flush(5.0)
+            self.producer = None  # type: ignore[assignment]
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:

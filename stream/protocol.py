@@ -11,19 +11,31 @@ Reply:   ``{"id", "ok": true, "items": [[item_id, score], ...], "version", "sour
 from __future__ import annotations
 
 import math
+import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
+from ledrec.errors import LedrecError
 from ledrec.stream.wire import unpack_untrusted
+
+# Clients enqueue with this script: only while the queue is under its bound, so an
+# overloaded system says so at once (-1) instead of queueing without end.
+# KEYS[1] the request queue; ARGV: the request, the bound. Returns the queue length or -1.
+ENQUEUE_SCRIPT = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end
+return redis.call('LPUSH', KEYS[1], ARGV[1])
+"""
 
 BAD_REQUEST = "bad_request"
 OVERLOADED = "overloaded"
 UNAVAILABLE = "unavailable"
 
 
-class RequestError(ValueError):
+class RequestError(LedrecError, ValueError):
     """A request that cannot be served; ``reply_to`` is set when an error reply is possible."""
 
     def __init__(self, message: str, reply_to: str | None = None, request_id: str = "") -> None:
@@ -52,6 +64,27 @@ class Limits:
     # Reply keys are made by the client library from the key prefix, not by users: a bound of
     # their own, so a small max_id_length cannot make every reply undeliverable.
     max_reply_key: int = 512
+
+
+def new_request(
+    prefix: str,
+    k: int,
+    timeout_s: float,
+    user_id: str | None,
+    items: Sequence[str] | None,
+    exclude_seen: bool,
+) -> Request:
+    """A request with a fresh id, its own reply key and a deadline ``timeout_s`` from now."""
+    rid = uuid.uuid4().hex
+    return Request(
+        id=rid,
+        reply_to=f"{prefix}:rpc:reply:{rid}",
+        deadline=time.time() + timeout_s,
+        k=k,
+        user_id=user_id,
+        items=tuple(items) if items is not None else None,
+        exclude_seen=exclude_seen,
+    )
 
 
 def encode_request(req: Request) -> bytes:

@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from ledrec.errors import LedrecError
 from ledrec.stream.artifact import ArtifactError, Model, load_model
 from ledrec.stream.events import has_control_character
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 STATES = ("staged", "warming", "active", "retained", "retired")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(LedrecError, RuntimeError):
     """A registry operation that cannot be done (unknown version, refused activation...)."""
 
 

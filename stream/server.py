@@ -21,9 +21,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import faiss
 import numpy as np
@@ -32,7 +32,7 @@ from prometheus_client import Counter, Histogram
 
 from ledrec.settings import Settings
 from ledrec.stream import protocol
-from ledrec.stream._resp import HeldConnectionPool, RawConnection
+from ledrec.stream._resp import HeldConnectionPool, RawConnection, reply_commands
 from ledrec.stream.artifact import ArtifactError
 from ledrec.stream.intake import Intake, Taken
 from ledrec.stream.protocol import Limits, Request, RequestError
@@ -41,6 +41,7 @@ from ledrec.stream.scorer import Query, Scorer
 from ledrec.stream.state import UserState, UserStateStore, parse_states, state_fields
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MAX_BACKOFF_S = 5.0
 HEARTBEAT_TTL_S = 5.0  # a scorer silent this long no longer counts in a swap
@@ -63,13 +64,57 @@ class ServerTotals:
     shed: int = 0
 
 
-class RecommendServer:
-    """Pops requests, scores them with the active model version, replies."""
+@dataclass(frozen=True)
+class BatchTiming:
+    """Where one batch's time went (for ``observe`` hooks: the serving benchmark)."""
 
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+    requests: int  # taken
+    answer_s: float  # decode, states, score, pack the replies (wall)
+    read_s: float  # the users' states: parsed as taken, or read (wall)
+    search_s: float  # faiss top-k with the seen filter (wall)
+    score_s: float  # encode the users, search, encode the replies (wall)
+    cpu_s: float  # thread CPU of the batch and its reply round trip, polling left out
+    reply_cpu_s: float  # thread CPU of the reply + next take round trip, polling left out
+    at: float  # time.time() when done
+
+
+class _Clock:
+    """Accumulates wall time per part of a batch while the server is observed."""
+
+    def __init__(self) -> None:
+        self.parts = {"read": 0.0, "search": 0.0, "score": 0.0}
+
+    def time(self, part: str, run: Callable[..., _T], *args: Any) -> _T:
+        t0 = time.perf_counter()
+        try:
+            return run(*args)
+        finally:
+            self.parts[part] += time.perf_counter() - t0
+
+
+class _NoClock(_Clock):
+    def time(self, part: str, run: Callable[..., _T], *args: Any) -> _T:
+        return run(*args)
+
+
+class RecommendServer:
+    """Pops requests, scores them with the active model version, replies.
+
+    ``observe``: an optional hook called with every batch's ``BatchTiming`` (benchmarks);
+    None costs nothing.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        observe: Callable[[BatchTiming], None] | None = None,
+    ) -> None:
         faiss.omp_set_num_threads(1)  # one thread per search: more was measured slower
         self.settings = settings
         self.client = client
+        self.observe = observe
+        self._clock: _Clock = _NoClock()
         self.registry = Registry(client, settings.key_prefix)
         self.models = ModelCache(self.registry)
         # The serving thread's own connection: its state reads (through the store) and its
@@ -272,11 +317,29 @@ class RecommendServer:
             taken = self._reply_and_take([], block_s)
             if not taken:
                 return 0
+        observed = self.observe is not None
+        if observed:
+            self._clock = _Clock()
+            c0, polled0 = time.thread_time(), self._round_trips.polled_s
         started = time.perf_counter()
         replies = self._answer(taken, self._read_version)  # the version of the last take
-        BATCH_SECONDS.observe(time.perf_counter() - started)
+        answer_s = time.perf_counter() - started
+        BATCH_SECONDS.observe(answer_s)
         self.totals.batches += 1
+        if observed:
+            c1, polled1 = time.thread_time(), self._round_trips.polled_s
         self._prefetched = self._reply_and_take(replies, block_s) or None
+        if observed:
+            assert self.observe is not None
+            c2, polled2 = time.thread_time(), self._round_trips.polled_s
+            parts = self._clock.parts
+            self._clock = _NoClock()
+            self.observe(
+                BatchTiming(
+                    len(taken), answer_s, parts["read"], parts["search"], parts["score"],
+                    c2 - c0 - (polled2 - polled0), c2 - c1 - (polled2 - polled1), time.time(),
+                )
+            )  # fmt: skip
         return len(taken)
 
     def _reply_and_take(self, replies: list[bytes], block_s: float) -> list[Taken]:
@@ -352,14 +415,11 @@ class RecommendServer:
                 )
             requests = []
         if requests and scorer is not None:
-            replies += self._score(scorer, requests, self._states(requests, read, read_version))
+            states = self._clock.time("read", self._states, requests, read, read_version)
+            replies += self._clock.time("score", self._score, scorer, requests, states)
         commands: list[bytes] = []
-        for key, body in replies:  # LPUSH key body; EXPIRE key 30 (packed: hot path)
-            k = key.encode()
-            commands.append(
-                b"*3\r\n$5\r\nLPUSH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(k), k, len(body), body)
-            )
-            commands.append(b"*3\r\n$6\r\nEXPIRE\r\n$%d\r\n%b\r\n$2\r\n30\r\n" % (len(k), k))
+        for key, body in replies:
+            commands += reply_commands(key.encode(), body)
         return commands
 
     def _states(
@@ -410,7 +470,7 @@ class RecommendServer:
             seen = frozenset(seen_ids) if req.exclude_seen else frozenset()
             queries.append(Query(vector, seen, req.k))
             sources.append(source)
-        results = scorer.top_k(queries)
+        results = self._clock.time("search", scorer.top_k, queries)
         self.totals.answered += len(requests)
         _ANSWERED.inc(len(requests))
         return [

@@ -81,19 +81,7 @@ def running_consumer(settings: Settings, client: redis.Redis) -> Iterator[StateU
 
 def settings_env(settings: Settings, **overrides: object) -> dict[str, str]:
     """Environment that makes a `ledrec` subprocess use exactly these settings."""
-    import json
-    import os
-
-    env = dict(os.environ)
-    env["KAFKA_BOOTSTRAP"], env["REDIS_URL"] = settings.kafka_bootstrap, settings.redis_url
-    data = settings.model_dump(exclude={"kafka_bootstrap", "redis_url"}) | overrides
-    for name, value in data.items():
-        if value is None:
-            continue
-        env[f"LEDREC_{name.upper()}"] = (
-            json.dumps(value) if isinstance(value, dict | list) else str(value)
-        )
-    return env
+    return settings.environment(**overrides)
 
 
 def committed_lag(settings: Settings, last_offsets: dict[int, int]) -> int:

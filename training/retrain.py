@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from ledrec.errors import LedrecError
 from ledrec.settings import Settings
 from ledrec.stream.artifact import load_model
 from ledrec.stream.registry import Registry, RegistryError
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
-class RetrainError(RuntimeError):
+class RetrainError(LedrecError, RuntimeError):
     """A cycle that cannot train (too little data...)."""
 
 

@@ -16,7 +16,7 @@ from ledrec.stream.state.schema import (
     state_fields,
 )
 from ledrec.stream.state.store import UserStateStore
-from ledrec.stream.state.writer import EARLY_CHUNK_USERS, Settled, StateWriter
+from ledrec.stream.state.writer import EARLY_CHUNK_USERS, Settled, StateWriter, WriteTiming
 
 __all__ = [
     "EARLY_CHUNK_USERS",
@@ -27,6 +27,7 @@ __all__ = [
     "TimelineEvent",
     "UserState",
     "UserStateStore",
+    "WriteTiming",
     "pack_versions",
     "parse_states",
     "partitions_of",

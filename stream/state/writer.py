@@ -26,8 +26,10 @@ skip whatever had landed), and keeps them until that succeeds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from ledrec.stream._resp import RawConnection, execute_raw
 from ledrec.stream.artifact import Model
@@ -52,6 +54,21 @@ class Settled:
     writes: PreparedWrites | None = None  # the settled write
 
 
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class WriteTiming:
+    """How one ``submit`` / ``apply`` / ``drain`` spent its time (for ``observe`` hooks)."""
+
+    call: str  # "submit", "apply" or "drain"
+    events: int  # events handed in
+    wall_s: float
+    cpu_s: float  # thread CPU of the whole call
+    wait_s: float  # waiting for Redis replies (wall minus thread CPU of the reads)
+    reply_cpu_s: float  # thread CPU reading replies (the rest of cpu_s: planning, packing)
+
+
 # Users per chunk of a batch's writes sent while the rest is planned (a few ms of Redis work).
 EARLY_CHUNK_USERS = 500
 
@@ -60,8 +77,13 @@ class StateWriter:
     """Applies batches of events to user state, exactly once, with one batch's writes in
     flight (``submit``) or synchronously (``apply``)."""
 
-    def __init__(self, store: UserStateStore) -> None:
+    def __init__(
+        self, store: UserStateStore, observe: Callable[[WriteTiming], None] | None = None
+    ) -> None:
+        """``observe``: called with the timing of every call (benchmarks); None: untimed."""
         self.store = store
+        self.observe = observe
+        self._waited = self._reply_cpu = 0.0
         self._missing: dict[str, list[TimelineEvent]] = {}  # to redo after a Redis failure
         self._writes = RawConnection(store.client)  # the write in flight, in order
         self._reads = RawConnection(store.client)
@@ -78,6 +100,9 @@ class StateWriter:
         Users not in the write in flight are read and planned first, while Redis is still
         running that write; only the users in it wait for its replies.
         """
+        return self._observed("submit", batch, lambda: self._submit(batch, models))
+
+    def _submit(self, batch: dict[str, list[TimelineEvent]], models: Sequence[Model]) -> Settled:
         self._incoming = batch  # until sent: ``recover`` adds it to what may be missing
         versions = [m.version for m in models]
         partitions = partitions_of(batch)
@@ -87,7 +112,7 @@ class StateWriter:
         parts: list[PreparedWrites] = []
         if fresh:
             self._reads.send(self.store.read_commands(fresh, versions, partitions))
-            states = parse_states(self._reads.receive(), versions, partitions)
+            states = parse_states(self._wait(self._reads.receive), versions, partitions)
             # Sent chunk by chunk as planned, behind the write in flight: Redis runs each
             # chunk while the next is planned, instead of idling until the whole batch is,
             # and the next batch's reads then wait behind less (measured: the consumer
@@ -113,7 +138,11 @@ class StateWriter:
             to_read = [u for u in rest if u in carried or not reuse]
             wider = sorted(set(partitions) | set(partitions_of(carried)))
             by_user = dict(
-                zip(to_read, self.store.read_many(to_read, versions, wider), strict=True)
+                zip(
+                    to_read,
+                    self._wait(self.store.read_many, to_read, versions, wider),
+                    strict=True,
+                )
             )
             users = list(rest)
             rest_states: list[UserState | None] = []
@@ -141,10 +170,13 @@ class StateWriter:
 
     def drain(self, models: Sequence[Model]) -> Settled:
         """Settle the write in flight and redo what it carried over, synchronously."""
+        return self._observed("drain", {}, lambda: self._drain(models))
+
+    def _drain(self, models: Sequence[Model]) -> Settled:
         settled, carried = self._settle()
         self._projected = {}
         if carried:
-            redo = self.apply(carried, models)
+            redo = self._apply(carried, models)
             settled.stats.applied_events += redo.applied_events
             settled.stats.skipped_events += redo.skipped_events
             settled.stats.conflicts += redo.conflicts
@@ -163,16 +195,22 @@ class StateWriter:
         every user's write has succeeded: only then may Kafka offsets be committed. Not to
         be mixed with a ``submit`` in flight (``drain`` or ``recover`` first).
         """
+        return self._observed("apply", events_by_user, lambda: self._apply(events_by_user, models))
+
+    def _apply(
+        self, events_by_user: dict[str, list[TimelineEvent]], models: Sequence[Model]
+    ) -> ApplyStats:
         stats = ApplyStats(users=len(events_by_user))
         versions = [m.version for m in models]
         pending = events_by_user
         while pending:
             users = list(pending)
             partitions = partitions_of(pending)
-            states = self.store.read_many(users, versions, partitions)
+            states = self._wait(self.store.read_many, users, versions, partitions)
             writes = prepare(self.store, pending, users, states, models, stats)
             if writes.commands:
-                settle(self.store, writes, execute_raw(self.store.client, writes.commands), stats)
+                replies = self._wait(execute_raw, self.store.client, writes.commands)
+                settle(self.store, writes, replies, stats)
             pending = writes.retry
         return stats
 
@@ -188,7 +226,7 @@ class StateWriter:
         self._projected = {}
         self._missing = _merge(self._missing, _merge(self.unsettled, self._incoming))
         self.unsettled, self._incoming = {}, {}
-        stats = self.apply(self._missing, models)
+        stats = self._apply(self._missing, models)
         self._missing = {}
         return Settled(stats, batches=1, complete=True)
 
@@ -197,13 +235,39 @@ class StateWriter:
         """Nothing in flight and nothing to recover."""
         return not self.unsettled and not self._missing
 
+    def _observed(
+        self, call: str, batch: dict[str, list[TimelineEvent]], run: Callable[[], _T]
+    ) -> _T:
+        if self.observe is None:
+            return run()
+        self._waited = self._reply_cpu = 0.0
+        t0, c0 = time.perf_counter(), time.thread_time()
+        result = run()
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        events = sum(len(evs) for evs in batch.values())
+        self.observe(WriteTiming(call, events, wall, cpu, self._waited, self._reply_cpu))
+        return result
+
+    def _wait(self, read: Callable[..., _T], *args: Any) -> _T:
+        """``read(*args)``, a Redis round trip, timed when observed."""
+        if self.observe is None:
+            return read(*args)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return read(*args)
+        finally:
+            cpu = time.thread_time() - c0
+            self._waited += time.perf_counter() - t0 - cpu
+            self._reply_cpu += cpu
+
     def _settle(self) -> tuple[Settled, dict[str, list[TimelineEvent]]]:
         settled = Settled()
         writes, self._inflight = self._inflight, None
         if writes is None:
             return settled, {}
         # only its replies: the next batch's first chunks may be queued behind them
-        settle(self.store, writes, self._writes.receive(len(writes.commands)), settled.stats)
+        replies = self._wait(self._writes.receive, len(writes.commands))
+        settle(self.store, writes, replies, settled.stats)
         settled.batches = 1
         settled.complete = not writes.retry
         settled.writes = writes

@@ -85,9 +85,7 @@ def test_a_polling_scorer_answers_like_a_sleeping_one(
     model = random_model(n_items=100, version="v1")
     publish_model(settings, redis_client, model)
     store = UserStateStore(redis_client, settings.key_prefix, settings.timeline_max, 0)
-    StateWriter(store).apply(
-        {"bob": [TimelineEvent(0, 1, model.item_ids[0], 1.0)]}, [model]
-    )
+    StateWriter(store).apply({"bob": [TimelineEvent(0, 1, model.item_ids[0], 1.0)]}, [model])
     replies = []
     for spin_us in (0, 2000):
         server = RecommendServer(
