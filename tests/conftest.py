@@ -59,6 +59,18 @@ _WANT_DOCKER = os.environ.get("LEDREC_TEST_DOCKER") == "1"
 USE_DOCKER = _WANT_DOCKER and _docker_reachable()
 
 
+_FOLDER_MARKS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration,
+                 "faults": pytest.mark.faults}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test by its folder: ``-m unit`` runs the tests that start no server."""
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in _FOLDER_MARKS:
+            item.add_marker(_FOLDER_MARKS[folder])
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     if USE_DOCKER:
         return f"ledrec servers: docker ({KAFKA_IMAGE}, {REDIS_IMAGE}) via testcontainers"

@@ -27,8 +27,6 @@ from ledrec.stream.state import UserStateStore
 from tests.faults.common import start_cli, wait_until
 from tests.helpers import publish_model, random_model, settings_env
 
-pytestmark = pytest.mark.faults
-
 ADMIN_PASSWORD = "admin-secret"
 
 

@@ -21,8 +21,6 @@ from ledrec.stream.producer import EventPublisher
 from tests.faults.common import start_cli, wait_until
 from tests.helpers import publish_model, random_model, settings_env
 
-pytestmark = pytest.mark.faults
-
 # Deliberately small limits, passed to the scorer process through its environment.
 LIMITS = {"max_k": 50, "max_id_length": 16, "max_request_timeline": 5, "max_request_bytes": 2048}
 

@@ -39,8 +39,6 @@ from tests.faults.common import (
 )
 from tests.helpers import committed_lag, publish_model, random_model, settings_env
 
-pytestmark = pytest.mark.faults
-
 BUCKET = "ledrec-log"
 STREAMED = 20_000  # published while the broker dies for OUTAGE_S
 OUTAGE_S = 3.0

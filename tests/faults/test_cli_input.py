@@ -14,8 +14,6 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from ledrec.settings import Settings
 from tests.helpers import settings_env
 
-pytestmark = pytest.mark.faults
-
 CSV = """user_id,item_id,type,ts
 u1,i1,view,1
 ,i2,view,2

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import redis
 
 from ledrec.settings import Settings
@@ -29,8 +28,6 @@ from tests.faults.common import (
     wait_until,
 )
 from tests.helpers import committed_lag, publish_model, random_model, settings_env
-
-pytestmark = pytest.mark.faults
 
 N_EVENTS = 300_000  # enough that the consumers, pipelined, are still busy at the last kill
 N_USERS = 6_000  # ~50 events per user: every history fits the timeline, so all is checked

@@ -27,8 +27,6 @@ from hypothesis import strategies as st
 from ledrec.stream.events import EventCodec, EventError
 from ledrec.stream.protocol import Limits, RequestError, decode_request
 
-pytestmark = pytest.mark.faults
-
 EXAMPLES = 3_200
 FUZZ = settings(
     max_examples=EXAMPLES,

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
-import pytest
 import redis
 
 from ledrec.settings import Settings
@@ -26,8 +25,6 @@ from ledrec.stream.client import RecommenderClient, RecommendError, Timeout
 from ledrec.stream.protocol import Request, encode_request
 from tests.faults.common import start_cli, wait_until
 from tests.helpers import publish_model, random_model, settings_env
-
-pytestmark = pytest.mark.faults
 
 CLIENTS = 6
 CLIENT_TIMEOUT_S = 1.0

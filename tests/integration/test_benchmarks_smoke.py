@@ -6,11 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from benchmarks import run_all, stalls
-
-pytestmark = pytest.mark.integration
 
 
 def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_results(tmp_path: Path) -> None:

@@ -25,8 +25,6 @@ from ledrec.deploy.stack import (
 )
 from ledrec.settings import Settings
 
-pytestmark = pytest.mark.integration
-
 
 def _gone(pid: int) -> bool:
     try:
