@@ -9,6 +9,8 @@ Selectors (``(...)``) grant a command only on its own keys.
 
 from __future__ import annotations
 
+from ledrec.keyspace import Keyspace
+
 ROLES = ("consumer", "scorer", "client", "operator")
 
 # redis-py's health-check PING. (The CLIENT SETINFO it sends on connect may be refused: it
@@ -18,40 +20,40 @@ _CONNECT = ["+ping"]
 
 def acl_rules(role: str, prefix: str = "ledrec", queue: str | None = None) -> list[str]:
     """``ACL SETUSER`` rules for ``role`` in a deployment with this key prefix and queue."""
-    queue = queue or f"{prefix}:rpc:requests"
-    models = f"{prefix}:models:*"
+    keys = Keyspace(prefix, queue or "")
+    queue, models = keys.requests, keys.all_models
     base = ["resetkeys", "resetchannels", "-@all", *_CONNECT]
     if role == "consumer":  # user states (read + compare-and-set script), its status, models
         return [
             *base,
             "+hmget", "+evalsha", "+script|load", "+hget", "+hset", "+hdel", "+expire",
-            f"~{prefix}:u:*",
-            f"(+set ~{prefix}:consumers:*)",
+            f"~{keys.users}",
+            f"(+set ~{keys.consumers})",
             f"(+get +hget +smembers %R~{models})",
         ]  # fmt: skip
     if role == "scorer":  # take requests, read states and models, reply, heartbeat, follow swaps
         return [  # the take script (stream/intake.py) pops the queue and its taking list, HMGETs
             *base,
             "+blmove", "+rpop", "+rpush", "+evalsha", "+script|load",
-            f"~{queue}", f"~{prefix}:rpc:taking:*",
-            f"(+hmget %R~{prefix}:u:*)",
-            f"(+lpush +expire ~{prefix}:rpc:reply:*)",
+            f"~{queue}", f"~{keys.takings}",
+            f"(+hmget %R~{keys.users})",
+            f"(+lpush +expire ~{keys.replies})",
             f"(+get +hget +smembers %R~{models})",
-            f"(+set ~{prefix}:scorers:*)",
-            f"(+subscribe +unsubscribe &{prefix}:models:events)",
+            f"(+set ~{keys.scorers})",
+            f"(+subscribe +unsubscribe &{keys.model_events})",
         ]  # fmt: skip
     if role == "client":  # the bounded push (a script: LLEN + LPUSH) and its own reply key
         return [
             *base,
             "+evalsha", "+script|load", "+llen", "+lpush", f"~{queue}",
-            f"(+blpop ~{prefix}:rpc:reply:*)",
+            f"(+blpop ~{keys.replies})",
         ]  # fmt: skip
     if role == "operator":  # train/register/activate/back-fill/retire, status: data commands only
         return [
             *base,
             "+@read", "+@write", "+@scripting", "+@transaction", "+@pubsub", "+scan",
             "-@dangerous", "-script|flush", "-script|kill", "-function",
-            f"~{prefix}:*", f"&{prefix}:models:events",
+            f"~{keys.everything}", f"&{keys.model_events}",
         ]  # fmt: skip
     raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
 

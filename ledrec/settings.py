@@ -10,8 +10,10 @@ import json
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ledrec.keyspace import Keyspace
 
 
 class Settings(BaseSettings):
@@ -66,7 +68,7 @@ class Settings(BaseSettings):
     consumer_status_every_s: float = 0.5
 
     key_prefix: str = "ledrec"
-    request_queue: str = "ledrec:rpc:requests"
+    request_queue: str = ""  # default: <key_prefix>:rpc:requests (``keyspace``)
     request_timeout_s: float = 2.0
     serve_batch_size: int = 64
     # How long the serving thread polls its socket for the next batch before it sleeps.
@@ -109,6 +111,17 @@ class Settings(BaseSettings):
                 json.dumps(value) if isinstance(value, dict | list) else str(value)
             )
         return env
+
+    @model_validator(mode="after")
+    def _queue_follows_prefix(self) -> Settings:
+        if not self.request_queue:
+            self.request_queue = Keyspace(self.key_prefix).requests
+        return self
+
+    @property
+    def keyspace(self) -> Keyspace:
+        """Every Redis key name of this deployment."""
+        return Keyspace(self.key_prefix, self.request_queue)
 
     @property
     def model_store_path(self) -> Path:

@@ -24,6 +24,7 @@ from redis.retry import Retry
 
 from ledrec.connect import resolve_redis_url
 from ledrec.errors import LedrecError
+from ledrec.keyspace import Keyspace
 from ledrec.settings import Settings
 from ledrec.stream import protocol
 from ledrec.stream.protocol import Request
@@ -90,8 +91,10 @@ def _remaining(deadline: float) -> float:
 class _ClientBase:
     """What the sync and asyncio clients share: where to queue, and how to build a request."""
 
-    def __init__(self, queue: str, prefix: str, timeout_s: float, max_queue_length: int) -> None:
-        self.queue, self.prefix = queue, prefix
+    def __init__(
+        self, queue: str | None, prefix: str, timeout_s: float, max_queue_length: int
+    ) -> None:
+        self.queue, self.prefix = Keyspace(prefix, queue or "").requests, prefix
         self.timeout_s, self.max_queue_length = timeout_s, max_queue_length
 
     def _prepare(
@@ -117,7 +120,7 @@ class RecommenderClient(_ClientBase):
     def __init__(
         self,
         client: redis.Redis,
-        queue: str = "ledrec:rpc:requests",
+        queue: str | None = None,  # default: <prefix>:rpc:requests
         prefix: str = "ledrec",
         timeout_s: float = 2.0,
         max_queue_length: int = 10_000,
@@ -231,7 +234,7 @@ class AsyncRecommenderClient(_ClientBase):
     def __init__(
         self,
         client: aredis.Redis,
-        queue: str = "ledrec:rpc:requests",
+        queue: str | None = None,  # default: <prefix>:rpc:requests
         prefix: str = "ledrec",
         timeout_s: float = 2.0,
         max_queue_length: int = 10_000,

@@ -28,6 +28,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Histogram
 
+from ledrec.keyspace import Keyspace
 from ledrec.settings import Settings
 from ledrec.stream.artifact import Model
 from ledrec.stream.events import EventCodec, EventError
@@ -300,7 +301,7 @@ class StateUpdater:
         """Publish this consumer's totals in Redis (``ledrec status``, the demo, operators)."""
         self._reported_at = time.monotonic()
         self._reported_applied = self.totals.applied
-        key = f"{self.settings.key_prefix}:consumers:{self.name}"
+        key = Keyspace(self.settings.key_prefix).consumer(self.name)
         status = {**vars(self.totals), "partitions": self.assigned, "updated_at": time.time()}
         try:
             self.redis.set(key, json.dumps(status), ex=300)
@@ -337,9 +338,9 @@ class StateUpdater:
 def consumer_statuses(client: redis.Redis, prefix: str) -> dict[str, dict[str, float]]:
     """The status every live consumer last reported (name -> totals)."""
     out: dict[str, dict[str, float]] = {}
-    for key in client.scan_iter(match=f"{prefix}:consumers:*"):
+    pattern = Keyspace(prefix).consumers
+    for key in client.scan_iter(match=pattern):
         raw = client.get(key)
         if raw is not None:
-            name = (key.decode() if isinstance(key, bytes) else key).split(":consumers:", 1)[1]
-            out[name] = json.loads(raw)
+            out[Keyspace.name_in(key, pattern)] = json.loads(raw)
     return out

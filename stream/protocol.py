@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 
 from ledrec.errors import LedrecError
+from ledrec.keyspace import Keyspace
 from ledrec.stream.wire import unpack_untrusted
 
 # Clients enqueue with this script: only while the queue is under its bound, so an
@@ -78,7 +79,7 @@ def new_request(
     rid = uuid.uuid4().hex
     return Request(
         id=rid,
-        reply_to=f"{prefix}:rpc:reply:{rid}",
+        reply_to=Keyspace(prefix).reply(rid),
         deadline=time.time() + timeout_s,
         k=k,
         user_id=user_id,

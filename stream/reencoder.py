@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from ledrec.keyspace import Keyspace
 from ledrec.stream.artifact import Model
 from ledrec.stream.encoder import window_sum
 from ledrec.stream.state import UserState, UserStateStore
@@ -69,7 +70,7 @@ class BackfillProgress:
 
 
 def progress_key(prefix: str, version: str) -> str:
-    return f"{prefix}:models:backfill:{version}"
+    return Keyspace(prefix).backfill(version)
 
 
 def read_progress(client: redis.Redis, prefix: str, version: str) -> BackfillProgress | None:
@@ -106,13 +107,14 @@ class Reencoder:
         ``max_rate`` caps users per second, to bound the load on Redis.
         """
         progress = self.progress()
-        match = f"{self.store.prefix}:u:*"
-        head = len(self.store.prefix) + 3
+        keys = Keyspace(self.store.prefix)
         run_started, run_scanned = time.perf_counter(), 0
         while not progress.done:
             t0 = time.perf_counter()
-            cursor, keys = self.client.scan(cursor=progress.cursor, match=match, count=self.batch)
-            users = [(k.decode() if isinstance(k, bytes) else k)[head:] for k in keys]
+            cursor, found = self.client.scan(
+                cursor=progress.cursor, match=keys.users, count=self.batch
+            )
+            users = [keys.user_id(k) for k in found]
             self._fill(users, progress)
             progress.cursor = int(cursor)
             progress.scanned += len(users)

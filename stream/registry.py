@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from ledrec.errors import LedrecError
+from ledrec.keyspace import Keyspace
 from ledrec.stream.artifact import ArtifactError, Model, load_model
 from ledrec.stream.events import has_control_character
 
@@ -45,13 +46,14 @@ class Registry:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
+        self.keys = Keyspace(prefix)
 
     def _k(self, name: str) -> str:
-        return f"{self.prefix}:models:{name}"
+        return self.keys.models(name)
 
     @property
     def channel(self) -> str:
-        return self._k("events")
+        return self.keys.model_events
 
     def register(self, model: Model, state: str = "staged") -> None:
         """Record a saved model version (its directory must exist in the store)."""
@@ -178,16 +180,16 @@ class Registry:
     ) -> None:
         """A scorer's heartbeat: the version it serves and those it has ready."""
         status = {"serving": serving, "prepared": prepared, "updated_at": time.time()}
-        self.client.set(f"{self.prefix}:scorers:{name}", json.dumps(status), px=int(ttl_s * 1000))
+        self.client.set(self.keys.scorer(name), json.dumps(status), px=int(ttl_s * 1000))
 
     def scorers(self) -> dict[str, dict[str, Any]]:
         """Every scorer whose heartbeat has not expired (name -> status)."""
         out: dict[str, dict[str, Any]] = {}
-        head = f"{self.prefix}:scorers:"
-        for key in self.client.scan_iter(match=head + "*"):
+        pattern = self.keys.scorers
+        for key in self.client.scan_iter(match=pattern):
             raw = self.client.get(key)
             if raw is not None:
-                out[_s(key)[len(head) :]] = json.loads(raw)
+                out[self.keys.name_in(key, pattern)] = json.loads(raw)
         return out
 
     def _announce(self, what: str, version: str) -> None:

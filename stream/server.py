@@ -147,7 +147,7 @@ class RecommendServer:
         self.intake = Intake(
             client,
             settings.request_queue,
-            f"{settings.key_prefix}:rpc:taking:{self.name}",
+            settings.keyspace.taking(self.name),
             settings.serve_batch_size,
             settings.max_request_bytes,
             settings.max_id_length,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import redis
 
+from ledrec.keyspace import Keyspace
 from ledrec.settings import Settings
 from ledrec.stream.artifact import load_model
 from ledrec.stream.reencoder import BackfillProgress, Reencoder, clear_progress
@@ -68,7 +69,7 @@ class SwapLock:
     """Mutual exclusion of swaps across processes, renewed while held."""
 
     def __init__(self, client: redis.Redis, prefix: str, what: str) -> None:
-        self.client, self.key = client, f"{prefix}:models:lock"
+        self.client, self.key = client, Keyspace(prefix).swap_lock
         self.token = f"{what}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._script = client.register_script(_EXTEND)
 

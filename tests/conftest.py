@@ -193,7 +193,6 @@ def settings(
         dead_letter_topic=f"ledrec.dlq.{tag}",
         consumer_group=f"ledrec-state-{tag}",
         key_prefix=f"t:{tag}",
-        request_queue=f"t:{tag}:rpc:requests",
     )
     ensure_topics(
         settings.kafka_bootstrap,

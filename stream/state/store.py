@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from ledrec.keyspace import Keyspace
 from ledrec.stream import _resp
 from ledrec.stream.artifact import Model
 from ledrec.stream.state.schema import (
@@ -35,11 +36,12 @@ class UserStateStore:
         self.timeline_max = timeline_max
         self.ttl_seconds = ttl_seconds
         self.apply_script = client.register_script(APPLY_SCRIPT)
-        self._key_prefix = f"{prefix}:u:".encode()
+        self.keys = Keyspace(prefix)
+        self._key_prefix = self.keys.user_prefix.encode()
 
     def key(self, user_id: str) -> str:
         """The Redis key of a user's state."""
-        return f"{self.prefix}:u:{user_id}"
+        return self.keys.user(user_id)
 
     @property
     def key_prefix(self) -> bytes:
@@ -108,6 +110,5 @@ class UserStateStore:
 
     def scan_users(self, count: int = 1000) -> Iterable[str]:
         """Every user id with a state (SCAN, so it never blocks Redis)."""
-        start = len(self.prefix) + 3
-        for key in self.client.scan_iter(match=f"{self.prefix}:u:*", count=count):
-            yield (key.decode() if isinstance(key, bytes) else key)[start:]
+        for key in self.client.scan_iter(match=self.keys.users, count=count):
+            yield self.keys.user_id(key)
