@@ -206,8 +206,10 @@ class RecommenderClient(_ClientBase):
                 conn.send_command("EVALSHA", self._push.sha, 1, self.queue, *args)
                 try:
                     pushed = conn.read_response(timeout=_remaining(deadline))
-                except redis.exceptions.NoScriptError:  # a new or restarted Redis
-                    conn.send_command("EVAL", protocol.ENQUEUE_SCRIPT, 1, self.queue, *args)
+                except redis.exceptions.NoScriptError:  # a new or restarted Redis: load it
+                    conn.send_command("SCRIPT", "LOAD", protocol.ENQUEUE_SCRIPT)
+                    conn.read_response(timeout=_remaining(deadline))
+                    conn.send_command("EVALSHA", self._push.sha, 1, self.queue, *args)
                     pushed = conn.read_response(timeout=_remaining(deadline))
                 if pushed < 0:
                     raise self._queue_full()
@@ -221,6 +223,8 @@ class RecommenderClient(_ClientBase):
                 pool.release(conn)
         except redis.TimeoutError as e:
             raise Timeout(f"no reply within {timeout:.3f}s") from e
+        except redis.AuthenticationError as e:  # a ConnectionError in redis-py
+            raise Unavailable(f"redis refused the credentials (AuthenticationError): {e}") from e
         except redis.ConnectionError as e:
             raise Unavailable(f"redis unreachable: {e}") from e
         except redis.RedisError as e:
@@ -316,6 +320,8 @@ class AsyncRecommenderClient(_ClientBase):
                 raw = await self.client.blpop([req.reply_to], timeout=round(wait, 3))
         except (TimeoutError, redis.TimeoutError) as e:
             raise Timeout(f"no reply within {timeout:.3f}s") from e
+        except redis.AuthenticationError as e:  # a ConnectionError in redis-py
+            raise Unavailable(f"redis refused the credentials (AuthenticationError): {e}") from e
         except redis.ConnectionError as e:
             raise Unavailable(f"redis unreachable: {e}") from e
         except redis.RedisError as e:

@@ -1,0 +1,125 @@
+"""One contract for both recommendation clients: the same calls, the same answers and the
+same documented errors, against a real Redis and a real scorer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import pytest
+import redis
+
+from ledrec import (
+    AsyncRecommenderClient,
+    BadRequest,
+    Overloaded,
+    Recommendations,
+    RecommenderClient,
+    Settings,
+    Timeout,
+    Unavailable,
+)
+from tests.helpers import publish_model, random_model, running_server
+
+pytestmark = pytest.mark.contract
+
+
+class Client(Protocol):
+    def request(self, **kwargs: Any) -> Recommendations: ...
+    def close(self) -> None: ...
+
+
+class _AsyncAsSync:
+    """The asyncio client driven from a test: every call on one event loop."""
+
+    def __init__(self, client: AsyncRecommenderClient) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.client = client
+
+    def request(self, **kwargs: Any) -> Recommendations:
+        return self.loop.run_until_complete(self.client.request(**kwargs))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.aclose())
+        self.loop.close()
+
+
+def _sync(settings: Settings, **kw: Any) -> Client:
+    return RecommenderClient.from_settings(settings, **kw)
+
+
+def _async(settings: Settings, **kw: Any) -> Client:
+    return _AsyncAsSync(AsyncRecommenderClient.from_settings(settings, **kw))
+
+
+@pytest.fixture(params=[_sync, _async], ids=["sync", "asyncio"])
+def make_client(request: pytest.FixtureRequest) -> Iterator[Callable[..., Client]]:
+    made: list[Client] = []
+
+    def make(settings: Settings, **kw: Any) -> Client:
+        client: Client = request.param(settings, **kw)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def test_answers_with_items_scores_and_version(
+    settings: Settings, redis_client: redis.Redis, make_client: Callable[..., Client]
+) -> None:
+    model = publish_model(settings, redis_client, random_model(version="v1"))
+    with running_server(settings, redis_client):
+        recs = make_client(settings).request(items=[model.item_ids[0]], k=5)
+    assert recs.version == "v1" and recs.source == "items" and len(recs.items) == 5
+    assert model.item_ids[0] not in [item for item, _ in recs.items]  # seen items excluded
+
+
+def test_no_scorer_is_a_timeout_within_the_timeout(
+    settings: Settings, make_client: Callable[..., Client]
+) -> None:
+    client = make_client(settings, timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(Timeout):
+        client.request(user_id="alice")
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_full_queue_is_overloaded(
+    settings: Settings, redis_client: redis.Redis, make_client: Callable[..., Client]
+) -> None:
+    redis_client.lpush(settings.request_queue, b"waiting")
+    client = make_client(settings.model_copy(update={"max_queue_length": 1}))
+    with pytest.raises(Overloaded):
+        client.request(user_id="alice")
+
+
+def test_a_malformed_request_is_a_bad_request(
+    settings: Settings, redis_client: redis.Redis, make_client: Callable[..., Client]
+) -> None:
+    publish_model(settings, redis_client, random_model(version="v1"))
+    with running_server(settings, redis_client), pytest.raises(BadRequest, match="k must be"):
+        make_client(settings).request(user_id="alice", k=settings.max_k + 1)
+
+
+def test_no_active_model_is_unavailable(
+    settings: Settings, redis_client: redis.Redis, make_client: Callable[..., Client]
+) -> None:
+    with running_server(settings, redis_client), pytest.raises(Unavailable, match="no active"):
+        make_client(settings).request(user_id="alice")
+
+
+def test_an_unreachable_redis_is_unavailable(
+    settings: Settings, make_client: Callable[..., Client]
+) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gone = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+    with pytest.raises(Unavailable):
+        make_client(gone, timeout_s=1.0).request(user_id="alice")
