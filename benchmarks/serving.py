@@ -88,7 +88,7 @@ def _echo(settings: Any, stop: Any) -> None:  # child: the floor, no work per re
             return [(r.reply_to, protocol.encode_reply(r.id, [], "echo", "echo")) for r in requests]
 
     server = EchoServer(settings, redis.Redis.from_url(settings.redis_url))
-    server.scorer = object()  # type: ignore[assignment]  # no model: _score does no work
+    server.versions.serving = object()  # type: ignore[assignment]  # no model: no work
     while not stop.is_set():
         server.serve_once(block_s=0.2)
 
@@ -533,15 +533,12 @@ def _table4(settings: Any, model: Any, index: Any, users: list[str], nprobe: int
     """Single-request user-embedding and kNN times, in this process, one thread."""
     import redis
 
-    from ledrec.stream.index import set_nprobe
-    from ledrec.stream.scorer import Query, Scorer
+    from ledrec.stream.loaded_model import LoadedModel, Query
     from ledrec.stream.state import UserStateStore
 
     client = redis.Redis.from_url(settings.redis_url)
     store = UserStateStore(client, settings.key_prefix, settings.timeline_max, 3600)
-    scorer = Scorer.__new__(Scorer)
-    scorer.model, scorer.index, scorer.exact = model, index, False
-    set_nprobe(index, nprobe)
+    scorer = LoadedModel(model, settings.exact_index_max_items, nprobe, index=index)
     rng = random.Random(0)
     enc, knn, topk = [], [], []
     for _ in range(500):

@@ -31,6 +31,7 @@ from prometheus_client import Counter, Histogram
 from ledrec.keyspace import Keyspace
 from ledrec.settings import Settings
 from ledrec.stream.artifact import Model
+from ledrec.stream.backoff import Backoff
 from ledrec.stream.events import EventCodec, EventError
 from ledrec.stream.kafka import client_config
 from ledrec.stream.registry import ModelCache, Registry
@@ -56,7 +57,6 @@ REDIS_RETRIES = Counter("ledrec_consume_redis_retries_total", "Batches retried: 
 # Test-only fault injection (tests/faults): exit hard right after the Nth batch's Redis
 # write, before its offsets are committed — the window the per-user offsets must cover.
 FAULT_KILL_AFTER_REDIS_WRITE = "LEDREC_FAULT_KILL_AFTER_REDIS_WRITE"
-MAX_BACKOFF_S = 5.0
 
 
 @dataclass
@@ -282,7 +282,7 @@ class StateUpdater:
         write that landed before the connection broke is skipped on the retry by the
         per-user offsets.
         """
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 return action()
@@ -290,12 +290,11 @@ class StateUpdater:
                 if self.stop_event.is_set():
                     raise
                 REDIS_RETRIES.inc()
+                delay = backoff.wait(self.stop_event)
                 log.warning(
                     "redis unavailable; batch not committed, retrying",
-                    extra={"error": str(e), "retry_in_s": delay},
+                    extra={"error": str(e), "retried_after_s": round(delay, 3)},
                 )
-                self.stop_event.wait(delay)
-                delay = min(2 * delay, MAX_BACKOFF_S)
 
     def report_status(self) -> None:
         """Publish this consumer's totals in Redis (``ledrec status``, the demo, operators)."""

@@ -6,15 +6,14 @@ for the whole batch, and sends every reply in one pipeline that ends with the wa
 the next batch and its states (``stream.intake``: returns at once when requests are
 queued, else when the next one arrives). So a batch costs one round trip, busy or idle.
 The serving thread holds its own connection for it (redis-py's pool checks every
-checkout, at more CPU than the round trip). Model swaps are prepared in a background
-thread and take effect between two batches, never in the middle of one.
+checkout, at more CPU than the round trip). Model versions are prepared in a background
+thread (``stream.versions.ServingVersions``) and take effect between two batches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import logging
 import os
 import socket
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import faiss
-import numpy as np
 import redis
 from prometheus_client import Counter, Histogram
 
@@ -34,17 +32,17 @@ from ledrec.settings import Settings
 from ledrec.stream import protocol
 from ledrec.stream._resp import HeldConnectionPool, RawConnection, reply_commands
 from ledrec.stream.artifact import ArtifactError
+from ledrec.stream.backoff import Backoff
 from ledrec.stream.intake import Intake, Taken
+from ledrec.stream.loaded_model import LoadedModel, Query
 from ledrec.stream.protocol import Limits, Request, RequestError
 from ledrec.stream.registry import ModelCache, Registry
-from ledrec.stream.scorer import Query, Scorer
 from ledrec.stream.state import UserState, UserStateStore, parse_states, state_fields
+from ledrec.stream.versions import ServingVersions
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-MAX_BACKOFF_S = 5.0
-HEARTBEAT_TTL_S = 5.0  # a scorer silent this long no longer counts in a swap
 
 REQUESTS = Counter("ledrec_requests_total", "Requests answered", ["outcome"])
 _ANSWERED = REQUESTS.labels("ok")  # looked up once: labels() costs µs per call
@@ -130,20 +128,13 @@ class RecommendServer:
             settings.max_k,
             settings.max_request_timeline,
         )
-        self.scorer: Scorer | None = None
-        self._next: Scorer | None = None
-        self._lock = threading.Lock()
         self.totals = ServerTotals()
         self.stop_event = threading.Event()
         # Taken with the last replies, and the version whose sums were read with them.
         self._prefetched: list[Taken] | None = None
         self._read_version: str | None = None
-        self._refused: str | None = None  # a version that failed to load (artifacts are immutable)
-        # Scorers of the other live versions (warming: the next one; retained: a rollback
-        # target), loaded in the background so that a flip never loads on the request path.
-        self._prepared: dict[str, Scorer] = {}
-        self._unloadable: set[str] = set()
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.versions = ServingVersions(settings, self.registry, self.models, self.name)
         self.intake = Intake(
             client,
             settings.request_queue,
@@ -154,121 +145,14 @@ class RecommendServer:
             self.store.key_prefix,
         )
 
-    # -- model versions ------------------------------------------------------------------
+    @property
+    def scorer(self) -> LoadedModel | None:
+        """The version serving now (None: no usable active version yet)."""
+        return self.versions.serving
+
     def load_active(self) -> bool:
         """Prepare the registry's active version if it is not the one serving."""
-        version = self.registry.active()
-        current = self._next or self.scorer
-        if version is None or version == self._refused:
-            return False
-        if current is not None and current.version == version:
-            return False
-        with self._lock:
-            scorer = self._prepared.pop(version, None)
-        if scorer is None:
-            try:
-                scorer = self._build_scorer(version)
-            except ArtifactError:
-                self._refused = version  # do not re-read and re-hash it every second
-                raise
-        with self._lock:
-            self._next = scorer
-        log.info("model prepared", extra={"version": version, "exact": scorer.exact})
-        return True
-
-    def _watch_models(self) -> None:
-        """Follow the active pointer, resubscribing with backoff while Redis is unreachable."""
-        delay = 0.1
-        while not self.stop_event.is_set():
-            try:
-                self._follow_active()
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                log.warning("model watcher: redis unavailable", extra={"error": str(e)})
-                self.stop_event.wait(delay)
-                delay = min(2 * delay, MAX_BACKOFF_S)
-
-    def _follow_active(self) -> None:
-        """Pub/sub for speed, a periodic check as a safety net."""
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        pubsub.subscribe(self.registry.channel)
-        try:
-            while not self.stop_event.is_set():
-                pubsub.get_message(timeout=1.0)
-                self.sync_models()
-        finally:
-            pubsub.close()
-
-    def sync_models(self) -> None:
-        """Prepare the live versions, switch to the active one, report (the watcher's round)."""
-        try:
-            self.prepare_live()
-        except (redis.ConnectionError, redis.TimeoutError):
-            raise
-        except Exception:
-            log.exception("could not prepare the live model versions")
-        try:
-            self.load_active()
-        except (redis.ConnectionError, redis.TimeoutError):
-            raise
-        except Exception:
-            log.exception("could not load the active model; still serving the old one")
-        # Swap here rather than wait for the serving loop (it may sit in BLMOVE): a batch
-        # takes ``self.scorer`` once, so the switch still falls between two batches.
-        self._swap_if_ready()
-        self.heartbeat()
-
-    def prepare_live(self) -> None:
-        """Load and warm every live version not loaded yet; forget those no longer live."""
-        live = set(self.registry.live())
-        with self._lock:
-            for gone in set(self._prepared) - live:
-                del self._prepared[gone]
-            loaded = set(self._prepared) | {s.version for s in (self.scorer, self._next) if s}
-        for version in sorted(live - loaded - self._unloadable):
-            self.heartbeat()  # loading a big index takes a while: stay visible meanwhile
-            try:
-                scorer = self._build_scorer(version)
-            except ArtifactError:
-                self._unloadable.add(version)
-                log.exception("model version unusable", extra={"version": version})
-                continue
-            with self._lock:
-                self._prepared[version] = scorer
-            log.info("model prepared", extra={"version": version, "exact": scorer.exact})
-
-    def _build_scorer(self, version: str) -> Scorer:
-        """Load a version, build or read its index, and run a few searches to warm it."""
-        model = self.models.get(version)
-        scorer = Scorer(model, self.settings.exact_index_max_items, self.settings.ivf_nprobe)
-        zeros = np.zeros(model.dim, dtype=np.float32)
-        scorer.top_k([Query(zeros, frozenset(), 10)] * self.settings.serve_batch_size)
-        model.row_of  # noqa: B018  # built here, not by the first request with explicit items
-        # The model's million-entry id list and dict live as long as the version: keep the
-        # cyclic GC from traversing them again and again on the request path.
-        gc.freeze()
-        return scorer
-
-    def heartbeat(self) -> None:
-        """Tell swaps what this scorer serves and has ready (``Registry.scorers``)."""
-        with self._lock:
-            serving = self.scorer.version if self.scorer is not None else None
-            prepared = sorted(self._prepared)
-        self.registry.report_scorer(self.name, serving, prepared, HEARTBEAT_TTL_S)
-
-    def _swap_if_ready(self) -> None:
-        if self._next is None:
-            return
-        with self._lock:
-            if self._next is None:  # the other thread swapped first
-                return
-            old, self.scorer, self._next = self.scorer, self._next, None
-            if old is not None:
-                self._prepared[old.version] = old  # a rollback target until it leaves live
-        log.info(
-            "model swapped",
-            extra={"version": self.scorer.version, "previous": old.version if old else None},
-        )
-        self.heartbeat()
+        return self.versions.load_active()
 
     # -- serving -------------------------------------------------------------------------
     def run(self) -> ServerTotals:
@@ -277,21 +161,22 @@ class RecommendServer:
             self.load_active()
         except (ArtifactError, redis.ConnectionError, redis.TimeoutError):
             log.exception("no usable active model yet; the watcher keeps trying")
-        watcher = threading.Thread(target=self._watch_models, name="model-watcher", daemon=True)
+        watcher = threading.Thread(
+            target=self.versions.watch, args=(self.stop_event,), name="model-watcher", daemon=True
+        )
         watcher.start()
-        delay = 0.1
+        backoff = Backoff()
         try:
             while not self.stop_event.is_set():
                 try:
                     self.serve_once(block_s=0.5)
-                    delay = 0.1
+                    backoff.reset()
                 except (redis.ConnectionError, redis.TimeoutError) as e:
+                    delay = backoff.wait(self.stop_event)
                     log.warning(
                         "redis unavailable; serving paused",
-                        extra={"error": str(e), "retry_in_s": delay},
+                        extra={"error": str(e), "retried_after_s": round(delay, 3)},
                     )
-                    self.stop_event.wait(delay)
-                    delay = min(2 * delay, MAX_BACKOFF_S)
         finally:
             self.stop_event.set()
             watcher.join(timeout=2)
@@ -311,7 +196,7 @@ class RecommendServer:
         next one arrives, so an idle server does not pay a round trip to find the list
         empty before it blocks.
         """
-        self._swap_if_ready()
+        self.versions.swap_if_ready()
         taken, self._prefetched = self._prefetched, None
         if not taken:
             taken = self._reply_and_take([], block_s)
@@ -442,7 +327,7 @@ class RecommendServer:
         return [next(parsed) if r is not None else next(fresh) for r in raw]
 
     def _score(
-        self, scorer: Scorer, requests: list[Request], user_states: list[UserState | None]
+        self, scorer: LoadedModel, requests: list[Request], user_states: list[UserState | None]
     ) -> list[tuple[str, bytes]]:
         """Replies to ``requests``; ``user_states`` are the states of those with a user id."""
         states = iter(user_states)

@@ -21,6 +21,7 @@ One activation at a time: a lock in Redis, held (and kept alive) for the whole c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -29,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from redis.exceptions import LockError
+from redis.lock import Lock
 
 from ledrec.keyspace import Keyspace
 from ledrec.settings import Settings
@@ -40,14 +43,7 @@ from ledrec.stream.state import UserStateStore
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-LOCK_TTL_MS = 15_000
-
-# Release / extend the lock only if we still hold it. KEYS[1] lock; ARGV: token, ttl ms.
-_EXTEND = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
-return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-"""
+LOCK_TTL_S = 15.0
 
 
 @dataclass
@@ -66,25 +62,31 @@ class SwapReport:
 
 
 class SwapLock:
-    """Mutual exclusion of swaps across processes, renewed while held."""
+    """Mutual exclusion of swaps across processes (redis-py's ``Lock``), renewed while held.
+
+    The token names the holder (what, pid), so a refused swap can say who holds it.
+    """
 
     def __init__(self, client: redis.Redis, prefix: str, what: str) -> None:
-        self.client, self.key = client, Keyspace(prefix).swap_lock
+        self.lock = Lock(client, Keyspace(prefix).swap_lock, timeout=LOCK_TTL_S, thread_local=False)
         self.token = f"{what}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._script = client.register_script(_EXTEND)
 
     def __enter__(self) -> SwapLock:
-        if not self.client.set(self.key, self.token, nx=True, px=LOCK_TTL_MS):
-            holder = self.client.get(self.key)
+        if not self.lock.acquire(blocking=False, token=self.token):
+            holder = self.lock.redis.get(self.lock.name)
             raise RegistryError(f"another model swap is in progress ({holder!r}); try again")
         return self
 
     def renew(self) -> None:
-        if not self._script(keys=[self.key], args=[self.token, LOCK_TTL_MS]):
-            raise RegistryError("lost the model swap lock (expired while held)")
+        """Reset the lock's time to live (a swap calls this as it makes progress)."""
+        try:
+            self.lock.reacquire()
+        except LockError as e:
+            raise RegistryError("lost the model swap lock (expired while held)") from e
 
     def __exit__(self, *_: object) -> None:
-        self._script(keys=[self.key], args=[self.token, 0])
+        with contextlib.suppress(LockError):  # expired meanwhile: nothing of ours to release
+            self.lock.release()
 
 
 class Swapper:

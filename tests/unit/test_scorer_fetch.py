@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from ledrec.stream.index import augmented
-from ledrec.stream.scorer import SEEN_MARGIN, Query, Scorer
+from ledrec.stream.loaded_model import SEEN_MARGIN, LoadedModel, Query
 from tests.helpers import random_model
 
 
 def test_many_seen_items_at_the_top_still_give_the_exact_unseen_top_k() -> None:
     model = random_model(n_items=500, dim=8, seed=3)
-    scorer = Scorer(model, exact_max_items=10_000, nprobe=1)
+    scorer = LoadedModel(model, exact_max_items=10_000, nprobe=1)
     rng = np.random.default_rng(0)
     queries = []
     for n_seen in (0, 3, SEEN_MARGIN, SEEN_MARGIN + 1, 4 * SEEN_MARGIN):

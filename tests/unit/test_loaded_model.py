@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ledrec.stream.artifact import Model
-from ledrec.stream.scorer import Query, Scorer
+from ledrec.stream.loaded_model import LoadedModel, Query
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def _brute(model: Model, u: np.ndarray, seen: set[str], k: int) -> list[str]:
 
 
 def test_exact_top_k_matches_brute_force_and_excludes_seen(model: Model) -> None:
-    scorer = Scorer(model, exact_max_items=10_000, nprobe=8)
+    scorer = LoadedModel(model, exact_max_items=10_000, nprobe=8)
     assert scorer.exact
     timeline = [("i1", 1.0), ("i2", 2.0), ("unknown", 1.0)]
     u = scorer.encode_timeline(timeline)
@@ -38,13 +38,13 @@ def test_exact_top_k_matches_brute_force_and_excludes_seen(model: Model) -> None
 
 
 def test_empty_user_gets_popularity_by_bias(model: Model) -> None:
-    scorer = Scorer(model, exact_max_items=10_000, nprobe=8)
+    scorer = LoadedModel(model, exact_max_items=10_000, nprobe=8)
     got = scorer.top_k([Query(scorer.encode_sum(None, 0.0), frozenset(), 5)])[0]
     assert [i for i, _ in got] == [str(model.item_ids[i]) for i in np.argsort(-model.biases)[:5]]
 
 
 def test_ivf_index_above_threshold_has_high_recall(model: Model) -> None:
-    scorer = Scorer(model, exact_max_items=100, nprobe=64)
+    scorer = LoadedModel(model, exact_max_items=100, nprobe=64)
     assert not scorer.exact
     rng = np.random.default_rng(2)
     hits = 0

@@ -1,4 +1,4 @@
-"""Scoring: a user's running sum → ``u = sum / weight`` → faiss top-k of ``<u, v_i> + b_i``.
+"""One loaded model version: a user's sum → ``u = sum / weight`` → top-k of ``<u, v_i> + b_i``.
 
 Seen items are excluded by asking faiss for ``k + |seen|`` and filtering. An unknown or
 empty user has ``u = 0``, so the ranking is by bias alone: the popularity fallback.
@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from ledrec.stream.artifact import INDEX_FILE, Model
 from ledrec.stream.encoder import user_vector, window_sum
-from ledrec.stream.index import build_index, deserialize, set_nprobe
+from ledrec.stream.index import HeadTailIndex, build_index, deserialize, set_nprobe
 
 SEEN_MARGIN = 16  # first search: k + at most this many, for seen items to drop
 
@@ -30,13 +30,25 @@ class Query:
     k: int
 
 
-class Scorer:
-    """One loaded model version and its index."""
+class LoadedModel:
+    """One model version loaded for serving: its embeddings, biases and faiss index.
 
-    def __init__(self, model: Model, exact_max_items: int, nprobe: int) -> None:
+    (A *scorer* is the process that serves requests; it holds one or more of these.)
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        exact_max_items: int,
+        nprobe: int,
+        index: faiss.Index | HeadTailIndex | None = None,
+    ) -> None:
+        """``index``: one already built for ``model`` (else read from its artifact or built)."""
         self.model = model
         index_path = model.path / INDEX_FILE if model.path is not None else None
-        if index_path is not None and index_path.exists():
+        if index is not None:
+            self.index = index
+        elif index_path is not None and index_path.exists():
             self.index = deserialize(index_path.read_bytes())  # checksummed with the model
         else:
             self.index = build_index(model, exact_max_items)
