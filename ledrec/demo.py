@@ -27,7 +27,8 @@ import numpy as np
 import redis
 import scipy.sparse as sp
 
-from ledrec.deploy.stack import ensure_topics, stack_down, stack_up
+from ledrec.connect import ensure_event_topics
+from ledrec.deploy.stack import stack_down, stack_up
 from ledrec.settings import Settings
 from ledrec.stream.artifact import load_model
 from ledrec.stream.client import RecommenderClient
@@ -120,10 +121,7 @@ def run_demo(args: argparse.Namespace) -> int:
             "LEDREC_HOME": str(home),
             "LEDREC_TIMELINE_MAX": str(settings.timeline_max),
         }
-        ensure_topics(
-            stack.kafka_bootstrap,
-            {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
-        )
+        ensure_event_topics(settings, stack.kafka_bootstrap)
         r = redis.Redis.from_url(stack.redis_url)
         registry = Registry(r, settings.key_prefix)
         registry.register(model)

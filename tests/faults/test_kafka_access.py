@@ -12,7 +12,7 @@ import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from ledrec.deploy import stack
+from ledrec import connect
 from ledrec.settings import Settings
 from ledrec.stream import consumer, producer, replay
 from ledrec.stream.kafka import client_config
@@ -46,7 +46,7 @@ def test_sasl_ssl_settings_reach_every_client(
     for module, name, cls in [
         (consumer, "Consumer", Consumer), (consumer, "Producer", Producer),
         (producer, "Producer", Producer), (replay, "Consumer", Consumer),
-        (stack, "AdminClient", AdminClient),
+        (connect, "AdminClient", AdminClient),
     ]:  # fmt: skip
         monkeypatch.setattr(module, name, recording(cls))
     settings = Settings(kafka_bootstrap=NOWHERE, redis_url="redis://unused", kafka_config=SECURE)
@@ -54,7 +54,7 @@ def test_sasl_ssl_settings_reach_every_client(
     consumer.StateUpdater(settings, NOWHERE, redis_client)  # group consumer + DLQ producer
     producer.EventPublisher(settings, NOWHERE)
     replay._consumer(settings, NOWHERE)  # the trainer's replay
-    stack._admin(NOWHERE, settings.kafka_config)  # ensure_topics, wait_for_kafka
+    connect._admin(NOWHERE, settings.kafka_config)  # ensure_topics, wait_for_kafka
 
     assert [name for name, _ in built] == ["Consumer", "Producer", "Producer", "Consumer",
                                            "AdminClient"]  # fmt: skip
