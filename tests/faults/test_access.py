@@ -24,8 +24,7 @@ from ledrec.settings import Settings
 from ledrec.stream.client import RecommenderClient
 from ledrec.stream.producer import EventPublisher
 from ledrec.stream.state import UserStateStore
-from tests.faults.common import start_cli, wait_until
-from tests.helpers import publish_model, random_model, settings_env
+from tests.helpers import publish_model, random_model, settings_env, start_cli, wait_until
 
 ADMIN_PASSWORD = "admin-secret"
 

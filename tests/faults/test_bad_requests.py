@@ -18,8 +18,7 @@ from ledrec.stream import protocol
 from ledrec.stream.client import BadRequest, RecommenderClient
 from ledrec.stream.consumer import StateUpdater
 from ledrec.stream.producer import EventPublisher
-from tests.faults.common import start_cli, wait_until
-from tests.helpers import publish_model, random_model, settings_env
+from tests.helpers import publish_model, random_model, settings_env, start_cli, wait_until
 
 # Deliberately small limits, passed to the scorer process through its environment.
 LIMITS = {"max_k": 50, "max_id_length": 16, "max_request_timeline": 5, "max_request_bytes": 2048}

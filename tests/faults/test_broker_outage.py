@@ -29,15 +29,18 @@ import redis
 from ledrec.deploy.stack import KafkaBroker, S3Server, ensure_topics
 from ledrec.settings import Settings
 from ledrec.stream.producer import EventPublisher, PublishError
-from tests.faults.common import (
+from tests.helpers import (
     Events,
     assert_clean_pass,
+    committed_lag,
+    publish_model,
     publish_stream,
+    random_model,
     random_views,
+    settings_env,
     start_cli,
     wait_until,
 )
-from tests.helpers import committed_lag, publish_model, random_model, settings_env
 
 BUCKET = "ledrec-log"
 STREAMED = 20_000  # published while the broker dies for OUTAGE_S

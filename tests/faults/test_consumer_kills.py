@@ -20,14 +20,17 @@ import redis
 
 from ledrec.settings import Settings
 from ledrec.stream.consumer import FAULT_KILL_AFTER_REDIS_WRITE
-from tests.faults.common import (
+from tests.helpers import (
     applied_by,
     assert_clean_pass,
+    committed_lag,
+    publish_model,
     publish_stream,
+    random_model,
+    settings_env,
     start_cli,
     wait_until,
 )
-from tests.helpers import committed_lag, publish_model, random_model, settings_env
 
 N_EVENTS = 300_000  # enough that the consumers, pipelined, are still busy at the last kill
 N_USERS = 6_000  # ~50 events per user: every history fits the timeline, so all is checked

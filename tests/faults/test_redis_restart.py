@@ -15,8 +15,17 @@ from pathlib import Path
 from ledrec.deploy.stack import RedisServer
 from ledrec.settings import Settings
 from ledrec.stream.client import RecommenderClient, RecommendError
-from tests.faults.common import Events, assert_clean_pass, publish_stream, start_cli, wait_until
-from tests.helpers import committed_lag, publish_model, random_model, settings_env
+from tests.helpers import (
+    Events,
+    assert_clean_pass,
+    committed_lag,
+    publish_model,
+    publish_stream,
+    random_model,
+    settings_env,
+    start_cli,
+    wait_until,
+)
 
 N_EVENTS = 40_000
 # Short outages are ridden out by redis-py's own retries; the long one outlasts them (~9 s

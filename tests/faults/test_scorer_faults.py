@@ -23,8 +23,7 @@ import redis
 from ledrec.settings import Settings
 from ledrec.stream.client import RecommenderClient, RecommendError, Timeout
 from ledrec.stream.protocol import Request, encode_request
-from tests.faults.common import start_cli, wait_until
-from tests.helpers import publish_model, random_model, settings_env
+from tests.helpers import publish_model, random_model, settings_env, start_cli, wait_until
 
 CLIENTS = 6
 CLIENT_TIMEOUT_S = 1.0

@@ -1,6 +1,7 @@
-"""The pipelined state writes against a real Redis: same result as a clean pass, whatever
-the overlap between batches, the partitions they carry, writers racing them, and whether a
-batch's writes go out in one piece or in chunks behind the write in flight."""
+"""The state write paths against a real Redis, one contract for all of them: synchronous
+(``apply``), pipelined in one piece and pipelined in chunks behind the write in flight
+(``submit``) give the same result as a clean pass, whatever the overlap between batches,
+the partitions they carry and the writers racing them."""
 
 import numpy as np
 import pytest
@@ -12,7 +13,10 @@ from ledrec.stream.state import StateWriter, TimelineEvent, UserStateStore, writ
 from tests.helpers import clean_pass, random_model
 
 T_MAX = 7
-# users per early chunk: the default (a batch here is one chunk), and a few (many chunks)
+pytestmark = pytest.mark.contract
+# the write paths: synchronous, and pipelined with the default early chunk (a batch here is
+# one chunk) or a few users per chunk (many chunks)
+PATHS = pytest.mark.parametrize("path", ["apply", f"submit-{writer.EARLY_CHUNK_USERS}", "submit-3"])
 CHUNKS = pytest.mark.parametrize("chunk", [writer.EARLY_CHUNK_USERS, 3])
 
 
@@ -54,20 +58,24 @@ def _check(store: UserStateStore, batches: list[dict[str, list[TimelineEvent]]])
         assert abs(state.weights["v1"] - weight) < 1e-9
 
 
-@CHUNKS
-def test_pipelined_batches_equal_a_clean_pass_despite_racing_writers(
-    settings: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, chunk: int
+@PATHS
+def test_every_write_path_equals_a_clean_pass_despite_racing_writers(
+    settings: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    monkeypatch.setattr(writer, "EARLY_CHUNK_USERS", chunk)
+    mode, _, chunk = path.partition("-")
+    if chunk:
+        monkeypatch.setattr(writer, "EARLY_CHUNK_USERS", int(chunk))
     v1, v2 = random_model(version="v1"), random_model(seed=5, version="v2")
     store = UserStateStore(redis_client, settings.key_prefix, T_MAX, ttl_seconds=3600)
     pipeline = StateWriter(store)
     batches = _batches(3000, 40, seed=1)
     applied = conflicts = 0
     for n, batch in enumerate(batches):
-        settled = pipeline.submit(batch, [v1])
-        applied += settled.stats.applied_events
-        conflicts += settled.stats.conflicts
+        stats = (
+            pipeline.apply(batch, [v1]) if mode == "apply" else pipeline.submit(batch, [v1]).stats
+        )
+        applied += stats.applied_events
+        conflicts += stats.conflicts
         if n % 3 == 0:  # the re-encoder writes a few users while this batch is in flight
             for user in list(batch)[:3]:
                 read = store.read(user, [])
@@ -76,7 +84,8 @@ def test_pipelined_batches_equal_a_clean_pass_despite_racing_writers(
     settled = pipeline.drain([v1])
     applied += settled.stats.applied_events
     assert applied == sum(len(evs) for b in batches for evs in b.values())
-    assert conflicts > 0  # the racing writes did make compare-and-sets fail
+    if mode == "submit":  # (apply returns before the next racing write: nothing to lose)
+        assert conflicts > 0  # the racing writes did make compare-and-sets fail
     _check(store, batches)
 
 

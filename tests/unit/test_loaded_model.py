@@ -1,3 +1,7 @@
+"""One contract for both indexes a loaded version may hold: the exact one and the head +
+IVF one (probing every list, so its answers must be exact too): the same encoder, the same
+seen filter, the same popularity fallback, the brute-force top-k."""
+
 import numpy as np
 import pytest
 
@@ -17,15 +21,28 @@ def model() -> Model:
     )
 
 
+# (exact_max_items, nprobe): 500 items fit the exact index; above 100 a head + IVF one,
+# every list probed
+INDEXES = {"exact": (10_000, 8), "head+ivf": (100, 10_000)}
+
+
+@pytest.fixture(params=list(INDEXES), ids=list(INDEXES))
+def loaded(request: pytest.FixtureRequest, model: Model) -> LoadedModel:
+    exact_max_items, nprobe = INDEXES[request.param]
+    loaded = LoadedModel(model, exact_max_items, nprobe)
+    assert loaded.exact == (request.param == "exact")
+    return loaded
+
+
 def _brute(model: Model, u: np.ndarray, seen: set[str], k: int) -> list[str]:
     scores = model.embeddings @ u + model.biases
     order = [str(model.item_ids[i]) for i in np.argsort(-scores)]
     return [i for i in order if i not in seen][:k]
 
 
-def test_exact_top_k_matches_brute_force_and_excludes_seen(model: Model) -> None:
-    scorer = LoadedModel(model, exact_max_items=10_000, nprobe=8)
-    assert scorer.exact
+@pytest.mark.contract
+def test_top_k_matches_brute_force_and_excludes_seen(model: Model, loaded: LoadedModel) -> None:
+    scorer = loaded
     timeline = [("i1", 1.0), ("i2", 2.0), ("unknown", 1.0)]
     u = scorer.encode_timeline(timeline)
     expected_u = (model.embeddings[1] + 2 * model.embeddings[2]) / 3
@@ -37,8 +54,9 @@ def test_exact_top_k_matches_brute_force_and_excludes_seen(model: Model) -> None
     assert scores == sorted(scores, reverse=True)
 
 
-def test_empty_user_gets_popularity_by_bias(model: Model) -> None:
-    scorer = LoadedModel(model, exact_max_items=10_000, nprobe=8)
+@pytest.mark.contract
+def test_empty_user_gets_popularity_by_bias(model: Model, loaded: LoadedModel) -> None:
+    scorer = loaded
     got = scorer.top_k([Query(scorer.encode_sum(None, 0.0), frozenset(), 5)])[0]
     assert [i for i, _ in got] == [str(model.item_ids[i]) for i in np.argsort(-model.biases)[:5]]
 
