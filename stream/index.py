@@ -2,13 +2,12 @@
 
 Exact inner product (``IndexFlatIP``) for small catalogs. Above a threshold, a
 :class:`HeadTailIndex`: the ``head_items`` items of highest bias searched exactly, and an
-IVF inner-product index over all the others. Measured on LED queries (averages of
-timeline item vectors) at 10^6 × 64, a plain IVF misses the popular items of other taste
-clusters (their bias puts them in the top-k, their vector puts them in lists that are not
-probed): recall@10 stalled at 0.94–0.96 for nprobe 8–32 (0.3–1 ms); with a 2,000-item
-exact head it was 0.998 at nprobe 2 (≈0.1 ms). Built offline and shipped with the model
-(``index.faiss``) so loading a version never trains an index on the request path. HNSW is
-not offered: on LED queries (small norms, far from the data) its recall measured poor.
+IVF inner-product index over all the others: a plain IVF misses the popular items of
+other taste clusters (their bias puts them in the top-k, their vector puts them in lists
+that are not probed), the head catches them (the recall figures: benchmarks/results/
+NOTES.md, "Index"). Built offline and shipped with the model (``index.faiss``) so loading
+a version never trains an index on the request path. HNSW is not offered: on LED queries
+(small norms, far from the data) its recall is poor (same section).
 """
 
 from __future__ import annotations

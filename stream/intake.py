@@ -1,7 +1,7 @@
 """The scorer's intake: a batch of requests and their users' states in one round trip.
 
-A scorer used to pay two round trips per batch: the pop, then an ``HMGET`` per user of
-the requests it had popped. Here the wait and the state read share one: ``BLMOVE`` waits
+The wait for requests and the read of their users' states share one round trip
+(instead of a pop, then an ``HMGET`` per user): ``BLMOVE`` waits
 for a request and moves it to this scorer's own taking list, and a script pipelined
 behind it (Redis runs it as soon as the ``BLMOVE`` returns) takes that request and up to
 ``batch_size - 1`` more from the queue and reads the state of each request's user. So

@@ -58,7 +58,7 @@ class Registry:
     def register(self, model: Model, state: str = "staged") -> None:
         """Record a saved model version (its directory must exist in the store)."""
         if not model.version or has_control_character(model.version):
-            # user states list versions joined by a control character (stream/state.py)
+            # user states list versions joined by a control character (stream/state/schema.py)
             raise RegistryError(f"invalid model version name {model.version!r}")
         info = {
             "state": state,

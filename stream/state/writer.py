@@ -115,8 +115,7 @@ class StateWriter:
             states = parse_states(self._wait(self._reads.receive), versions, partitions)
             # Sent chunk by chunk as planned, behind the write in flight: Redis runs each
             # chunk while the next is planned, instead of idling until the whole batch is,
-            # and the next batch's reads then wait behind less (measured: the consumer
-            # waited ~11% of the time for reads queued behind a whole batch of writes).
+            # and the next batch's reads then wait behind less (NOTES.md, "Ingest").
             for lo in range(0, len(fresh), EARLY_CHUNK_USERS):
                 users = fresh[lo : lo + EARLY_CHUNK_USERS]
                 part = prepare(
