@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = 65536
     max_k: int = 1000
     max_request_timeline: int = 1000
+    # The accepted range of an event's ts (epoch seconds): not before this...
+    event_ts_min: float = 0.0
+    # ...and not more than this far ahead of the validating machine's clock.
+    event_ts_max_future_s: float = 86_400.0
 
     # The most events a batch takes. It binds only when events queue up (catch-up after a
     # restart, a burst): then throughput is what counts, and a bigger batch merges more of

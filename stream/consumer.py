@@ -95,7 +95,11 @@ class StateUpdater:
     ) -> None:
         self.settings = settings
         self.codec = EventCodec(
-            settings.event_weights, settings.max_id_length, settings.max_event_bytes
+            settings.event_weights,
+            settings.max_id_length,
+            settings.max_event_bytes,
+            settings.event_ts_min,
+            settings.event_ts_max_future_s,
         )
         self.store = UserStateStore(
             redis_client, settings.key_prefix, settings.timeline_max, settings.user_ttl_seconds

@@ -62,15 +62,40 @@ class Event(BaseModel):
         return v
 
 
+def ts_problem(ts: float, now: float, min_ts: float, max_future_s: float) -> str | None:
+    """Why ``ts`` (epoch seconds) cannot be accepted at ``now``, or None if it can.
+
+    A value that would be plausible in seconds once divided by 1000 is named as
+    milliseconds (the usual mistake of JavaScript and Java producers).
+    """
+    if min_ts <= ts <= now + max_future_s:
+        return None
+    if ts >= 1e11 and min_ts <= ts / 1000 <= now + max_future_s:  # 1e11 ms: March 1973
+        return f"ts {ts:.15g} looks like milliseconds: ts is epoch seconds (ts / 1000)"
+    if ts > now:
+        return f"ts {ts:.15g} is more than {max_future_s:g} s in the future (epoch seconds)"
+    return f"ts {ts:.15g} is before the earliest accepted time {min_ts:.15g} (epoch seconds)"
+
+
 class EventCodec:
-    """Encodes and validates events against the deployment's types and limits."""
+    """Encodes and validates events against the deployment's types and limits.
+
+    ``min_ts`` / ``max_future_s``: the accepted range of ``ts`` (epoch seconds): not before
+    ``min_ts``, not more than ``max_future_s`` after the validating machine's clock.
+    """
 
     def __init__(
-        self, event_types: Collection[str], max_id_length: int = 256, max_event_bytes: int = 4096
+        self,
+        event_types: Collection[str],
+        max_id_length: int = 256,
+        max_event_bytes: int = 4096,
+        min_ts: float = 0.0,
+        max_future_s: float = 86_400.0,
     ) -> None:
         self.event_types = frozenset(event_types)
         self.max_id_length = max_id_length
         self.max_event_bytes = max_event_bytes
+        self.min_ts, self.max_future_s = min_ts, max_future_s
 
     def make(self, user_id: Any, item_id: Any, type: Any, ts: Any = None) -> Event:
         """Build a validated event from loose input (CLI rows, API calls)."""
@@ -94,10 +119,17 @@ class EventCodec:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "event"
             raise EventError(f"invalid {where}: {first['msg']}") from None
+        return self.check(event)
+
+    def check(self, event: Event) -> Event:
+        """The deployment's rules beyond the schema: id lengths, event type, ts range."""
         if len(event.user_id) > self.max_id_length or len(event.item_id) > self.max_id_length:
             raise EventError(f"id longer than {self.max_id_length} characters")
         if event.type not in self.event_types:
             raise EventError(f"unknown event type {event.type[:64]!r}")
+        problem = ts_problem(event.ts, time.time(), self.min_ts, self.max_future_s)
+        if problem is not None:
+            raise EventError(problem)
         return event
 
     def encode(self, event: Event) -> bytes:
@@ -134,6 +166,7 @@ class EventCodec:
                 and len(fields[0]) <= self.max_id_length
                 and len(fields[1]) <= self.max_id_length
                 and fields[2] in self.event_types
+                and self.min_ts <= fields[3] <= time.time() + self.max_future_s
             ):
                 return fields
         event = self.decode(payload)

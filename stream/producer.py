@@ -58,7 +58,11 @@ class EventPublisher:
     def __init__(self, settings: Settings, kafka_bootstrap: str) -> None:
         self.settings = settings
         self.codec = EventCodec(
-            settings.event_weights, settings.max_id_length, settings.max_event_bytes
+            settings.event_weights,
+            settings.max_id_length,
+            settings.max_event_bytes,
+            settings.event_ts_min,
+            settings.event_ts_max_future_s,
         )
         self.producer = Producer(
             client_config(
@@ -120,7 +124,8 @@ class EventPublisher:
                 self.report.errors.append(str(err))
 
     def publish(self, event: Event) -> None:
-        payload = self.codec.encode(event)
+        """Queue one event (checked against the deployment's rules: ``EventError``)."""
+        payload = self.codec.encode(self.codec.check(event))
         while True:
             try:
                 self.producer.produce(

@@ -90,7 +90,13 @@ def replay_events(
 ) -> Replay:
     """Events with ``ts >= since_ts`` (all retained ones if None), at most the last
     ``max_per_partition`` of each partition, decoded and validated."""
-    codec = EventCodec(settings.event_weights, settings.max_id_length, settings.max_event_bytes)
+    codec = EventCodec(
+        settings.event_weights,
+        settings.max_id_length,
+        settings.max_event_bytes,
+        settings.event_ts_min,
+        settings.event_ts_max_future_s,
+    )
     topic = settings.events_topic
     consumer = _consumer(settings, bootstrap)
     replay = Replay()

@@ -26,6 +26,8 @@ u7,i7,view,nan
 u9,{long},view,1
 u10,i10
 u11,i11,sale,11
+u12,i12,view,1e20
+u13,i13,view,1700000000000
 """
 # line -> the reason printed for it (csv line numbers count the header as line 1)
 CSV_BAD = {
@@ -37,6 +39,8 @@ CSV_BAD = {
     9: "ids must be non-empty without surrounding whitespace",
     10: "id longer than 256",
     11: "invalid type",
+    13: "ts 1e+20 is more than 86400 s in the future",
+    14: "ts 1700000000000 looks like milliseconds",
 }
 JSONL = """{"user_id": "u1", "item_id": "i1", "type": "view", "ts": 1}
 {"user_id": "u2", "item_id": "i2", "type": "view"

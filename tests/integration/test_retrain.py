@@ -74,3 +74,32 @@ def test_trainer_cycles_replay_train_and_activate_and_failures_keep_the_active(
     assert "retraining failed; the active version keeps serving" in failed.stderr
     assert '"error": "only 0 events in the window' in failed.stderr  # structured log line
     assert registry.active() == active
+
+
+def test_events_with_impossible_timestamps_in_the_topic_do_not_break_retraining(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """Produced raw (as a producer in another language might), past every publisher check."""
+    import msgpack
+    from confluent_kafka import Producer
+
+    publisher = EventPublisher(settings, settings.kafka_bootstrap)
+    world = SyntheticConfig(1000, 150, 30_000, click_in_taste=0.6, click_off_taste=0.2, seed=4)
+    for user, item, kind, ts in iter_events(world):
+        publisher.send(user, item, kind, ts=ts)
+    publisher.flush()
+    raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for ts in (1e20, 1.7e12, -5.0):
+        event = {"user_id": "u1", "item_id": "i1", "type": "click", "ts": ts}
+        raw.produce(settings.events_topic, msgpack.packb(event), key=b"u1")
+    assert raw.flush(10) == 0
+
+    replay = replay_events(settings, settings.kafka_bootstrap)
+    assert replay.bad == 3 and "ts 20" in replay.describe(settings.events_topic)
+    config = RetrainConfig(
+        train=TrainConfig(
+            pretrain=PretrainConfig(dim=16, min_count=2), finetune=None, n_heldout=100
+        )
+    )
+    report = Retrainer(settings, settings.kafka_bootstrap, redis_client, config).run_once()
+    assert report.activated, report

@@ -45,3 +45,32 @@ def test_bad_payloads_raise_event_error_with_reason(payload: bytes | None, reaso
     with pytest.raises(EventError) as e:
         CODEC.decode(payload)
     assert reason in e.value.reason
+
+
+@pytest.mark.parametrize(
+    ("ts", "reason"),
+    [
+        (1e20, "in the future"),
+        (1.7e12, "looks like milliseconds"),
+        (-5.0, "non-negative"),
+        (float("inf"), "finite"),
+    ],
+)
+def test_timestamps_out_of_range_are_refused_naming_the_problem(ts: float, reason: str) -> None:
+    payload = msgpack.packb({"user_id": "u", "item_id": "i", "type": "view", "ts": ts})
+    for decode in (CODEC.decode, CODEC.decode_fields):  # the consumer's path and the full one
+        with pytest.raises(EventError, match=reason):
+            decode(payload)
+    with pytest.raises(EventError, match=reason):
+        CODEC.make("u", "i", "view", ts)  # the CLI's and the publisher's path
+
+
+def test_the_accepted_ts_range_is_configurable() -> None:
+    import time
+
+    strict = EventCodec({"view"}, min_ts=1e9, max_future_s=60.0)
+    assert strict.make("u", "i", "view", time.time() + 30).ts > 0
+    with pytest.raises(EventError, match="in the future"):
+        strict.make("u", "i", "view", time.time() + 3600)
+    with pytest.raises(EventError, match="before the earliest"):
+        strict.make("u", "i", "view", 5.0)
