@@ -70,6 +70,9 @@ class EventPublisher:
                 settings.kafka_config,
                 **{
                     "enable.idempotence": True,  # no duplicates on retry, order kept
+                    # Java's default partitioner (murmur2 of the key bytes): a user lands on
+                    # the same partition whichever language publishes (docs/events.md)
+                    "partitioner": "murmur2_random",
                     "acks": "all",
                     "linger.ms": 5,
                     "compression.type": "lz4",
