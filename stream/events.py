@@ -1,11 +1,13 @@
 """The event schema and its wire codec: the contract between producers and consumers.
 
-An event is a msgpack map ``{"user_id", "item_id", "type", "ts"}`` produced with key =
-user_id, so one user's events stay ordered in one partition and have one writer.
+An event is a map ``{"user_id", "item_id", "type", "ts"}`` (``ts`` in epoch seconds),
+msgpack or UTF-8 JSON, produced with key = the UTF-8 user id, so one user's events stay
+ordered in one partition and have one writer. The whole contract: ``docs/events.md``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -13,7 +15,7 @@ from collections.abc import Collection
 from typing import Any
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ledrec.errors import LedrecError
 from ledrec.stream.wire import unpack_untrusted
@@ -40,10 +42,16 @@ class Event(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    user_id: str
-    item_id: str
-    type: str
-    ts: float
+    user_id: str = Field(
+        description="Who: non-empty, no surrounding whitespace, no control characters, at "
+        "most max_id_length (256) characters. Also the message key (UTF-8)."
+    )
+    item_id: str = Field(description="What: the same rules as user_id.")
+    type: str = Field(description="One of the deployment's event types (view, click, sale).")
+    ts: float = Field(
+        description="When, in epoch seconds (not milliseconds): finite, not before "
+        "event_ts_min (0), at most event_ts_max_future_s (86400) ahead of the consumer."
+    )
 
     @field_validator("user_id", "item_id")
     @classmethod
@@ -143,7 +151,7 @@ class EventCodec:
         if payload is None:
             raise EventError("empty message")
         try:
-            raw = unpack_untrusted(payload, self.max_event_bytes, "message")
+            raw = decode_wire(payload, self.max_event_bytes)
         except ValueError as e:
             raise EventError(str(e)) from None
         return self.validate(raw)
@@ -157,7 +165,10 @@ class EventCodec:
         """
         if payload is not None and len(payload) <= self.max_event_bytes:
             try:
-                raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_bin_len=0)
+                if payload[:1] == b"{":
+                    raw = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+                else:
+                    raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_bin_len=0)
             except Exception:  # reported by decode below
                 raw = None
             fields = fast_event_fields(raw)
@@ -171,6 +182,23 @@ class EventCodec:
                 return fields
         event = self.decode(payload)
         return event.user_id, event.item_id, event.type, event.ts
+
+
+def decode_wire(payload: bytes, max_bytes: int) -> Any:
+    """An event's bytes decoded: UTF-8 JSON when the first byte is ``{``, msgpack otherwise
+    (a msgpack map never starts with that byte). ValueError with the reason."""
+    if payload[:1] != b"{":
+        return unpack_untrusted(payload, max_bytes, "message")
+    if len(payload) > max_bytes:
+        raise ValueError(f"message of {len(payload)} bytes exceeds {max_bytes}")
+    try:
+        return json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"undecodable JSON: {type(e).__name__}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python's extensions
 
 
 def fast_event_fields(raw: Any) -> tuple[str, str, str, float] | None:

@@ -82,3 +82,29 @@ def test_garbage_and_oversized_payloads_keep_their_reasons() -> None:
             CODEC.decode_fields(payload)
         except EventError as e:
             assert e.reason == reason
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_events)
+def test_json_events_decode_like_msgpack_ones(raw: Any) -> None:
+    """The same map in JSON gets the same answer on both paths (NaN/Infinity are not JSON)."""
+    import json
+    import math
+
+    payload = json.dumps(raw).encode()
+
+    def outcome(decode: Any) -> Any:
+        try:
+            event = decode(payload)
+        except EventError as e:
+            return e.reason
+        return tuple(event) if isinstance(event, tuple) else (
+            event.user_id, event.item_id, event.type, event.ts
+        )  # fmt: skip
+
+    full, fast = outcome(CODEC.decode), outcome(CODEC.decode_fields)
+    assert full == fast
+    if not isinstance(raw, dict):
+        return  # JSON is told apart by its first byte "{": only objects are JSON events
+    if not any(isinstance(v, float) and not math.isfinite(v) for v in raw.values()):
+        assert full == outcome(lambda _: CODEC.decode(msgpack.packb(raw)))
