@@ -23,12 +23,14 @@ def acl_rules(role: str, prefix: str = "ledrec", queue: str | None = None) -> li
     keys = Keyspace(prefix, queue or "")
     queue, models = keys.requests, keys.all_models
     base = ["resetkeys", "resetchannels", "-@all", *_CONNECT]
-    if role == "consumer":  # user states (read + compare-and-set script), its status, models
+    if role == "consumer":  # user states (read + compare-and-set script), its status, models,
+        # the topic's incarnations
         return [
             *base,
             "+hmget", "+evalsha", "+script|load", "+hget", "+hset", "+hdel", "+expire",
             f"~{keys.users}",
             f"(+set ~{keys.consumers})",
+            f"(+hget +hset +hsetnx +hincrby +hgetall ~{keys.topics})",
             f"(+get +hget +smembers %R~{models})",
         ]  # fmt: skip
     if role == "scorer":  # take requests, read states and models, reply, heartbeat, follow swaps

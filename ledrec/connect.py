@@ -217,13 +217,14 @@ def redis_client(url: str) -> redis.Redis:
 
 
 # -- Kafka -----------------------------------------------------------------------------------
-def _admin(bootstrap: str, kafka_config: Mapping[str, str] | None) -> AdminClient:
+def admin_client(bootstrap: str, kafka_config: Mapping[str, str] | None) -> AdminClient:
+    """A Kafka admin client with the deployment's librdkafka settings (SASL/SSL...)."""
     return AdminClient({**(kafka_config or {}), "bootstrap.servers": bootstrap})
 
 
 def kafka_answers(bootstrap: str, kafka_config: Mapping[str, str] | None, timeout: float) -> bool:
     try:
-        _admin(bootstrap, kafka_config).list_topics(timeout=timeout)
+        admin_client(bootstrap, kafka_config).list_topics(timeout=timeout)
     except KafkaException:
         return False
     return True
@@ -254,7 +255,7 @@ def ensure_topics(
     """
     if not topics:
         return
-    admin = _admin(bootstrap, kafka_config)
+    admin = admin_client(bootstrap, kafka_config)
     futures = admin.create_topics(
         [NewTopic(name, num_partitions=n, replication_factor=replication_factor)
          for name, n in topics.items()],

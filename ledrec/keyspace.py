@@ -14,6 +14,8 @@ is also where the Redis Cluster work puts hash tags::
     <p>:models:events            pub/sub channel: every registry change
     <p>:models:lock              the swap lock
     <p>:models:backfill:<ver>    a back-fill's cursor and progress
+    <p>:topics:<topic>           the events topic's incarnations (Kafka topic ids), and
+                                 what the consumer groups committed in each
 """
 
 from __future__ import annotations
@@ -108,6 +110,15 @@ class Keyspace:
 
     def backfill(self, version: str) -> str:
         return self.models(f"backfill:{version}")
+
+    # -- the events topic -------------------------------------------------------------------
+    def topic(self, name: str) -> str:
+        """The record of a topic's incarnations (``ledrec.stream.incarnation``)."""
+        return f"{self.prefix}:topics:{name}"
+
+    @property
+    def topics(self) -> str:
+        return f"{self.prefix}:topics:*"
 
     @property
     def everything(self) -> str:

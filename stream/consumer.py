@@ -25,14 +25,25 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import redis
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Histogram
 
+from ledrec.connect import admin_client
 from ledrec.keyspace import Keyspace
 from ledrec.settings import Settings
 from ledrec.stream.artifact import Model
 from ledrec.stream.backoff import Backoff
 from ledrec.stream.events import EventCodec, EventError
+from ledrec.stream.incarnation import TopicIncarnations, slot, topic_id
 from ledrec.stream.kafka import client_config
 from ledrec.stream.registry import ModelCache, Registry
 from ledrec.stream.state import (
@@ -53,6 +64,13 @@ EVENTS_SKIPPED = Counter("ledrec_events_redelivered_total", "Redelivered events 
 EVENTS_DEAD = Counter("ledrec_events_dead_lettered_total", "Events sent to the dead-letter topic")
 BATCH_SECONDS = Histogram("ledrec_consume_batch_seconds", "Time to apply and commit one batch")
 REDIS_RETRIES = Counter("ledrec_consume_redis_retries_total", "Batches retried: Redis unreachable")
+NEW_INCARNATIONS = Counter(
+    "ledrec_topic_incarnations_total", "Events topic re-created or replaced (a new topic id) seen"
+)
+OFFSETS_BACKWARDS = Counter(
+    "ledrec_offsets_backwards_total",
+    "Offsets that went backwards on the same topic incarnation (the broker lost events)",
+)
 
 # Test-only fault injection (tests/faults): exit hard right after the Nth batch's Redis
 # write, before its offsets are committed — the window the per-user offsets must cover.
@@ -94,6 +112,7 @@ class StateUpdater:
         observe_writes: Callable[[WriteTiming], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.kafka_bootstrap = kafka_bootstrap
         self.codec = EventCodec(
             settings.event_weights,
             settings.max_id_length,
@@ -136,6 +155,14 @@ class StateUpdater:
         self.assigned: list[int] = []
         self.writer = StateWriter(self.store, observe_writes)
         self.observe = observe
+        self.incarnations = TopicIncarnations(
+            redis_client, settings.keyspace, settings.events_topic
+        )
+        self._admin: AdminClient | None = None
+        self.topic_id, self.incarnation = "", 1
+        self._slot_base = 0  # added to partitions: where this incarnation's offsets live
+        self._last_seen: dict[int, int] = {}  # partition -> last offset taken (this process)
+        self._commit_recorded_at = 0.0
         self._uncommitted: dict[tuple[str, int], int] = {}  # last offsets of settled batches
         self._dead_unflushed = 0
         self._settled_batches = 0
@@ -147,6 +174,7 @@ class StateUpdater:
 
     def run(self, max_idle_s: float | None = None) -> ConsumerTotals:
         """Consume until stopped (or idle for ``max_idle_s``), then leave the group cleanly."""
+        self._retrying(self._check_topic)
         self.consumer.subscribe(
             [self.settings.events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
         )
@@ -179,6 +207,7 @@ class StateUpdater:
         by_user: dict[str, list[TimelineEvent]] = defaultdict(list)
         last_offsets: dict[tuple[str, int], int] = {}
         decode, weights = self.codec.decode_fields, self.settings.event_weights
+        base, last_seen = self._slot_base, self._last_seen
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -188,12 +217,15 @@ class StateUpdater:
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             assert topic is not None and partition is not None and offset is not None
             last_offsets[(topic, partition)] = offset
+            if offset < last_seen.get(partition, -1):  # rare: see _offset_went_back
+                base = self._offset_went_back(partition, offset, last_seen[partition])
+            last_seen[partition] = offset
             try:
                 user_id, item_id, kind, _ts = decode(msg.value())
             except EventError as e:
                 self._dead_letter(msg, e.reason)
                 continue
-            by_user[user_id].append(TimelineEvent(partition, offset, item_id, weights[kind]))
+            by_user[user_id].append(TimelineEvent(partition + base, offset, item_id, weights[kind]))
         models = self._retrying(self._live_models)
         try:
             settled = self.writer.submit(by_user, models)
@@ -265,7 +297,89 @@ class StateUpdater:
                 self.consumer.commit(offsets=offsets, asynchronous=True)
             else:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
+            self._record_commit({p: o for (_, p), o in self._uncommitted.items()}, asynchronous)
             self._uncommitted = {}
+
+    # -- the topic's incarnations (stream/incarnation.py) ---------------------------------
+    def _check_topic(self) -> bool:
+        """Look up the events topic's id and its incarnation number; whether it changed."""
+        if self._admin is None:
+            self._admin = admin_client(self.kafka_bootstrap, self.settings.kafka_config)
+        found = topic_id(self._admin, self.settings.events_topic)
+        number = self.incarnations.number(found)
+        changed = (found, number) != (self.topic_id, self.incarnation)
+        if changed and self.topic_id:
+            NEW_INCARNATIONS.inc()
+            log.warning(
+                "events topic re-created or replaced: its events are applied as new",
+                extra={"topic": self.settings.events_topic, "previous_id": self.topic_id,
+                       "topic_id": found, "incarnation": number},
+            )  # fmt: skip
+        self.topic_id, self.incarnation = found, number
+        self._slot_base = slot(0, number)
+        return changed
+
+    def _offset_went_back(self, partition: int, offset: int, seen: int) -> int:
+        """A partition's offset went below one this process took: the topic was re-created
+        (a new incarnation: its events are new), or the broker lost events (logged and
+        counted: per-user offsets will skip what looks applied). Returns the slot base."""
+        if self._retrying(self._check_topic):
+            self._last_seen.clear()
+        else:
+            OFFSETS_BACKWARDS.inc()
+            log.error(
+                "offsets went backwards on the same topic incarnation: the broker lost or "
+                "rewrote events; events at offsets already applied for a user are skipped",
+                extra={"partition": partition, "offset": offset, "previous": seen,
+                       "incarnation": self.incarnation},
+            )  # fmt: skip
+        return self._slot_base
+
+    def _record_commit(self, offsets: dict[int, int], asynchronous: bool) -> None:
+        """Remember what was committed, for which topic id (at most once a second on the
+        hot path): the next assignment compares it with the broker's log."""
+        now = time.monotonic()
+        if asynchronous and now - self._commit_recorded_at < 1.0:
+            return
+        self._commit_recorded_at = now
+        try:
+            self.incarnations.record_commit(
+                self.settings.consumer_group, self.topic_id, self.incarnation, offsets
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            log.warning("commit not recorded: redis unavailable", extra={"error": str(e)})
+
+    def _check_assignment(self, partitions: list[TopicPartition]) -> None:
+        """On assignment: offsets committed for another topic id mean nothing here (read
+        this one from the beginning); a log that ends below what was committed lost events."""
+        changed = self._retrying(self._check_topic)
+        committed_for = self.incarnations.committed_topic(self.settings.consumer_group)
+        if self.topic_id and committed_for not in (None, "", self.topic_id):
+            log.warning(
+                "the group's committed offsets are for another incarnation of the topic: "
+                "reading this one from the beginning",
+                extra={"committed_for": committed_for, "topic_id": self.topic_id},
+            )
+            for tp in partitions:
+                tp.offset = OFFSET_BEGINNING
+            self.consumer.assign(partitions)
+        elif not changed:
+            ends = self.incarnations.last_committed(self.incarnation)
+            for tp in partitions:
+                end = ends.get(tp.partition)
+                if end is None:
+                    continue
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
+                if high <= end:
+                    OFFSETS_BACKWARDS.inc()
+                    log.error(
+                        "the topic's log ends below what was committed: the broker lost "
+                        "events",
+                        extra={"partition": tp.partition, "log_end": high,
+                               "committed": end + 1, "incarnation": self.incarnation},
+                    )  # fmt: skip
+        for tp in partitions:
+            self._last_seen.pop(tp.partition, None)
 
     def _live_models(self) -> list[Model]:
         """The live models; a newly loaded one gets its id index built and is frozen out of
@@ -313,6 +427,7 @@ class StateUpdater:
             log.warning("status not reported: redis unavailable", extra={"error": str(e)})
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._check_assignment(partitions)
         self.assigned = sorted(set(self.assigned) | {p.partition for p in partitions})
         log.info("partitions assigned", extra={"partitions": self.assigned})
         self.report_status()
@@ -323,6 +438,8 @@ class StateUpdater:
         except (redis.ConnectionError, redis.TimeoutError, KafkaException) as e:
             log.warning("revoked with writes unsettled", extra={"error": str(e)})
         self.assigned = sorted(set(self.assigned) - {p.partition for p in partitions})
+        for tp in partitions:
+            self._last_seen.pop(tp.partition, None)
         log.info("partitions revoked", extra={"partitions": self.assigned})
 
     def _dead_letter(self, msg: Message, reason: str) -> None:

@@ -54,7 +54,7 @@ def test_sasl_ssl_settings_reach_every_client(
     consumer.StateUpdater(settings, NOWHERE, redis_client)  # group consumer + DLQ producer
     producer.EventPublisher(settings, NOWHERE)
     replay._consumer(settings, NOWHERE)  # the trainer's replay
-    connect._admin(NOWHERE, settings.kafka_config)  # ensure_topics, wait_for_kafka
+    connect.admin_client(NOWHERE, settings.kafka_config)  # ensure_topics, wait_for_kafka
 
     assert [name for name, _ in built] == ["Consumer", "Producer", "Producer", "Consumer",
                                            "AdminClient"]  # fmt: skip
@@ -63,7 +63,7 @@ def test_sasl_ssl_settings_reach_every_client(
 
 
 def test_every_kafka_client_is_built_from_the_passthrough() -> None:
-    """No Consumer/Producer/AdminClient in the code bypasses ``client_config``/``_admin``
+    """No Consumer/Producer/AdminClient in the code bypasses ``client_config``/``admin_client``
     (so the passthrough cannot be forgotten by a new client)."""
     offenders = []
     for package in ("ledrec", "stream", "deploy", "training"):
