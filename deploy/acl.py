@@ -36,7 +36,7 @@ def acl_rules(role: str, prefix: str = "ledrec", queue: str | None = None) -> li
     if role == "scorer":  # take requests, read states and models, reply, heartbeat, follow swaps
         return [  # the take script (stream/intake.py) pops the queue and its taking list, HMGETs
             *base,
-            "+blmove", "+rpop", "+rpush", "+evalsha", "+script|load",
+            "+blmove", "+rpop", "+rpush", "+evalsha", "+script|load", "+time",
             f"~{queue}", f"~{keys.takings}",
             f"(+hmget %R~{keys.users})",
             f"(+lpush +expire ~{keys.replies})",
@@ -47,7 +47,7 @@ def acl_rules(role: str, prefix: str = "ledrec", queue: str | None = None) -> li
     if role == "client":  # the bounded push (a script: LLEN + LPUSH) and its own reply key
         return [
             *base,
-            "+evalsha", "+script|load", "+llen", "+lpush", f"~{queue}",
+            "+evalsha", "+script|load", "+llen", "+lpush", "+time", f"~{queue}",
             f"(+blpop ~{keys.replies})",
         ]  # fmt: skip
     if role == "operator":  # train/register/activate/back-fill/retire, status: data commands only

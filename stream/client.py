@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -32,6 +33,7 @@ from ledrec.stream.protocol import Request
 # A blocking read is given this much longer than the reply's server-side wait (BLPOP's
 # timeout), so that the server's "nothing came" answer, not the socket, ends the call.
 _READ_GRACE_S = 0.25
+CLOCK_REFRESH_S = 60.0  # how often a client re-measures its clock against Redis's
 
 
 class RecommendError(LedrecError, RuntimeError):
@@ -89,13 +91,37 @@ def _remaining(deadline: float) -> float:
 
 
 class _ClientBase:
-    """What the sync and asyncio clients share: where to queue, and how to build a request."""
+    """What the sync and asyncio clients share: where to queue, and how to build a request.
+
+    Deadlines are epoch times *by Redis's clock* (the scorers judge them by it too), so a
+    client and a scorer need no clock sync: the client measures its clock's offset to
+    Redis's (``TIME``) on its first call and every ``CLOCK_REFRESH_S``. ``clock``: the
+    local clock (a test shifts it).
+    """
 
     def __init__(
-        self, queue: str | None, prefix: str, timeout_s: float, max_queue_length: int
+        self,
+        queue: str | None,
+        prefix: str,
+        timeout_s: float,
+        max_queue_length: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue, self.prefix = Keyspace(prefix, queue or "").requests, prefix
         self.timeout_s, self.max_queue_length = timeout_s, max_queue_length
+        self.clock = clock
+        self._offset: float | None = None  # Redis's clock minus ours
+        self._offset_at = 0.0  # time.monotonic() when measured
+
+    def _clock_stale(self) -> bool:
+        return self._offset is None or time.monotonic() - self._offset_at > CLOCK_REFRESH_S
+
+    def _set_clock(self, reply: Any, sent_at: float) -> None:
+        """The offset to Redis's clock from a ``TIME`` reply (at the round trip's middle)."""
+        seconds, micros = reply
+        redis_now = int(seconds) + int(micros) / 1e6
+        self._offset = redis_now - (sent_at + self.clock()) / 2
+        self._offset_at = time.monotonic()
 
     def _prepare(
         self,
@@ -103,12 +129,12 @@ class _ClientBase:
         items: list[str] | None,
         k: int,
         exclude_seen: bool,
-        timeout_s: float | None,
-    ) -> tuple[Request, float, list[bytes | int]]:
-        """The request, its timeout, and the bounded-push script's arguments."""
-        timeout = self.timeout_s if timeout_s is None else timeout_s
-        req = protocol.new_request(self.prefix, k, timeout, user_id, items, exclude_seen)
-        return req, timeout, [protocol.encode_request(req), self.max_queue_length]
+        timeout: float,
+    ) -> tuple[Request, list[bytes | int]]:
+        """The request (its deadline by Redis's clock) and the enqueue script's arguments."""
+        now = self.clock() + (self._offset or 0.0)
+        req = protocol.new_request(self.prefix, k, timeout, user_id, items, exclude_seen, now)
+        return req, [protocol.encode_request(req), self.max_queue_length]
 
     def _queue_full(self) -> Overloaded:
         return Overloaded(f"request queue is full ({self.max_queue_length} waiting)")
@@ -124,8 +150,9 @@ class RecommenderClient(_ClientBase):
         prefix: str = "ledrec",
         timeout_s: float = 2.0,
         max_queue_length: int = 10_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(queue, prefix, timeout_s, max_queue_length)
+        super().__init__(queue, prefix, timeout_s, max_queue_length, clock)
         self.client = client
         self._push = client.register_script(protocol.ENQUEUE_SCRIPT)
 
@@ -197,12 +224,17 @@ class RecommenderClient(_ClientBase):
         timeout_s: float | None = None,
     ) -> Recommendations:
         """The recommendations for a user (``user_id``) or a timeline (``items``)."""
-        req, timeout, args = self._prepare(user_id, items, k, exclude_seen, timeout_s)
+        timeout = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
         pool = self.client.connection_pool
         try:
             conn: Any = pool.get_connection()  # connects within the connect timeout
             try:
+                if self._clock_stale():
+                    sent_at = self.clock()
+                    conn.send_command("TIME")
+                    self._set_clock(conn.read_response(timeout=_remaining(deadline)), sent_at)
+                req, args = self._prepare(user_id, items, k, exclude_seen, timeout)
                 conn.send_command("EVALSHA", self._push.sha, 1, self.queue, *args)
                 try:
                     pushed = conn.read_response(timeout=_remaining(deadline))
@@ -242,8 +274,9 @@ class AsyncRecommenderClient(_ClientBase):
         prefix: str = "ledrec",
         timeout_s: float = 2.0,
         max_queue_length: int = 10_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(queue, prefix, timeout_s, max_queue_length)
+        super().__init__(queue, prefix, timeout_s, max_queue_length, clock)
         self.client = client
         self._push = client.register_script(protocol.ENQUEUE_SCRIPT)
 
@@ -310,10 +343,14 @@ class AsyncRecommenderClient(_ClientBase):
         timeout_s: float | None = None,
     ) -> Recommendations:
         """The recommendations for a user (``user_id``) or a timeline (``items``)."""
-        req, timeout, args = self._prepare(user_id, items, k, exclude_seen, timeout_s)
+        timeout = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
         try:
             async with asyncio.timeout(timeout + _READ_GRACE_S):
+                if self._clock_stale():
+                    sent_at = self.clock()
+                    self._set_clock(await self.client.time(), sent_at)
+                req, args = self._prepare(user_id, items, k, exclude_seen, timeout)
                 if await self._push(keys=[self.queue], args=args) < 0:
                     raise self._queue_full()
                 wait = _remaining(deadline)

@@ -3,7 +3,9 @@
 Clients LPUSH a msgpack request onto the request list and BLPOP their own reply key;
 scorers pop requests in batches and LPUSH the reply (which expires if nobody takes it).
 
-Request: ``{"id", "reply_to", "deadline" (epoch s), "k", "user_id" | "items", "exclude_seen"}``
+Request: ``{"id", "reply_to", "deadline", "k", "user_id" | "items", "exclude_seen"}``; the
+deadline is in epoch seconds *by Redis's clock* (``TIME``), which clients and scorers both
+measure themselves against, so they need no clock sync between them.
 Reply:   ``{"id", "ok": true, "items": [[item_id, score], ...], "version", "source"}`` or
          ``{"id", "ok": false, "error": {"code", "message"}}``
 """
@@ -74,13 +76,15 @@ def new_request(
     user_id: str | None,
     items: Sequence[str] | None,
     exclude_seen: bool,
+    now: float | None = None,
 ) -> Request:
-    """A request with a fresh id, its own reply key and a deadline ``timeout_s`` from now."""
+    """A request with a fresh id, its own reply key and a deadline ``timeout_s`` after
+    ``now`` (epoch seconds by Redis's clock; default: this machine's)."""
     rid = uuid.uuid4().hex
     return Request(
         id=rid,
         reply_to=Keyspace(prefix).reply(rid),
-        deadline=time.time() + timeout_s,
+        deadline=(time.time() if now is None else now) + timeout_s,
         k=k,
         user_id=user_id,
         items=tuple(items) if items is not None else None,

@@ -42,6 +42,7 @@ from ledrec.stream.versions import ServingVersions
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+CLOCK_REFRESH_S = 30.0  # how often the scorer re-measures its clock against Redis's
 
 
 REQUESTS = Counter("ledrec_requests_total", "Requests answered", ["outcome"])
@@ -113,6 +114,8 @@ class RecommendServer:
         self.client = client
         self.observe = observe
         self._clock: _Clock = _NoClock()
+        self._clock_offset = 0.0  # Redis's clock minus ours (``_sync_clock``)
+        self._clock_at = -CLOCK_REFRESH_S
         self.registry = Registry(client, settings.key_prefix)
         self.models = ModelCache(self.registry)
         # The serving thread's own connection: its state reads (through the store) and its
@@ -197,6 +200,8 @@ class RecommendServer:
         empty before it blocks.
         """
         self.versions.swap_if_ready()
+        if time.monotonic() - self._clock_at > CLOCK_REFRESH_S:
+            self._sync_clock()
         taken, self._prefetched = self._prefetched, None
         if not taken:
             taken = self._reply_and_take([], block_s)
@@ -226,6 +231,14 @@ class RecommendServer:
                 )
             )  # fmt: skip
         return len(taken)
+
+    def _sync_clock(self) -> None:
+        """Measure this machine's clock against Redis's (``TIME``): requests carry their
+        deadline by Redis's clock, so client and scorer clocks need not agree."""
+        sent_at = time.time()
+        seconds, micros = self.client.time()
+        self._clock_offset = seconds + micros / 1e6 - (sent_at + time.time()) / 2
+        self._clock_at = time.monotonic()
 
     def _reply_and_take(self, replies: list[bytes], block_s: float) -> list[Taken]:
         """Send ``replies``; wait for a request and return it with those queued behind it,
@@ -265,7 +278,7 @@ class RecommendServer:
 
         ``read_version`` is the version whose sums were read with the requests' states.
         """
-        now = time.time()
+        now = time.time() + self._clock_offset  # deadlines are by Redis's clock
         replies: list[tuple[str, bytes]] = []
         requests: list[Request] = []
         read: list[list[Any] | None] = []

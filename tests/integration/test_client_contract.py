@@ -123,3 +123,21 @@ def test_an_unreachable_redis_is_unavailable(
     gone = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
     with pytest.raises(Unavailable):
         make_client(gone, timeout_s=1.0).request(user_id="alice")
+
+
+@pytest.mark.parametrize("shift_s", [-3.0, 3.0])
+def test_a_client_whose_clock_is_off_still_gets_answers(
+    settings: Settings,
+    redis_client: redis.Redis,
+    make_client: Callable[..., Client],
+    shift_s: float,
+) -> None:
+    """Deadlines are judged by Redis's clock: a client 3 s ahead or behind (timeout 2 s)
+    is answered, not shed as late nor kept waiting past its timeout."""
+    publish_model(settings, redis_client, random_model(version="v1"))
+    client = make_client(settings, timeout_s=2.0)
+    inner = client.client if isinstance(client, _AsyncAsSync) else client
+    inner.clock = lambda: time.time() + shift_s  # type: ignore[attr-defined]
+    with running_server(settings, redis_client):
+        for _ in range(3):
+            assert client.request(user_id="alice").version == "v1"
