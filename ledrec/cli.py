@@ -279,6 +279,13 @@ def cmd_models(args: argparse.Namespace) -> int:
             ready = ",".join(status["prepared"]) or "-"
             print(f"scorer {name}: serving {status['serving']}, prepared {ready}")
         return 0
+    if args.action == "prune":
+        from ledrec.stream.prune import prune
+
+        keep = settings.model_store_keep if args.keep is None else args.keep
+        removed = prune(registry, keep)
+        print(f"pruned {len(removed)} version directories (kept the newest {keep} staged/retired)")
+        return 0
     if args.action == "register":
         model = load_model(Path(args.version))
         registry.register(model)
@@ -433,11 +440,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list, register, activate, roll back model versions")
     p.add_argument(
-        "action", choices=["list", "register", "activate", "rollback", "backfill", "retire"]
+        "action",
+        choices=["list", "register", "activate", "rollback", "backfill", "retire", "prune"],
     )
     p.add_argument("version", nargs="?", help="version name (register: its directory)")
     p.add_argument("--force", action="store_true", help="activate: skip the quality gate")
     p.add_argument("--max-rate", type=float, help="backfill: at most this many users/s")
+    p.add_argument(
+        "--keep", type=int, help="prune: staged/retired versions to keep (default: settings)"
+    )
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("trainer", help="retrain periodically from the events topic and activate")

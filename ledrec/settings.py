@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     # metrics (by more than the tolerance) is not activated unless forced.
     gate_metrics: list[str] = Field(default_factory=lambda: ["ndcg@100", "recall@20"])
     gate_tolerance: float = 0.0
+    # `ledrec models prune` keeps the newest this many staged/retired version directories.
+    model_store_keep: int = 5
     backfill_batch: int = 500  # users per re-encoder round trip
     scorer_ack_timeout_s: float = 15.0  # how long an activation waits for scorers to switch
 

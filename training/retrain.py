@@ -24,6 +24,7 @@ import redis
 from ledrec.errors import LedrecError
 from ledrec.settings import Settings
 from ledrec.stream.artifact import load_model
+from ledrec.stream.prune import prune
 from ledrec.stream.registry import Registry, RegistryError
 from ledrec.stream.replay import consumed_total, replay_events
 from ledrec.stream.swap import Swapper
@@ -136,6 +137,10 @@ class Retrainer:
             "retraining cycle done",
             extra={"seconds": time.perf_counter() - started, **vars(result)},
         )
+        try:  # refused candidates and retired versions do not pile up in the store
+            prune(self.registry, self.settings.model_store_keep)
+        except (OSError, redis.RedisError) as e:
+            log.warning("model store not pruned", extra={"error": str(e)})
         return result
 
     def run(self, every_s: float | None = None, after_events: int | None = None) -> None:
