@@ -200,6 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ledrec.training.jobs import PretrainConfig, TrainConfig, run_train
 
     settings = _settings(args)
+    args.dim = args.dim or PretrainConfig().dim  # the one default (also the trainer's)
     data, source = _load_data(args)
     config = TrainConfig(
         pretrain=PretrainConfig(dim=args.dim), finetune=_finetune_config(args), seed=args.seed
@@ -232,6 +233,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         run_evaluate,
     )
 
+    args.dim = args.dim or PretrainConfig().dim
     data, source = _load_data(args)
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
     run_evaluate(
@@ -319,12 +321,17 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     if sum(bool(x) for x in (args.every, args.after_events, args.once)) != 1:
         raise CliError("give one of --every, --after-events, --once")
     bootstrap, url = resolve_addresses(settings)
+    defaults = TrainConfig(pretrain=PretrainConfig(), finetune=FinetuneConfig())
+    assert defaults.finetune is not None
+    dim = args.dim or defaults.pretrain.dim
     finetune = None
     if not args.svd_only:
-        finetune = FinetuneConfig(loss=args.loss, dim=args.dim, epochs=args.epochs, seed=args.seed)
+        epochs = args.epochs or defaults.finetune.epochs
+        finetune = FinetuneConfig(loss=args.loss, dim=dim, epochs=epochs, seed=args.seed)
+    min_count = defaults.pretrain.min_count if args.min_count is None else args.min_count
     config = RetrainConfig(
         train=TrainConfig(
-            pretrain=PretrainConfig(dim=args.dim, min_count=args.min_count),
+            pretrain=PretrainConfig(dim=dim, min_count=min_count),
             finetune=finetune,
             n_heldout=args.n_heldout,
             seed=args.seed,
@@ -425,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--synthetic-users", type=int, default=10_000)
         p.add_argument("--synthetic-items", type=int, default=2_000)
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--dim", type=int, default=256)
+        p.add_argument("--dim", type=int, help="embedding dimension (default 256)")
         p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the config's)")
         p.add_argument("--svd-only", action="store_true", help="pre-training only, no fine-tuning")
         p.set_defaults(func=func)
@@ -458,12 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", help="replay the events of this last duration (default: all)")
     p.add_argument("--max-per-partition", type=int, help="replay at most this many per partition")
     p.add_argument("--min-events", type=int, default=1000, help="skip a cycle with fewer events")
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--min-count", type=int, default=10, help="items with fewer views are left out")
+    # no defaults here: train's and trainer's come from one place, ledrec.training.jobs
+    p.add_argument("--dim", type=int, help="embedding dimension (default: train's)")
+    p.add_argument("--min-count", type=int, help="items with fewer views are left out")
     p.add_argument("--n-heldout", type=int, default=600, help="validation + test users")
     p.add_argument("--svd-only", action="store_true", help="publish the pre-trained model")
     p.add_argument("--loss", default="css", choices=["bpr", "ns", "css", "mult"])
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: train's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="activate past the quality gate")
     p.set_defaults(func=cmd_trainer)

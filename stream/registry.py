@@ -69,6 +69,8 @@ class Registry:
             "parent": model.parent,
             "created_at": model.created_at,
             "source": model.provenance.get("source", ""),
+            # the active version scored on this version's validation users (like for like)
+            "gate": model.provenance.get("gate"),
             "registered_at": time.time(),
         }
         self.client.hset(self._k("info"), model.version, json.dumps(info))
@@ -144,12 +146,19 @@ class Registry:
         """Raise RegistryError if ``candidate`` is worse than the active version.
 
         Worse means: below the active version's value (minus ``tolerance``) on any of
-        ``metrics`` that the active version has, or missing one of them.
+        ``metrics`` that the active version has, or missing one of them. When the candidate
+        was trained with the active version as its baseline, both are compared on the same
+        validation users (``gate`` in its info); otherwise each on its own validation users.
         """
         active = self.active()
         if active is None or active == candidate:
             return
-        mine, theirs = self.info(candidate)["metrics"], self.info(active)["metrics"]
+        info = self.info(candidate)
+        gate = info.get("gate") or {}
+        if gate.get("active_version") == active:
+            mine, theirs = gate["candidate"], gate["active"]
+        else:
+            mine, theirs = info["metrics"], self.info(active)["metrics"]
         for name in metrics:
             if name not in theirs:
                 continue

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
 
 from ledrec.stream.artifact import Model, save_model
 from ledrec.training.baselines import EASE_LAMBDAS, ease_score_fn, popularity_score_fn, tune_ease
@@ -83,6 +84,24 @@ class ZeroShot:
     scale: float
     val_metrics: dict[str, float]
     base: Array  # (I, d) the unit-row SVD embeddings, before scaling
+
+
+def baseline_metrics(model: Model, split: Split) -> dict[str, float]:
+    """``model``'s validation metrics on ``split``'s validation users (another version's
+    catalog: its items map by id; items it does not know count for nothing and are never
+    recommended, as online)."""
+    rows = np.fromiter(
+        (model.row_of.get(str(i), -1) for i in split.item_ids), dtype=np.int64,
+        count=len(split.item_ids),
+    )  # fmt: skip
+    known = rows >= 0
+    embeddings = np.zeros((len(rows), model.dim), dtype=np.float32)
+    embeddings[known] = model.embeddings[rows[known]]
+    biases = np.full(len(rows), -1e30, dtype=np.float32)
+    biases[known] = model.biases[rows[known]]
+    inputs = sp.csr_matrix(split.val_in.multiply(known[None, :].astype(np.float32)))
+    metrics = evaluate_scores(led_score_fn(embeddings, biases), inputs, split.val_out)
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def zero_shot(split: Split, svd: Array, scales: Sequence[float]) -> ZeroShot:
@@ -354,9 +373,13 @@ def run_train(
     progress: Progress | None = None,
     source: str = "",
     exact_index_max_items: int | None = None,
+    baseline: Model | None = None,
 ) -> Path:
     """Pre-train (and fine-tune unless ``config.finetune`` is None), then publish a model
     version to ``store`` with validation metrics and provenance; returns its directory.
+
+    ``baseline`` (the active version): scored on the same validation users, so that the
+    quality gate compares like with like (``provenance["gate"]``, ``Registry.check_gate``).
 
     With ``exact_index_max_items``, a catalog larger than that ships its ANN index
     (``index.faiss``), so that no scorer builds one while loading the version.
@@ -388,6 +411,14 @@ def run_train(
     with clock.stage("test"):
         test = evaluate_scores(led_score_fn(embeddings, biases), split.test_in, split.test_out)
     metrics = {**val_metrics, **{f"test_{k}": v for k, v in test.items()}}
+    gate = None
+    if baseline is not None:
+        with clock.stage("gate"):
+            gate = {
+                "active_version": baseline.version,
+                "active": baseline_metrics(baseline, split),
+                "candidate": {k: float(v) for k, v in val_metrics.items()},
+            }
     model = Model(
         item_ids=split.item_ids.astype(str),
         embeddings=np.ascontiguousarray(embeddings, dtype=np.float32),
@@ -400,6 +431,7 @@ def run_train(
             "zero_shot_scale": zero.scale,
             "stage_seconds": clock.seconds,
             "metrics_on": "validation users (test_* on test users)",
+            **({"gate": gate} if gate is not None else {}),
         },
         parent=parent,
     )

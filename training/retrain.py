@@ -23,7 +23,7 @@ import redis
 
 from ledrec.errors import LedrecError
 from ledrec.settings import Settings
-from ledrec.stream.artifact import load_model
+from ledrec.stream.artifact import ArtifactError, load_model
 from ledrec.stream.prune import prune
 from ledrec.stream.registry import Registry, RegistryError
 from ledrec.stream.replay import consumed_total, replay_events
@@ -99,14 +99,22 @@ class Retrainer:
                 f"only {len(replay.events)} events in the window (need {self.config.min_events})"
             )
         data = from_events((e.user_id, e.item_id, e.type) for e in replay.events)
+        active = self.registry.active()
+        baseline = None
+        if active is not None:
+            try:
+                baseline = load_model(self.registry.path(active))
+            except ArtifactError as e:  # the gate then compares each on its own users
+                log.warning("active version unreadable", extra={"error": str(e)})
         path = run_train(
             data,
             self.settings.model_store_path,
             self.config.train,
-            parent=self.registry.active(),
+            parent=active,
             progress=self.progress,
             source=replay.describe(self.settings.events_topic),
             exact_index_max_items=self.settings.exact_index_max_items,
+            baseline=baseline,
         )
         model = load_model(path)
         self.registry.register(model)
