@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # How often a busy consumer reports its totals to Redis (``ledrec status``); an idle
     # one reports at once. 0: after every batch (tests that watch progress closely).
     consumer_status_every_s: float = 0.5
+    # A consumer with lag that received nothing for this long logs it and counts it
+    # (ledrec_consumer_stalls_total); its lag is the gauge ledrec_consumer_lag.
+    consumer_stall_s: float = 30.0
 
     key_prefix: str = "ledrec"
     request_queue: str = ""  # default: <key_prefix>:rpc:requests (``keyspace``)

@@ -35,7 +35,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from ledrec.connect import admin_client
 from ledrec.keyspace import Keyspace
@@ -66,6 +66,10 @@ BATCH_SECONDS = Histogram("ledrec_consume_batch_seconds", "Time to apply and com
 REDIS_RETRIES = Counter("ledrec_consume_redis_retries_total", "Batches retried: Redis unreachable")
 NEW_INCARNATIONS = Counter(
     "ledrec_topic_incarnations_total", "Events topic re-created or replaced (a new topic id) seen"
+)
+LAG = Gauge("ledrec_consumer_lag", "Events in the assigned partitions not yet consumed")
+STALLS = Counter(
+    "ledrec_consumer_stalls_total", "Times the consumer had lag but applied nothing for a while"
 )
 OFFSETS_BACKWARDS = Counter(
     "ledrec_offsets_backwards_total",
@@ -163,6 +167,9 @@ class StateUpdater:
         self._slot_base = 0  # added to partitions: where this incarnation's offsets live
         self._last_seen: dict[int, int] = {}  # partition -> last offset taken (this process)
         self._commit_recorded_at = 0.0
+        self._progress_at = time.monotonic()  # when a batch last came (stall detection)
+        self._lag_checked_at = 0.0
+        self._stall_reported_at = 0.0
         self._uncommitted: dict[tuple[str, int], int] = {}  # last offsets of settled batches
         self._dead_unflushed = 0
         self._settled_batches = 0
@@ -186,9 +193,10 @@ class StateUpdater:
                 )
                 if messages:
                     self.process(messages)
-                    last_message = time.monotonic()
+                    last_message = self._progress_at = time.monotonic()
                 else:
                     self.flush()
+                    self._check_stall()
                     if max_idle_s is not None and time.monotonic() - last_message > max_idle_s:
                         break
         finally:
@@ -299,6 +307,49 @@ class StateUpdater:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
             self._record_commit({p: o for (_, p), o in self._uncommitted.items()}, asynchronous)
             self._uncommitted = {}
+
+    # -- liveness ---------------------------------------------------------------------------
+    def lag(self) -> int | None:
+        """Events in the assigned partitions after this consumer's position (None: unknown)."""
+        topic = self.settings.events_topic
+        parts = [TopicPartition(topic, p) for p in self.assigned]
+        if not parts:
+            return 0
+        total, known = 0, False
+        for tp in self.consumer.position(parts):
+            _, high = self.consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
+            if high >= 0 and tp.offset >= 0:
+                total += max(0, high - tp.offset)
+                known = True
+            elif high > 0:  # no position yet: everything from the committed offset is due
+                total += high
+                known = True
+        return total if known else None
+
+    def _check_stall(self) -> None:
+        """Idle with lag for ``consumer_stall_s``: log it and count it (at most once per
+        ``consumer_stall_s``), so a consumer that cannot fetch does not stall silently."""
+        now = time.monotonic()
+        if now - self._lag_checked_at < 1.0:
+            return
+        self._lag_checked_at = now
+        try:
+            lag = self.lag()
+        except KafkaException as e:
+            log.warning("lag unknown", extra={"error": str(e)})
+            return
+        if lag is None:
+            return
+        LAG.set(lag)
+        stall_s = self.settings.consumer_stall_s
+        idle = now - self._progress_at
+        if lag > 0 and idle >= stall_s and now - self._stall_reported_at >= stall_s:
+            self._stall_reported_at = now
+            STALLS.inc()
+            log.warning(
+                "consumer stalled: events are waiting but none arrived",
+                extra={"lag": lag, "idle_s": round(idle, 1), "partitions": self.assigned},
+            )
 
     # -- the topic's incarnations (stream/incarnation.py) ---------------------------------
     def _check_topic(self) -> bool:
