@@ -37,6 +37,7 @@ from ledrec.connect import (
     ensure_topics,
     kafka_answers,
     pid_alive,
+    port_of,
     read_record,
     record_path,
     redis_markers,
@@ -531,7 +532,8 @@ def stack_up(
 ) -> StackInfo:
     """Start Redis (AOF on) and the Tansu broker as detached processes; record them.
 
-    Idempotent: a live recorded stack is returned as is; a half-dead one is replaced.
+    Idempotent: a live recorded stack is returned as is; of a half-dead one, only the dead
+    server is started again, on its recorded port (Redis from its AOF).
     Data and logs go under ``<home>/stack/``; the record is ``<home>/stack.json``.
     """
     home = Path(home)
@@ -539,25 +541,36 @@ def stack_up(
         current = stack_status(home)
         if current is not None and current.alive:
             return current
-        if current is not None:
-            _stop_recorded(current)
         base = home / STACK_DIR
-        redis_server = RedisServer(base / "redis", appendonly=True, detached=True,
-                                   start_timeout=timeout)  # fmt: skip
-        broker = KafkaBroker(base / "kafka", storage_engine=kafka_storage_engine, detached=True,
-                             start_timeout=timeout)  # fmt: skip
-        redis_server.start()
+        # Restart only what is down, on its recorded port: a Redis that crashed comes back
+        # from its AOF, and the broker that kept running keeps its log (and its events).
+        keep_redis = current is not None and current.redis_alive
+        keep_broker = current is not None and current.kafka_alive
+        redis_port = int(port_of(current.redis_url)) if current is not None else None
+        kafka_port = int(port_of(current.kafka_bootstrap)) if current is not None else None
+        redis_server = RedisServer(base / "redis", port=redis_port, appendonly=True,
+                                   detached=True, start_timeout=timeout)  # fmt: skip
+        broker = KafkaBroker(base / "kafka", port=kafka_port, storage_engine=kafka_storage_engine,
+                             detached=True, start_timeout=timeout)  # fmt: skip
+        started: list[_ServerProcess] = []
         try:
-            broker.start()
+            if not keep_redis:
+                redis_server.start()
+                started.append(redis_server)
+            if not keep_broker:
+                broker.start()
+                started.append(broker)
         except BaseException:
-            redis_server.stop()
+            for server in started:
+                server.stop()
             raise
-        assert redis_server.pid is not None and broker.pid is not None
         info = StackInfo(
-            redis_url=redis_server.url,
-            kafka_bootstrap=broker.bootstrap,
-            redis_pid=redis_server.pid,
-            kafka_pid=broker.pid,
+            redis_url=current.redis_url if keep_redis and current else redis_server.url,
+            kafka_bootstrap=current.kafka_bootstrap
+            if keep_broker and current
+            else broker.bootstrap,
+            redis_pid=current.redis_pid if keep_redis and current else (redis_server.pid or 0),
+            kafka_pid=current.kafka_pid if keep_broker and current else (broker.pid or 0),
             started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         tmp = record_path(home).with_suffix(".json.tmp")

@@ -99,7 +99,7 @@ def pid_alive(pid: int, markers: tuple[str, ...] = ()) -> bool:
     return True
 
 
-def _port_of(address: str) -> str:
+def port_of(address: str) -> str:
     """The port of ``host:port`` or ``redis://...host:port/db``."""
     hostport = address.split("://", 1)[-1].split("@")[-1].split("/")[0]
     return hostport.rsplit(":", 1)[-1]
@@ -123,7 +123,7 @@ def read_record(home: Path) -> StackInfo | None:
 
 
 def redis_markers(info: StackInfo) -> tuple[str, ...]:
-    port = _port_of(info.redis_url)
+    port = port_of(info.redis_url)
     # redis-server rewrites its process title to "redis-server 127.0.0.1:PORT".
     return (f"{HOST}:{port}", f"--port {port}")
 

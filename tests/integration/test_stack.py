@@ -167,7 +167,40 @@ def test_stack_status_reports_dead_pids_and_up_replaces_them(tmp_path: Path) -> 
             resolve_addresses(Settings(kafka_bootstrap="", redis_url="", home=home))
         fresh = stack_up(home)
         assert fresh.alive and fresh.kafka_pid != info.kafka_pid
-        assert _gone(info.redis_pid)  # the half-dead stack was stopped, not leaked
+        assert fresh.kafka_bootstrap == info.kafka_bootstrap  # on its recorded port
+        assert fresh.redis_pid == info.redis_pid  # only what was down was started
+    finally:
+        stack_down(home)
+    assert _gone(info.redis_pid)
+
+
+def test_after_redis_is_killed_stack_up_keeps_the_broker_and_its_events(tmp_path: Path) -> None:
+    from ledrec.connect import ensure_event_topics
+    from ledrec.stream.consumer import StateUpdater
+    from ledrec.stream.producer import EventPublisher
+    from ledrec.stream.state import UserStateStore
+
+    home = tmp_path / "home"
+    info = stack_up(home)
+    try:
+        settings = Settings(home=home, consumer_status_every_s=0)
+        ensure_event_topics(settings, info.kafka_bootstrap)
+        with EventPublisher.from_settings(settings) as publisher:
+            for n in range(5):
+                publisher.send("alice", f"i{n}", "view")
+        os.kill(info.redis_pid, 9)  # Redis crashes; the broker holds the events
+        deadline = time.monotonic() + 5
+        while not _gone(info.redis_pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        fresh = stack_up(home)
+        assert fresh.kafka_pid == info.kafka_pid and fresh.redis_url == info.redis_url
+        client = redis.Redis.from_url(fresh.redis_url)
+        updater = StateUpdater(settings, fresh.kafka_bootstrap, client)
+        totals = updater.run(max_idle_s=5.0)
+        assert totals.applied == 5
+        state = UserStateStore(client, settings.key_prefix, 100, 0).read("alice", [])
+        assert state is not None and state.size == 5
+        client.close()
     finally:
         stack_down(home)
 
