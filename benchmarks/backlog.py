@@ -29,13 +29,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--users", type=int, default=20_000)
     p.add_argument("--max-seconds", type=float, default=300.0)
+    p.add_argument("--fetch-wait-ms", type=int, help="consume_fetch_wait_ms (default: unset)")
     args = p.parse_args(argv)
     with (
         tempfile.TemporaryDirectory() as tmp,
         KafkaBroker(Path(tmp) / "kafka") as broker,
         RedisServer(Path(tmp) / "redis") as server,
     ):
-        settings = Settings(kafka_bootstrap=broker.bootstrap, redis_url=server.url, home=tmp)
+        settings = Settings(
+            kafka_bootstrap=broker.bootstrap,
+            redis_url=server.url,
+            home=tmp,
+            consume_fetch_wait_ms=args.fetch_wait_ms,
+        )
         ensure_event_topics(settings, broker.bootstrap)
         started = time.perf_counter()
         with EventPublisher.from_settings(settings) as publisher:

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # A trickle of events waits this long for a batch to fill: it bounds freshness
     # (benchmarks/results/SUMMARY.md). Under load batches fill before it expires.
     consume_batch_timeout_s: float = 0.01
+    # How long the broker may hold a fetch waiting for data (librdkafka fetch.wait.max.ms).
+    # None: the batch wait above. A separate knob: a broker that answers a fetch far behind
+    # the tail later than this returns it empty (benchmarks/backlog.py shows a stall).
+    consume_fetch_wait_ms: int | None = None
     # How often a busy consumer reports its totals to Redis (``ledrec status``); an idle
     # one reports at once. 0: after every batch (tests that watch progress closely).
     consumer_status_every_s: float = 0.5
@@ -126,6 +130,13 @@ class Settings(BaseSettings):
         if not self.request_queue:
             self.request_queue = Keyspace(self.key_prefix).requests
         return self
+
+    @property
+    def fetch_wait_ms(self) -> int:
+        """The broker fetch wait in effect (``consume_fetch_wait_ms`` or the batch wait)."""
+        if self.consume_fetch_wait_ms is not None:
+            return max(1, self.consume_fetch_wait_ms)
+        return max(1, round(self.consume_batch_timeout_s * 1000))
 
     @property
     def keyspace(self) -> Keyspace:

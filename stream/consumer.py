@@ -141,7 +141,8 @@ class StateUpdater:
                     "enable.partition.eof": False,
                     # A fetch waits at most this long for data (librdkafka default 500 ms:
                     # Tansu answers an idle fetch only then, which was the whole freshness).
-                    "fetch.wait.max.ms": max(1, round(settings.consume_batch_timeout_s * 1000)),
+                    # Its own setting; by default the batch wait.
+                    "fetch.wait.max.ms": settings.fetch_wait_ms,
                 },
             )
         )

@@ -79,6 +79,24 @@ def test_every_kafka_client_is_built_from_the_passthrough() -> None:
     assert not offenders, offenders
 
 
+def test_the_fetch_wait_is_its_own_setting(
+    monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
+    built: list[dict[str, Any]] = []
+
+    class Recorded(Consumer):  # type: ignore[misc]
+        def __init__(self, conf: dict[str, Any]) -> None:
+            built.append(dict(conf))
+            super().__init__(conf)
+
+    monkeypatch.setattr(consumer, "Consumer", Recorded)
+    default = Settings(kafka_bootstrap=NOWHERE, redis_url="redis://unused")
+    own = default.model_copy(update={"consume_fetch_wait_ms": 250})
+    for settings in (default, own):
+        consumer.StateUpdater(settings, NOWHERE, redis_client)
+    assert [c["fetch.wait.max.ms"] for c in built] == [10, 250]
+
+
 WEAKER = [("enable.auto.commit", "true"), ("enable.idempotence", "false"), ("acks", "1")]
 
 
