@@ -113,6 +113,26 @@ class _ClientBase:
         self._offset: float | None = None  # Redis's clock minus ours
         self._offset_at = 0.0  # time.monotonic() when measured
 
+    @classmethod
+    def from_settings(
+        cls, settings: Settings | None = None, *, timeout_s: float | None = None
+    ) -> Self:
+        """A client for the deployment ``settings`` describe (default: ``Settings()``, i.e.
+        the environment, else the local stack ``ledrec stack up`` recorded)."""
+        settings = settings if settings is not None else Settings()
+        return cls.from_url(
+            resolve_redis_url(settings),
+            queue=settings.request_queue,
+            prefix=settings.key_prefix,
+            timeout_s=settings.request_timeout_s if timeout_s is None else timeout_s,
+            max_queue_length=settings.max_queue_length,
+        )
+
+    @classmethod
+    def from_url(cls, url: str, timeout_s: float = 2.0, **kwargs: Any) -> Self:
+        """A client for the Redis at ``url`` (each client builds its own kind)."""
+        raise NotImplementedError
+
     def _clock_stale(self) -> bool:
         return self._offset is None or time.monotonic() - self._offset_at > CLOCK_REFRESH_S
 
@@ -157,22 +177,7 @@ class RecommenderClient(_ClientBase):
         self._push = client.register_script(protocol.ENQUEUE_SCRIPT)
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings | None = None, *, timeout_s: float | None = None
-    ) -> RecommenderClient:
-        """A client for the deployment ``settings`` describe (default: ``Settings()``, i.e.
-        the environment, else the local stack ``ledrec stack up`` recorded)."""
-        settings = settings if settings is not None else Settings()
-        return cls.from_url(
-            resolve_redis_url(settings),
-            queue=settings.request_queue,
-            prefix=settings.key_prefix,
-            timeout_s=settings.request_timeout_s if timeout_s is None else timeout_s,
-            max_queue_length=settings.max_queue_length,
-        )
-
-    @classmethod
-    def from_url(cls, url: str, timeout_s: float = 2.0, **kwargs: Any) -> RecommenderClient:
+    def from_url(cls, url: str, timeout_s: float = 2.0, **kwargs: Any) -> Self:
         """A client for the Redis at ``url``, connecting within ``timeout_s``."""
         client = redis.Redis.from_url(
             url,
@@ -281,21 +286,7 @@ class AsyncRecommenderClient(_ClientBase):
         self._push = client.register_script(protocol.ENQUEUE_SCRIPT)
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings | None = None, *, timeout_s: float | None = None
-    ) -> AsyncRecommenderClient:
-        """``RecommenderClient.from_settings``, for asyncio."""
-        settings = settings if settings is not None else Settings()
-        return cls.from_url(
-            resolve_redis_url(settings),
-            queue=settings.request_queue,
-            prefix=settings.key_prefix,
-            timeout_s=settings.request_timeout_s if timeout_s is None else timeout_s,
-            max_queue_length=settings.max_queue_length,
-        )
-
-    @classmethod
-    def from_url(cls, url: str, timeout_s: float = 2.0, **kwargs: Any) -> AsyncRecommenderClient:
+    def from_url(cls, url: str, timeout_s: float = 2.0, **kwargs: Any) -> Self:
         """A client for the Redis at ``url``, connecting within ``timeout_s``."""
         client = aredis.Redis.from_url(
             url,
