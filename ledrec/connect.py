@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from confluent_kafka import KafkaError, KafkaException
@@ -204,6 +204,20 @@ class _ReconnectRetry(Retry):
         return super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://host:port``, a seed node)."""
+    return url.split("://", 1)[0] in CLUSTER_SCHEMES
+
+
+def plain_url(url: str) -> str:
+    """``url`` with ``+cluster`` dropped from its scheme (what redis-py parses)."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme.removesuffix('+cluster')}://{rest}"
+
+
 def redis_client(url: str) -> redis.Redis:
     """A client for the services that rides out a Redis restart: reconnect with capped,
     jittered backoff.
@@ -211,8 +225,13 @@ def redis_client(url: str) -> redis.Redis:
     8 retries, backoff doubling from 50 ms to 2 s; components add their own outer loop for
     longer outages. ``rediss://`` (TLS), user:password and ``?ssl_ca_certs=...`` come from the
     URL. (The recommendation clients bound every call by their timeout instead.)
+    ``redis+cluster://host:port`` gives a ``redis.RedisCluster`` seeded by that node: every
+    component works on either (``ledrec.keyspace``, ``ledrec.stream._cluster``).
     """
     retry = _ReconnectRetry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), 8)
+    if is_cluster_url(url):
+        cluster = redis.RedisCluster.from_url(plain_url(url), health_check_interval=30, retry=retry)
+        return cast(redis.Redis, cluster)  # the commands ledrec uses exist on both
     return redis.Redis.from_url(url, health_check_interval=30, retry=retry)
 
 

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
 
     key_prefix: str = "ledrec"
     request_queue: str = ""  # default: <key_prefix>:rpc:requests (``keyspace``)
+    # How many request queues clients spread requests over (each scorer serves them all);
+    # 0: one on a single Redis, ``keyspace.CLUSTER_QUEUES`` on a Redis Cluster.
+    request_queues: int = Field(default=0, ge=0)
     request_timeout_s: float = 2.0
     serve_batch_size: int = 64
     # How long the serving thread polls its socket for the next batch before it sleeps.
@@ -141,7 +144,11 @@ class Settings(BaseSettings):
     @property
     def keyspace(self) -> Keyspace:
         """Every Redis key name of this deployment."""
-        return Keyspace(self.key_prefix, self.request_queue)
+        return Keyspace(self.key_prefix, self.request_queue, queues=self.request_queues)
+
+    def keyspace_of(self, client: object) -> Keyspace:
+        """The keyspace on the kind of Redis ``client`` talks to (one Redis or a cluster)."""
+        return Keyspace.of(client, self.key_prefix, self.request_queue, self.request_queues)
 
     @property
     def model_store_path(self) -> Path:

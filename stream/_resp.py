@@ -23,6 +23,8 @@ from typing import Any
 import redis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
 
+from ledrec.keyspace import is_cluster
+
 __all__ = [
     "HeldConnectionPool",
     "RawConnection",
@@ -116,6 +118,10 @@ def execute_raw(client: redis.Redis, commands: Sequence[bytes]) -> list[Any]:
     retried once on a new one: callers send only reads and compare-and-set writes, which
     are safe to send again.
     """
+    if is_cluster(client):  # each command to its slot's primary (``stream._cluster``)
+        from ledrec.stream._cluster import execute_routed
+
+        return execute_routed(client, commands)  # type: ignore[arg-type]
     payload = [b"".join(commands)]
     pool = client.connection_pool
     for attempt in (0, 1):
@@ -174,6 +180,16 @@ class RawConnection:
             raise
         self._waiting -= count
         return replies
+
+    @property
+    def waiting(self) -> int:
+        """How many replies are due."""
+        return self._waiting
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (for ``select``); -1 when not connected."""
+        sock = getattr(self._conn, "_sock", None) if self._conn is not None else None
+        return sock.fileno() if sock is not None else -1
 
     def close(self) -> None:
         """Drop the connection (replies not read are lost)."""

@@ -11,6 +11,8 @@ A call's timeout bounds all of it, connecting included (for clients built by
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ledrec.connect import resolve_redis_url
+from ledrec.connect import is_cluster_url, plain_url, resolve_redis_url
 from ledrec.errors import LedrecError
 from ledrec.keyspace import Keyspace
 from ledrec.settings import Settings
@@ -101,14 +103,23 @@ class _ClientBase:
 
     def __init__(
         self,
+        client: Any,
         queue: str | None,
         prefix: str,
         timeout_s: float,
         max_queue_length: int,
         clock: Callable[[], float] = time.time,
+        queues: int = 0,
     ) -> None:
-        self.queue, self.prefix = Keyspace(prefix, queue or "").requests, prefix
+        self.keys = Keyspace.of(client, prefix, queue or "", queues)
+        self.queue, self.prefix = self.keys.requests, prefix
+        # Requests go to the queues in turn (round robin): every scorer serves every queue,
+        # so any spread works, and turns spread even one hot user's requests evenly.
+        self.queues = self.keys.request_queues
+        self._turn = itertools.count()
         self.timeout_s, self.max_queue_length = timeout_s, max_queue_length
+        # the bound is the deployment's; each queue holds its share of it
+        self._queue_bound = max(1, -(-max_queue_length // len(self.queues)))
         self.clock = clock
         self._offset: float | None = None  # Redis's clock minus ours
         self._offset_at = 0.0  # time.monotonic() when measured
@@ -126,6 +137,7 @@ class _ClientBase:
             prefix=settings.key_prefix,
             timeout_s=settings.request_timeout_s if timeout_s is None else timeout_s,
             max_queue_length=settings.max_queue_length,
+            queues=settings.request_queues,
         )
 
     @classmethod
@@ -150,11 +162,19 @@ class _ClientBase:
         k: int,
         exclude_seen: bool,
         timeout: float,
+        lane: int,
     ) -> tuple[Request, list[bytes | int]]:
-        """The request (its deadline by Redis's clock) and the enqueue script's arguments."""
+        """The request to queue ``lane`` (its deadline by Redis's clock, its reply key in the
+        queue's slot) and the enqueue script's arguments."""
         now = self.clock() + (self._offset or 0.0)
-        req = protocol.new_request(self.prefix, k, timeout, user_id, items, exclude_seen, now)
-        return req, [protocol.encode_request(req), self.max_queue_length]
+        req = protocol.new_request(
+            self.prefix, k, timeout, user_id, items, exclude_seen, now, self.keys, lane
+        )
+        return req, [protocol.encode_request(req), self._queue_bound]
+
+    def _lane(self) -> int:
+        """The queue the next request goes to."""
+        return next(self._turn) % len(self.queues) if len(self.queues) > 1 else 0
 
     def _queue_full(self) -> Overloaded:
         return Overloaded(f"request queue is full ({self.max_queue_length} waiting)")
@@ -171,21 +191,34 @@ class RecommenderClient(_ClientBase):
         timeout_s: float = 2.0,
         max_queue_length: int = 10_000,
         clock: Callable[[], float] = time.time,
+        queues: int = 0,
     ) -> None:
-        super().__init__(queue, prefix, timeout_s, max_queue_length, clock)
+        super().__init__(client, queue, prefix, timeout_s, max_queue_length, clock, queues)
         self.client = client
         self._push = client.register_script(protocol.ENQUEUE_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 2.0, **kwargs: Any) -> Self:
-        """A client for the Redis at ``url``, connecting within ``timeout_s``."""
-        client = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=timeout_s,
-            socket_timeout=timeout_s + _READ_GRACE_S,
-            retry=Retry(NoBackoff(), 0),  # the call's timeout, not retries, bounds it
+        """A client for the Redis at ``url`` (``redis+cluster://``: a Redis Cluster),
+        connecting within ``timeout_s``."""
+        options: dict[str, Any] = {
+            "socket_connect_timeout": timeout_s,
+            "socket_timeout": timeout_s + _READ_GRACE_S,
+            "retry": Retry(NoBackoff(), 0),  # the call's timeout, not retries, bounds it
+        }
+        client: Any = (
+            redis.RedisCluster.from_url(plain_url(url), **options)
+            if is_cluster_url(url)
+            else redis.Redis.from_url(url, **options)
         )
         return cls(client, timeout_s=timeout_s, **kwargs)
+
+    def _pool_of(self, queue: str) -> Any:
+        """The connection pool of the node that holds ``queue`` (and its replies)."""
+        if not self.keys.cluster:
+            return self.client.connection_pool
+        cluster: Any = self.client
+        return cluster.get_redis_connection(cluster.get_node_from_key(queue)).connection_pool
 
     def close(self) -> None:
         """Close the connections."""
@@ -231,22 +264,24 @@ class RecommenderClient(_ClientBase):
         """The recommendations for a user (``user_id``) or a timeline (``items``)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
-        pool = self.client.connection_pool
+        lane = self._lane()
+        queue = self.queues[lane]
         try:
+            pool = self._pool_of(queue)
             conn: Any = pool.get_connection()  # connects within the connect timeout
             try:
                 if self._clock_stale():
                     sent_at = self.clock()
                     conn.send_command("TIME")
                     self._set_clock(conn.read_response(timeout=_remaining(deadline)), sent_at)
-                req, args = self._prepare(user_id, items, k, exclude_seen, timeout)
-                conn.send_command("EVALSHA", self._push.sha, 1, self.queue, *args)
+                req, args = self._prepare(user_id, items, k, exclude_seen, timeout, lane)
+                conn.send_command("EVALSHA", self._push.sha, 1, queue, *args)
                 try:
                     pushed = conn.read_response(timeout=_remaining(deadline))
                 except redis.exceptions.NoScriptError:  # a new or restarted Redis: load it
                     conn.send_command("SCRIPT", "LOAD", protocol.ENQUEUE_SCRIPT)
                     conn.read_response(timeout=_remaining(deadline))
-                    conn.send_command("EVALSHA", self._push.sha, 1, self.queue, *args)
+                    conn.send_command("EVALSHA", self._push.sha, 1, queue, *args)
                     pushed = conn.read_response(timeout=_remaining(deadline))
                 if pushed < 0:
                     raise self._queue_full()
@@ -263,10 +298,19 @@ class RecommenderClient(_ClientBase):
         except redis.AuthenticationError as e:  # a ConnectionError in redis-py
             raise Unavailable(f"redis refused the credentials (AuthenticationError): {e}") from e
         except redis.ConnectionError as e:
+            self._refresh_slots()
             raise Unavailable(f"redis unreachable: {e}") from e
         except redis.RedisError as e:
+            if isinstance(e, redis.exceptions.AskError | redis.exceptions.ClusterError):
+                self._refresh_slots()  # a failover or resharding: the next call goes right
             raise Unavailable(f"redis refused the request: {e}") from e
         return _result(raw, timeout)
+
+    def _refresh_slots(self) -> None:
+        """On a cluster, re-read the slot map (best effort: the next call retries)."""
+        if self.keys.cluster:
+            with contextlib.suppress(redis.RedisError):
+                self.client.nodes_manager.initialize()  # type: ignore[attr-defined]
 
 
 class AsyncRecommenderClient(_ClientBase):
@@ -280,19 +324,24 @@ class AsyncRecommenderClient(_ClientBase):
         timeout_s: float = 2.0,
         max_queue_length: int = 10_000,
         clock: Callable[[], float] = time.time,
+        queues: int = 0,
     ) -> None:
-        super().__init__(queue, prefix, timeout_s, max_queue_length, clock)
+        super().__init__(client, queue, prefix, timeout_s, max_queue_length, clock, queues)
         self.client = client
         self._push = client.register_script(protocol.ENQUEUE_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 2.0, **kwargs: Any) -> Self:
-        """A client for the Redis at ``url``, connecting within ``timeout_s``."""
-        client = aredis.Redis.from_url(
-            url,
-            socket_connect_timeout=timeout_s,
-            socket_timeout=timeout_s + _READ_GRACE_S,
-            retry=AsyncRetry(NoBackoff(), 0),
+        """A client for the Redis at ``url`` (``redis+cluster://``: a Redis Cluster),
+        connecting within ``timeout_s``."""
+        options: dict[str, Any] = {
+            "socket_connect_timeout": timeout_s,
+            "socket_timeout": timeout_s + _READ_GRACE_S,
+        }
+        client: Any = (
+            aredis.RedisCluster.from_url(plain_url(url), **options)
+            if is_cluster_url(url)
+            else aredis.Redis.from_url(url, retry=AsyncRetry(NoBackoff(), 0), **options)
         )
         return cls(client, timeout_s=timeout_s, **kwargs)
 
@@ -341,8 +390,9 @@ class AsyncRecommenderClient(_ClientBase):
                 if self._clock_stale():
                     sent_at = self.clock()
                     self._set_clock(await self.client.time(), sent_at)
-                req, args = self._prepare(user_id, items, k, exclude_seen, timeout)
-                if await self._push(keys=[self.queue], args=args) < 0:
+                lane = self._lane()
+                req, args = self._prepare(user_id, items, k, exclude_seen, timeout, lane)
+                if await self._push(keys=[self.queues[lane]], args=args) < 0:
                     raise self._queue_full()
                 wait = _remaining(deadline)
                 raw = await self.client.blpop([req.reply_to], timeout=round(wait, 3))

@@ -161,7 +161,7 @@ class StateUpdater:
         self.writer = StateWriter(self.store, observe_writes)
         self.observe = observe
         self.incarnations = TopicIncarnations(
-            redis_client, settings.keyspace, settings.events_topic
+            redis_client, settings.keyspace_of(redis_client), settings.events_topic
         )
         self._admin: AdminClient | None = None
         self.topic_id, self.incarnation = "", 1
@@ -470,7 +470,7 @@ class StateUpdater:
         """Publish this consumer's totals in Redis (``ledrec status``, the demo, operators)."""
         self._reported_at = time.monotonic()
         self._reported_applied = self.totals.applied
-        key = Keyspace(self.settings.key_prefix).consumer(self.name)
+        key = self.settings.keyspace_of(self.redis).consumer(self.name)
         status = {**vars(self.totals), "partitions": self.assigned, "updated_at": time.time()}
         try:
             self.redis.set(key, json.dumps(status), ex=300)
@@ -510,7 +510,7 @@ class StateUpdater:
 def consumer_statuses(client: redis.Redis, prefix: str) -> dict[str, dict[str, float]]:
     """The status every live consumer last reported (name -> totals)."""
     out: dict[str, dict[str, float]] = {}
-    pattern = Keyspace(prefix).consumers
+    pattern = Keyspace.of(client, prefix).consumers
     for key in client.scan_iter(match=pattern):
         raw = client.get(key)
         if raw is not None:

@@ -77,13 +77,19 @@ def new_request(
     items: Sequence[str] | None,
     exclude_seen: bool,
     now: float | None = None,
+    keys: Keyspace | None = None,
+    queue: int = 0,
 ) -> Request:
     """A request with a fresh id, its own reply key and a deadline ``timeout_s`` after
-    ``now`` (epoch seconds by Redis's clock; default: this machine's)."""
+    ``now`` (epoch seconds by Redis's clock; default: this machine's).
+
+    ``keys``/``queue``: the keyspace and the queue it is sent to (on a cluster the reply key
+    shares the queue's hash tag, so the scorer's replies go to that queue's node).
+    """
     rid = uuid.uuid4().hex
     return Request(
         id=rid,
-        reply_to=Keyspace(prefix).reply(rid),
+        reply_to=(keys or Keyspace(prefix)).reply(rid, queue),
         deadline=(time.time() if now is None else now) + timeout_s,
         k=k,
         user_id=user_id,

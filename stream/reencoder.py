@@ -69,18 +69,18 @@ class BackfillProgress:
         )
 
 
-def progress_key(prefix: str, version: str) -> str:
-    return Keyspace(prefix).backfill(version)
+def progress_key(client: redis.Redis, prefix: str, version: str) -> str:
+    return Keyspace.of(client, prefix).backfill(version)
 
 
 def read_progress(client: redis.Redis, prefix: str, version: str) -> BackfillProgress | None:
-    raw = client.get(progress_key(prefix, version))
+    raw = client.get(progress_key(client, prefix, version))
     return BackfillProgress(**json.loads(raw)) if raw is not None else None
 
 
 def clear_progress(client: redis.Redis, prefix: str, version: str) -> None:
     """Forget a back-fill (the version left the live set: its sums are no longer kept)."""
-    client.delete(progress_key(prefix, version))
+    client.delete(progress_key(client, prefix, version))
 
 
 class Reencoder:
@@ -91,7 +91,7 @@ class Reencoder:
         self.client = store.client
         self.model = model
         self.batch = batch
-        self.key = progress_key(store.prefix, model.version)
+        self.key = progress_key(store.client, store.prefix, model.version)
 
     def progress(self) -> BackfillProgress:
         saved = read_progress(self.client, self.store.prefix, self.model.version)
@@ -107,7 +107,7 @@ class Reencoder:
         ``max_rate`` caps users per second, to bound the load on Redis.
         """
         progress = self.progress()
-        keys = Keyspace(self.store.prefix)
+        keys = Keyspace.of(self.client, self.store.prefix)
         run_started, run_scanned = time.perf_counter(), 0
         while not progress.done:
             t0 = time.perf_counter()

@@ -46,7 +46,7 @@ class Registry:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self.keys = Keyspace(prefix)
+        self.keys = Keyspace.of(client, prefix)
 
     def _k(self, name: str) -> str:
         return self.keys.models(name)

@@ -1,4 +1,4 @@
-"""The scorer process: serves recommendation requests from the Redis request list.
+"""The scorer process: serves recommendation requests from the Redis request queues.
 
 Each loop takes a batch of requests with their users' states, drops the ones past their
 deadline (their client has given up: answering late only adds load), searches faiss once
@@ -8,6 +8,14 @@ queued, else when the next one arrives). So a batch costs one round trip, busy o
 The serving thread holds its own connection for it (redis-py's pool checks every
 checkout, at more CPU than the round trip). Model versions are prepared in a background
 thread (``stream.versions.ServingVersions``) and take effect between two batches.
+
+Every scorer serves every request queue (``Keyspace.request_queues``: one on one Redis,
+several on a Redis Cluster, each on the node of its hash tag). Each queue is a *lane* with
+its own held connection and a take in flight; with several lanes the serving thread waits
+for whichever answers first (``select``), serves that batch and sends its replies with the
+lane's next take. On a cluster the take script reads no user state (their keys live in
+other slots): the states are read after it, one pipelined round trip to the nodes that
+own them (``stream._cluster``).
 """
 
 from __future__ import annotations
@@ -16,18 +24,20 @@ import contextlib
 import functools
 import logging
 import os
+import select
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import faiss
 import redis
 from prometheus_client import Counter, Histogram
 
+from ledrec.keyspace import is_cluster
 from ledrec.settings import Settings
 from ledrec.stream import protocol
 from ledrec.stream._resp import HeldConnectionPool, RawConnection, reply_commands
@@ -77,6 +87,22 @@ class BatchTiming:
     at: float  # time.time() when done
 
 
+@dataclass
+class _Lane:
+    """One request queue as this scorer serves it: its held connection and intake, and
+    what its last round trip took (``prefetched``) or whether one is in flight."""
+
+    index: int
+    queue: str
+    intake: Intake
+    serving: redis.Redis  # on the held connection
+    round_trips: RawConnection
+    prefetched: list[Taken] | None = None
+    read_version: str | None = None  # the version whose sums were read with ``prefetched``
+    in_flight: bool = False  # a reply-and-take round trip was sent and not yet read
+    sent: tuple[int, tuple[bytes, ...]] = field(default=(0, ()))  # replies sent, fields read
+
+
 class _Clock:
     """Accumulates wall time per part of a batch while the server is observed."""
 
@@ -118,12 +144,19 @@ class RecommendServer:
         self._clock_at = -CLOCK_REFRESH_S
         self.registry = Registry(client, settings.key_prefix)
         self.models = ModelCache(self.registry)
-        # The serving thread's own connection: its state reads (through the store) and its
-        # pops and replies (``_pipeline``); everything else uses ``client``'s pool.
-        self._serving = redis.Redis(connection_pool=HeldConnectionPool(client.connection_pool))
-        self._round_trips = RawConnection(self._serving, settings.serve_spin_us / 1e6)
+        self.keys = settings.keyspace_of(client)
+        self.cluster = is_cluster(client)
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # The serving thread's own connections, one per request queue (``_Lane``): its pops
+        # and replies, and on one Redis its state reads (through the store). Everything else
+        # uses ``client``'s pool; on a cluster the state reads are routed by slot.
+        self.lanes = [self._lane(i) for i in range(self.keys.queue_count)]
+        self._serving = self.lanes[0].serving
         self.store = UserStateStore(
-            self._serving, settings.key_prefix, settings.timeline_max, settings.user_ttl_seconds
+            client if self.cluster else self._serving,
+            settings.key_prefix,
+            settings.timeline_max,
+            settings.user_ttl_seconds,
         )
         self.limits = Limits(
             settings.max_request_bytes,
@@ -133,20 +166,33 @@ class RecommendServer:
         )
         self.totals = ServerTotals()
         self.stop_event = threading.Event()
-        # Taken with the last replies, and the version whose sums were read with them.
-        self._prefetched: list[Taken] | None = None
-        self._read_version: str | None = None
-        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.versions = ServingVersions(settings, self.registry, self.models, self.name)
-        self.intake = Intake(
-            client,
-            settings.request_queue,
-            settings.keyspace.taking(self.name),
-            settings.serve_batch_size,
-            settings.max_request_bytes,
-            settings.max_id_length,
-            self.store.key_prefix,
+        self._next_lane = 0  # where the search for a ready lane starts (fairness)
+
+    def _lane(self, i: int) -> _Lane:
+        """Lane ``i``: a connection of its own to the node that holds queue ``i``."""
+        queue = self.keys.queue(i)
+        pool = self.client.connection_pool
+        if self.cluster:
+            cluster: Any = self.client
+            pool = cluster.get_redis_connection(cluster.get_node_from_key(queue)).connection_pool
+        serving = redis.Redis(connection_pool=HeldConnectionPool(pool))
+        intake = Intake(
+            self.client,
+            queue,
+            self.keys.taking(self.name, i),
+            self.settings.serve_batch_size,
+            self.settings.max_request_bytes,
+            self.settings.max_id_length,
+            self.keys.user_prefix.encode(),
         )
+        spin_s = self.settings.serve_spin_us / 1e6
+        return _Lane(i, queue, intake, serving, RawConnection(serving, spin_s))
+
+    @property
+    def intake(self) -> Intake:
+        """The first queue's intake (the only one on one Redis by default)."""
+        return self.lanes[0].intake
 
     @property
     def scorer(self) -> LoadedModel | None:
@@ -174,7 +220,14 @@ class RecommendServer:
                 try:
                     self.serve_once(block_s=0.5)
                     backoff.reset()
-                except (redis.ConnectionError, redis.TimeoutError) as e:
+                except (
+                    redis.ConnectionError,
+                    redis.TimeoutError,
+                    redis.exceptions.AskError,  # MOVED too: a failover or resharding
+                    redis.exceptions.ClusterDownError,
+                    redis.exceptions.TryAgainError,
+                ) as e:
+                    self._reset_lanes()
                     delay = backoff.wait(self.stop_event)
                     log.warning(
                         "redis unavailable; serving paused",
@@ -183,45 +236,71 @@ class RecommendServer:
         finally:
             self.stop_event.set()
             watcher.join(timeout=2)
-            if self._prefetched:  # popped but not answered: back where the next pop finds them
-                payloads = [t.payload for t in reversed(self._prefetched)]
-                with contextlib.suppress(redis.RedisError):  # else their clients time out
-                    self.client.rpush(self.settings.request_queue, *payloads)
-                self._prefetched = None
-            self._serving.connection_pool.disconnect()
+            self._give_back()
+            for lane in self.lanes:
+                lane.serving.connection_pool.disconnect()
         return self.totals
+
+    def _give_back(self) -> None:
+        """Requests taken and not answered go back where the next take finds them (else
+        their clients time out); a take still in flight is read first."""
+        for lane in self.lanes:
+            with contextlib.suppress(redis.RedisError, RuntimeError):
+                if lane.in_flight:
+                    lane.prefetched = (lane.prefetched or []) + self._receive(lane)
+                if lane.prefetched:
+                    payloads = [t.payload for t in reversed(lane.prefetched)]
+                    self.client.rpush(lane.queue, *payloads)
+            lane.prefetched = None
+
+    def _reset_lanes(self) -> None:
+        """After a lost connection or a redirection: drop every lane's connection (the
+        requests a lost take had moved stay in its taking list, which the next take serves
+        first) and, on a cluster, re-read the slot map and reconnect each lane to the node
+        that holds its queue now."""
+        for lane in self.lanes:
+            lane.round_trips.close()
+            lane.in_flight = False
+        if self.cluster:
+            with contextlib.suppress(redis.RedisError):
+                self.client.nodes_manager.initialize()  # type: ignore[attr-defined]
+                prefetched = [(lane.prefetched, lane.read_version) for lane in self.lanes]
+                for lane in self.lanes:
+                    lane.serving.connection_pool.disconnect()
+                self.lanes = [self._lane(i) for i in range(self.keys.queue_count)]
+                for lane, (taken, version) in zip(self.lanes, prefetched, strict=True):
+                    lane.prefetched, lane.read_version = taken, version
 
     def serve_once(self, block_s: float = 0.5) -> int:
         """Answer one batch (waiting up to ``block_s`` for one); returns how many were popped.
 
-        The replies go out in the same round trip as the wait for the next batch (taken by
-        the next call): it returns at once when requests are queued, else when the
-        next one arrives, so an idle server does not pay a round trip to find the list
-        empty before it blocks.
+        The replies go out in the same round trip as the wait for the lane's next batch: it
+        returns at once when requests are queued, else when the next one arrives, so an
+        idle server does not pay a round trip to find the queue empty before it blocks.
         """
         self.versions.swap_if_ready()
         if time.monotonic() - self._clock_at > CLOCK_REFRESH_S:
             self._sync_clock()
-        taken, self._prefetched = self._prefetched, None
+        lane, taken = self._next_batch(block_s)
         if not taken:
-            taken = self._reply_and_take([], block_s)
-            if not taken:
-                return 0
+            return 0
         observed = self.observe is not None
         if observed:
             self._clock = _Clock()
-            c0, polled0 = time.thread_time(), self._round_trips.polled_s
+            c0, polled0 = time.thread_time(), lane.round_trips.polled_s
         started = time.perf_counter()
-        replies = self._answer(taken, self._read_version)  # the version of the last take
+        replies = self._answer(taken, lane.read_version)  # the version of the last take
         answer_s = time.perf_counter() - started
         BATCH_SECONDS.observe(answer_s)
         self.totals.batches += 1
         if observed:
-            c1, polled1 = time.thread_time(), self._round_trips.polled_s
-        self._prefetched = self._reply_and_take(replies, block_s) or None
+            c1, polled1 = time.thread_time(), lane.round_trips.polled_s
+        self._send(lane, replies, block_s)
+        if len(self.lanes) == 1:  # one lane: wait for its next batch now (one round trip)
+            lane.prefetched = self._receive(lane) or None
         if observed:
             assert self.observe is not None
-            c2, polled2 = time.thread_time(), self._round_trips.polled_s
+            c2, polled2 = time.thread_time(), lane.round_trips.polled_s
             parts = self._clock.parts
             self._clock = _NoClock()
             self.observe(
@@ -232,6 +311,35 @@ class RecommendServer:
             )  # fmt: skip
         return len(taken)
 
+    def _next_batch(self, block_s: float) -> tuple[_Lane, list[Taken]]:
+        """A lane and the requests it took: one already taken, else the first lane whose
+        take answers within ``block_s`` (every lane has a take in flight while waiting)."""
+        count = len(self.lanes)
+        for j in range(count):
+            lane = self.lanes[(self._next_lane + j) % count]
+            if lane.prefetched:
+                self._next_lane = (lane.index + 1) % count
+                taken, lane.prefetched = lane.prefetched, None
+                return lane, taken
+        if count == 1:
+            lane = self.lanes[0]
+            if not lane.in_flight:
+                self._send(lane, [], block_s)
+            return lane, self._receive(lane)
+        for lane in self.lanes:
+            if not lane.in_flight:
+                self._send(lane, [], block_s)
+        by_fd = {lane.round_trips.fileno(): lane for lane in self.lanes}
+        ready, _, _ = select.select(list(by_fd), [], [], block_s + 1)
+        for fd in ready:
+            by_fd[fd].prefetched = self._receive(by_fd[fd]) or None
+        for lane in self.lanes:
+            if lane.prefetched:
+                taken, lane.prefetched = lane.prefetched, None
+                self._next_lane = (lane.index + 1) % count
+                return lane, taken
+        return self.lanes[0], []
+
     def _sync_clock(self) -> None:
         """Measure this machine's clock against Redis's (``TIME``): requests carry their
         deadline by Redis's clock, so client and scorer clocks need not agree."""
@@ -240,38 +348,42 @@ class RecommendServer:
         self._clock_offset = seconds + micros / 1e6 - (sent_at + time.time()) / 2
         self._clock_at = time.monotonic()
 
-    def _reply_and_take(self, replies: list[bytes], block_s: float) -> list[Taken]:
-        """Send ``replies``; wait for a request and return it with those queued behind it,
-        each with its user's state as read for the serving version (``_read_version``).
+    def _send(self, lane: _Lane, replies: list[bytes], block_s: float) -> None:
+        """Send ``replies`` and the lane's wait-and-take (``stream.intake``), not waiting.
 
-        One round trip (``stream.intake``). A reply that Redis refuses (its key holds
-        another type) is logged and dropped; the batch taken with it is still served.
+        Reply keys share their queue's hash tag (``Keyspace.reply``), so on a cluster they
+        go to the lane's node with its take. The take reads the states of the version
+        serving now (``_read_plan``); on a cluster it reads none (other slots).
         """
-        self._read_version, fields = self._read_plan()
-        results = self._pipeline([*replies, *self.intake.commands(block_s, fields)])
-        refused = [r for r in results[: len(replies)] if isinstance(r, redis.ResponseError)]
+        lane.read_version, fields = self._read_plan()
+        if self.cluster:
+            fields = ()
+        lane.round_trips.send([*replies, *lane.intake.commands(block_s, fields)])
+        lane.in_flight, lane.sent = True, (len(replies), fields)
+
+    def _receive(self, lane: _Lane) -> list[Taken]:
+        """The requests the lane's round trip took, each with its user's state as read.
+
+        A reply that Redis refuses (its key holds another type, or lives in another slot)
+        is logged and dropped; the batch taken with it is still served. A lost connection
+        is dropped and the error raised (``run`` backs off and reconnects); requests its
+        take had moved stay in the lane's taking list, which the next take serves first.
+        """
+        n_replies, fields = lane.sent
+        lane.in_flight = False
+        results = lane.round_trips.receive()
+        refused = [r for r in results[:n_replies] if isinstance(r, redis.ResponseError)]
         if refused:
             log.warning(
                 "replies refused by redis", extra={"count": len(refused), "error": str(refused[0])}
             )
-        return self.intake.taken(results[len(replies) :], fields)
+        return lane.intake.taken(results[n_replies:], fields)
 
     def _read_plan(self) -> tuple[str | None, tuple[bytes, ...]]:
         """The version whose sums to take with the next requests, and the fields to read."""
         scorer = self.scorer
         version = scorer.version if scorer is not None else None
         return version, _fields_for(version)
-
-    def _pipeline(self, commands: list[bytes]) -> list[Any]:
-        """Send RESP-packed ``commands`` in one write on the serving connection; every reply.
-
-        Error replies are returned as exceptions, not raised. A lost connection is dropped
-        and the error raised (``run`` backs off and the next call reconnects); requests a
-        lost round trip had popped are lost with it, as with any pop, and their clients
-        time out.
-        """
-        self._round_trips.send(commands)
-        return self._round_trips.receive()
 
     def _answer(self, taken: list[Taken], read_version: str | None) -> list[bytes]:
         """Decode, score and encode a batch; returns the reply commands (LPUSH, EXPIRE).

@@ -68,7 +68,8 @@ class SwapLock:
     """
 
     def __init__(self, client: redis.Redis, prefix: str, what: str) -> None:
-        self.lock = Lock(client, Keyspace(prefix).swap_lock, timeout=LOCK_TTL_S, thread_local=False)
+        key = Keyspace.of(client, prefix).swap_lock
+        self.lock = Lock(client, key, timeout=LOCK_TTL_S, thread_local=False)
         self.token = f"{what}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def __enter__(self) -> SwapLock:

@@ -36,7 +36,7 @@ class UserStateStore:
         self.timeline_max = timeline_max
         self.ttl_seconds = ttl_seconds
         self.apply_script = client.register_script(APPLY_SCRIPT)
-        self.keys = Keyspace(prefix)
+        self.keys = Keyspace.of(client, prefix)
         self._key_prefix = self.keys.user_prefix.encode()
 
     def key(self, user_id: str) -> str:

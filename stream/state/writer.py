@@ -31,7 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ledrec.stream._resp import RawConnection, execute_raw
+from ledrec.stream._cluster import raw_connection
+from ledrec.stream._resp import execute_raw
 from ledrec.stream.artifact import Model
 from ledrec.stream.state._plan import PreparedWrites, combine, prepare, projection, settle
 from ledrec.stream.state.schema import (
@@ -85,8 +86,8 @@ class StateWriter:
         self.observe = observe
         self._waited = self._reply_cpu = 0.0
         self._missing: dict[str, list[TimelineEvent]] = {}  # to redo after a Redis failure
-        self._writes = RawConnection(store.client)  # the write in flight, in order
-        self._reads = RawConnection(store.client)
+        self._writes = raw_connection(store.client)  # the write in flight, in order
+        self._reads = raw_connection(store.client)
         self._inflight: PreparedWrites | None = None
         # users of the write in flight -> their plan's index in it (see ``_plan.projection``)
         self._projected: dict[str, int] = {}

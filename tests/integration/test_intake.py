@@ -161,7 +161,7 @@ def test_a_state_not_taken_with_its_request_is_read_when_served(
     server = RecommendServer(settings, redis_client)
     server.load_active()
     # taken while no version was served: no state with it
-    server._prefetched = [Taken(_request(settings, 0, "bob"), None)]
+    server.lanes[0].prefetched = [Taken(_request(settings, 0, "bob"), None)]
     assert server.serve_once(block_s=0.05) == 1
     popped = redis_client.blpop([f"{settings.key_prefix}:rpc:reply:r0"], timeout=5)
     assert popped is not None and isinstance(popped[1], bytes)
