@@ -25,7 +25,13 @@ from redis.crc import key_slot
 from ledrec.keyspace import is_cluster
 from ledrec.stream._resp import RawConnection, _read_replies, resp_command
 
-__all__ = ["ClusterRawConnection", "command_key", "execute_routed", "raw_connection"]
+__all__ = [
+    "ClusterRawConnection",
+    "command_key",
+    "execute_routed",
+    "raw_connection",
+    "scan_step",
+]
 
 _KEY_AFTER = {b"EVALSHA": 3, b"EVAL": 3, b"FCALL": 3, b"FCALL_RO": 3}  # bulk index of the key
 _REDIRECT_ATTEMPTS = 8
@@ -35,7 +41,7 @@ _ASKING = resp_command(b"ASKING")
 def command_key(command: bytes) -> bytes:
     """The key a RESP-packed command acts on: its first argument, or for ``EVALSHA`` /
     ``FCALL`` its first key (after the script and the key count)."""
-    pos = command.index(b"\r\n") + 1  # past *N
+    pos = command.index(b"\r\n") + 2  # past *N
     name, pos = _bulk_at(command, pos)
     skip = _KEY_AFTER.get(name.upper(), 1) - 1
     for _ in range(skip):
@@ -229,3 +235,36 @@ def raw_connection(client: Any, spin_s: float = 0.0) -> RawConnection | ClusterR
     if is_cluster(client):
         return ClusterRawConnection(client, spin_s)
     return RawConnection(client, spin_s)
+
+
+_NODE_CURSOR = 2**64  # a cluster SCAN cursor: primary ordinal * 2^64 + that node's cursor
+
+
+def scan_step(client: Any, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
+    """One ``SCAN`` step over every primary, resumable from one integer (0: start, and
+    returned when done). On one Redis it is Redis's cursor; on a cluster it names the
+    primary (in the order of the slots they own, which a failover keeps) and its cursor,
+    and the primaries are scanned one after another."""
+    if not is_cluster(client):
+        next_cursor, keys = client.scan(cursor=cursor, match=match, count=count)
+        return int(next_cursor), list(keys)
+    primaries = _primaries_in_slot_order(client)
+    ordinal, node_cursor = divmod(cursor, _NODE_CURSOR)
+    if ordinal >= len(primaries):
+        return 0, []  # fewer primaries than when this scan began: it is done
+    node = client.get_redis_connection(primaries[ordinal])
+    next_cursor, keys = node.scan(cursor=node_cursor, match=match, count=count)
+    if int(next_cursor) != 0:
+        return ordinal * _NODE_CURSOR + int(next_cursor), list(keys)
+    if ordinal + 1 < len(primaries):
+        return (ordinal + 1) * _NODE_CURSOR, list(keys)
+    return 0, list(keys)
+
+
+def _primaries_in_slot_order(client: RedisCluster) -> list[ClusterNode]:
+    """The primaries, by the lowest slot each serves."""
+    first: dict[str, tuple[int, ClusterNode]] = {}
+    for slot, nodes in sorted(client.nodes_manager.slots_cache.items()):
+        if nodes and nodes[0].name not in first:
+            first[nodes[0].name] = (slot, nodes[0])
+    return [node for _, node in sorted(first.values(), key=lambda pair: pair[0])]

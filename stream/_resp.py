@@ -154,6 +154,7 @@ class RawConnection:
         self._pool = client.connection_pool
         self._conn: Any = None
         self._waiting = 0
+        self._arrived: list[Any] = []  # replies parsed by ``pump``, not yet received
         self.spin_s = spin_s
         # Seconds spent polling (``spin_s``): waiting, not work; observers subtract it.
         self.polled_s = 0.0
@@ -173,13 +174,41 @@ class RawConnection:
         count = self._waiting if count is None else count
         if count > self._waiting:
             raise RuntimeError(f"{count} replies asked, {self._waiting} due")
+        early, self._arrived = self._arrived[:count], self._arrived[count:]
         try:
-            replies = _read_replies(self._conn, count, self.spin_s, self)
+            replies = early + _read_replies(self._conn, count - len(early), self.spin_s, self)
         except BaseException:
             self.close()
             raise
         self._waiting -= count
         return replies
+
+    def pump(self) -> bool:
+        """Parse the replies that have arrived, without waiting for more; whether every
+        reply due is in. For a caller that ``select``s on several connections: a readable
+        socket may hold only the first replies of a round trip (a blocking command's
+        reply comes later), so reading all of them would block."""
+        parser = self._conn._parser if self._conn is not None else None
+        reader = getattr(parser, "_reader", None)
+        if reader is None:
+            return True  # without hiredis: ``receive`` reads them (blocking)
+        try:
+            while len(self._arrived) < self._waiting:
+                reply = reader.gets(False)
+                if reply is _NOT_ENOUGH_DATA:
+                    if not _recv_available(parser):
+                        return False
+                    continue
+                if isinstance(reply, redis.ConnectionError):
+                    raise reply
+                self._arrived.append(reply)
+        except OSError as e:
+            self.close()
+            raise redis.ConnectionError(f"error while reading from socket: {e}") from e
+        except BaseException:
+            self.close()
+            raise
+        return True
 
     @property
     def waiting(self) -> int:
@@ -198,6 +227,7 @@ class RawConnection:
             self._pool.release(self._conn)
             self._conn = None
         self._waiting = 0
+        self._arrived = []
 
 
 class HeldConnectionPool(redis.ConnectionPool):
@@ -261,6 +291,25 @@ def _read_replies(
             raise reply
         replies.append(reply)
     return replies
+
+
+def _recv_available(parser: Any) -> bool:
+    """Feed ``parser`` what its socket holds now, without waiting; whether anything came."""
+    sock, buffer = parser._sock, parser._buffer
+    if sock is None:
+        raise redis.ConnectionError("connection closed while reading")
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        got = sock.recv_into(buffer)
+    except BlockingIOError:
+        return False
+    finally:
+        sock.settimeout(timeout)
+    if not got:
+        raise redis.ConnectionError("connection closed by server")
+    parser._reader.feed(buffer, 0, got)
+    return True
 
 
 def _poll(parser: Any, spin_s: float, raw: RawConnection | None) -> bool:

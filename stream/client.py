@@ -309,7 +309,7 @@ class RecommenderClient(_ClientBase):
     def _refresh_slots(self) -> None:
         """On a cluster, re-read the slot map (best effort: the next call retries)."""
         if self.keys.cluster:
-            with contextlib.suppress(redis.RedisError):
+            with contextlib.suppress(redis.RedisError, redis.exceptions.RedisClusterException):
                 self.client.nodes_manager.initialize()  # type: ignore[attr-defined]
 
 

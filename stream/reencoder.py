@@ -30,6 +30,7 @@ import numpy.typing as npt
 import redis
 
 from ledrec.keyspace import Keyspace
+from ledrec.stream._cluster import scan_step
 from ledrec.stream.artifact import Model
 from ledrec.stream.encoder import window_sum
 from ledrec.stream.state import UserState, UserStateStore
@@ -111,12 +112,10 @@ class Reencoder:
         run_started, run_scanned = time.perf_counter(), 0
         while not progress.done:
             t0 = time.perf_counter()
-            cursor, found = self.client.scan(
-                cursor=progress.cursor, match=keys.users, count=self.batch
-            )
+            cursor, found = scan_step(self.client, progress.cursor, keys.users, self.batch)
             users = [keys.user_id(k) for k in found]
             self._fill(users, progress)
-            progress.cursor = int(cursor)
+            progress.cursor = cursor
             progress.scanned += len(users)
             run_scanned += len(users)
             if progress.cursor == 0:  # a pass ended

@@ -172,10 +172,11 @@ class RecommendServer:
     def _lane(self, i: int) -> _Lane:
         """Lane ``i``: a connection of its own to the node that holds queue ``i``."""
         queue = self.keys.queue(i)
-        pool = self.client.connection_pool
         if self.cluster:
             cluster: Any = self.client
             pool = cluster.get_redis_connection(cluster.get_node_from_key(queue)).connection_pool
+        else:
+            pool = self.client.connection_pool
         serving = redis.Redis(connection_pool=HeldConnectionPool(pool))
         intake = Intake(
             self.client,
@@ -262,7 +263,7 @@ class RecommendServer:
             lane.round_trips.close()
             lane.in_flight = False
         if self.cluster:
-            with contextlib.suppress(redis.RedisError):
+            with contextlib.suppress(redis.RedisError, redis.exceptions.RedisClusterException):
                 self.client.nodes_manager.initialize()  # type: ignore[attr-defined]
                 prefetched = [(lane.prefetched, lane.read_version) for lane in self.lanes]
                 for lane in self.lanes:
@@ -330,9 +331,16 @@ class RecommendServer:
             if not lane.in_flight:
                 self._send(lane, [], block_s)
         by_fd = {lane.round_trips.fileno(): lane for lane in self.lanes}
-        ready, _, _ = select.select(list(by_fd), [], [], block_s + 1)
-        for fd in ready:
-            by_fd[fd].prefetched = self._receive(by_fd[fd]) or None
+        deadline = time.monotonic() + block_s + 1.0
+        while True:
+            wait = deadline - time.monotonic()
+            readable, _, _ = select.select(list(by_fd), [], [], max(wait, 0.0))
+            # a round trip is done when its take has answered, not at its first reply
+            done = [by_fd[fd] for fd in readable if by_fd[fd].round_trips.pump()]
+            if done or wait <= 0:
+                break
+        for lane in done:
+            lane.prefetched = self._receive(lane) or None
         for lane in self.lanes:
             if lane.prefetched:
                 taken, lane.prefetched = lane.prefetched, None

@@ -4,6 +4,9 @@ By default both run as local processes (``redis-server`` and Tansu, see ``deploy
 With ``LEDREC_TEST_DOCKER=1`` and a reachable Docker engine, the same fixtures run the
 ``apache/kafka`` (KRaft) and ``redis`` images through testcontainers instead.
 
+Tests marked ``both_redis`` run twice: on the session's redis-server and on a 3-primary
+Redis Cluster started on first use (``redis_cluster``; those runs are marked ``cluster``).
+
 Session servers are shared: tests isolate themselves through the unique names of the
 ``settings`` fixture. A test that kills or restarts a server starts its own with
 ``redis_server_factory`` / ``kafka_broker_factory``. Nothing here skips: a server that
@@ -22,6 +25,8 @@ from typing import Any, Protocol
 import pytest
 import redis
 
+from ledrec.connect import is_cluster_url, plain_url
+from ledrec.deploy.cluster import RedisClusterServers
 from ledrec.deploy.stack import (
     KafkaBroker,
     RedisServer,
@@ -64,11 +69,23 @@ _FOLDER_MARKS = {"unit": pytest.mark.unit, "integration": pytest.mark.integratio
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test by its folder: ``-m unit`` runs the tests that start no server."""
+    """Mark every test by its folder: ``-m unit`` runs the tests that start no server; the
+    Redis Cluster runs of ``both_redis`` tests are marked ``cluster``."""
     for item in items:
         folder = Path(str(item.fspath)).parent.name
         if folder in _FOLDER_MARKS:
             item.add_marker(_FOLDER_MARKS[folder])
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("redis_kind") == "cluster":
+            item.add_marker(pytest.mark.cluster)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``both_redis`` runs on one Redis and on a 3-primary Redis Cluster."""
+    if "redis_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_redis"
+    ):
+        metafunc.parametrize("redis_kind", ["single", "cluster"], indirect=True)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -172,6 +189,27 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaEndp
         yield broker
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """The session's Redis Cluster: 3 primaries on free loopback ports (started on first use)."""
+    with RedisClusterServers(tmp_path_factory.mktemp("cluster"), die_with_parent=True) as c:
+        yield c
+
+
+@pytest.fixture
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    """``single`` (one redis-server) unless the test is marked ``both_redis``."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, redis_kind: str) -> str:
+    """The URL of the Redis the test runs on (``redis+cluster://`` for the cluster)."""
+    if redis_kind == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("redis_server").url)
+
+
 def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:limit] or "t"
 
@@ -180,14 +218,14 @@ def _slug(text: str, limit: int = 40) -> str:
 def settings(
     request: pytest.FixtureRequest,
     tmp_path: Path,
-    redis_server: RedisEndpoint,
+    redis_url: str,
     kafka_broker: KafkaEndpoint,
 ) -> Settings:
     """Settings on the session servers, with names unique to this test, topics created."""
     tag = f"{_slug(request.node.name)}-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         kafka_bootstrap=kafka_broker.bootstrap,
-        redis_url=redis_server.url,
+        redis_url=redis_url,
         home=tmp_path,
         events_topic=f"ledrec.events.{tag}",
         dead_letter_topic=f"ledrec.dlq.{tag}",
@@ -203,9 +241,14 @@ def settings(
 
 
 @pytest.fixture
-def redis_client(redis_server: RedisEndpoint) -> Iterator[redis.Redis]:
-    """A ``redis.Redis`` (bytes, ``decode_responses=False``) on the session server."""
-    client = redis.Redis.from_url(redis_server.url, decode_responses=False)
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client (bytes, ``decode_responses=False``) on the test's Redis: a ``redis.Redis``,
+    or a ``redis.RedisCluster`` typed as one on the cluster (``ledrec.connect``)."""
+    client: Any = (
+        redis.RedisCluster.from_url(plain_url(redis_url))
+        if is_cluster_url(redis_url)
+        else redis.Redis.from_url(redis_url, decode_responses=False)
+    )
     yield client
     client.close()
 

@@ -89,17 +89,27 @@ class UserStateStore:
         """``set_sum`` for many (user, state read, sum, weight) in one round trip."""
         if not writes:
             return []
-        pipe = self.client.pipeline(transaction=False)
         v = model.version
-        s_field, w_field = f"s:{v}", f"w:{v}"
+        s_field, w_field = f"s:{v}".encode(), f"w:{v}".encode()
+        sha = self.apply_script.sha.encode()
+        commands: list[bytes] = []
         for user_id, state, total, weight in writes:
             stored = state.stored_versions.decode().split(ITEM_SEP) if state.stored_versions else []
             if v not in stored:
                 stored.append(v)
-            args: list[bytes | str | int] = [state.seq, 0, 0, s_field, total.tobytes()]
-            args += [w_field, repr(weight), "vs", pack_versions(stored)]
-            self.apply_script(keys=[self.key(user_id)], args=args, client=pipe)
-        return [bool(ok) for ok in pipe.execute()]
+            key = self._key_prefix + user_id.encode()
+            args = [b"%d" % state.seq, b"0", b"0", s_field, total.tobytes()]
+            args += [w_field, repr(weight).encode(), b"vs", pack_versions(stored)]
+            commands.append(_resp.resp_command(b"EVALSHA", sha, b"1", key, *args))
+        # packed, not a redis-py pipeline: a cluster pipeline refuses EVALSHA (redis-py#2914)
+        replies = _resp.execute_raw(self.client, commands)
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            self.client.script_load(APPLY_SCRIPT)  # a new or restarted Redis
+            replies = _resp.execute_raw(self.client, commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [bool(ok) for ok in replies]
 
     def drop_version(self, user_ids: Iterable[str], version: str) -> None:
         """Remove a retired version's sums."""

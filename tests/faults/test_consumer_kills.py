@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import redis
 
 from ledrec.settings import Settings
@@ -31,6 +32,8 @@ from tests.helpers import (
     start_cli,
     wait_until,
 )
+
+pytestmark = pytest.mark.both_redis
 
 N_EVENTS = 300_000  # enough that the consumers, pipelined, are still busy at the last kill
 N_USERS = 6_000  # ~50 events per user: every history fits the timeline, so all is checked

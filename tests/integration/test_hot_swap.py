@@ -28,6 +28,8 @@ from tests.helpers import (
     settings_env,
 )
 
+pytestmark = pytest.mark.both_redis
+
 N_USERS = 150
 
 

@@ -19,6 +19,8 @@ from ledrec.stream.protocol import Request, encode_request
 from ledrec.stream.state import UserStateStore
 from tests.helpers import clean_pass, publish_model, random_model, running_consumer, running_server
 
+pytestmark = pytest.mark.both_redis
+
 
 def _client(settings: Settings, r: redis.Redis, timeout_s: float = 3.0) -> RecommenderClient:
     return RecommenderClient(r, settings.request_queue, settings.key_prefix, timeout_s)
@@ -168,8 +170,9 @@ def test_no_scorer_means_a_timeout_and_expired_requests_are_shed(
     with pytest.raises(Timeout):
         client.recommend("u")
     assert time.perf_counter() - started < 1.0
-    late = Request("late", f"{settings.key_prefix}:rpc:reply:late", time.time() - 1, 5, user_id="u")
-    redis_client.lpush(settings.request_queue, encode_request(late))
+    keys = settings.keyspace_of(redis_client)
+    late = Request("late", keys.reply("late"), time.time() - 1, 5, user_id="u")
+    redis_client.lpush(keys.requests, encode_request(late))
     with running_server(settings, redis_client) as server:
         assert client.recommend("u", timeout_s=3.0)
     assert server.totals.shed == 2  # the timed-out request and the late one, never answered

@@ -100,3 +100,14 @@ def test_canary_polling_reads_what_arrives_and_reports_a_close(
     peer.close()
     with pytest.raises(redis.ConnectionError):
         _resp._read_replies(conn, 1, spin_s=0.5)
+
+
+def test_command_key_finds_the_key_of_every_routed_command() -> None:
+    from ledrec.stream._cluster import command_key
+
+    key = b"t:{x}:u:\xc3\xa9\r\n"  # any bytes, CRLF included
+    assert command_key(resp_command(b"HMGET", key, b"ti", b"tw")) == key
+    assert command_key(resp_command(b"EVALSHA", b"f" * 40, b"1", key, b"7")) == key
+    assert command_key(resp_command(b"LPUSH", key, b"body")) == key
+    assert command_key(hmget([key], [b"ti"])[0]) == key
+    assert command_key(reply_commands(key, b"body")[1]) == key
