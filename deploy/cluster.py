@@ -76,6 +76,8 @@ class RedisClusterServers:
 
     ``node_timeout_ms``: how long a primary may be unreachable before its replica is
     promoted (Redis's ``cluster-node-timeout``; short here so failover tests are quick).
+    ``replica_validity_factor``: Redis's ``cluster-replica-validity-factor`` (None: Redis's
+    default; 0: a replica cut off from its primary for any time may still be promoted).
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class RedisClusterServers:
         primaries: int = 3,
         replicas: int = 0,
         node_timeout_ms: int = 2000,
+        replica_validity_factor: int | None = None,
         appendonly: bool = False,
         appendfsync: str = "everysec",
         ports: Sequence[int] | None = None,
@@ -110,6 +113,8 @@ class RedisClusterServers:
             # a cluster that lost a slot's every copy still serves the others
             "--cluster-require-full-coverage", "no",
         ]  # fmt: skip
+        if replica_validity_factor is not None:
+            cluster_args += ["--cluster-replica-validity-factor", str(replica_validity_factor)]
         self.nodes: list[RedisServer] = []
         for i in range(count):
             port = ports[i] if ports is not None else free_cluster_port()

@@ -206,6 +206,19 @@ class _ReconnectRetry(Retry):
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
+# Errors after which a Redis operation may succeed if retried: a lost or slow connection,
+# and on a cluster a failover or resharding in progress (redirections the raw paths could
+# not follow yet, a slot map that could not be read).
+REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,  # and MovedError, its subclass
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.RedisClusterException,
+)
+
 
 def is_cluster_url(url: str) -> bool:
     """Whether ``url`` names a Redis Cluster (``redis+cluster://host:port``, a seed node)."""

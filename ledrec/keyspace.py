@@ -149,6 +149,12 @@ class Keyspace:
             return f"{self.prefix}:rpc:{{{self.prefix}:q*}}:taking:*"
         return f"{self.prefix}:rpc:taking:*"
 
+    @property
+    def replication_marker(self) -> str:
+        """Stem of the expiring keys a consumer writes before ``WAIT`` (the hash tag of a key
+        it wrote follows, so the marker is in that key's slot)."""
+        return f"{self.prefix}:wait:"
+
     # -- processes' status -----------------------------------------------------------------
     def consumer(self, name: str) -> str:
         return f"{self._ctl}:consumers:{name}"

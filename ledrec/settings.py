@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     # A consumer with lag that received nothing for this long logs it and counts it
     # (ledrec_consumer_stalls_total); its lag is the gauge ledrec_consumer_lag.
     consumer_stall_s: float = 30.0
+    # Durable commits: a batch's Redis writes must reach this many replicas (WAIT) before
+    # its Kafka offsets are committed. 0 (off): acknowledged by the primary is enough,
+    # which loses the writes a primary acknowledged and died before replicating.
+    redis_min_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1)
 
     key_prefix: str = "ledrec"
     request_queue: str = ""  # default: <key_prefix>:rpc:requests (``keyspace``)
@@ -106,6 +111,16 @@ class Settings(BaseSettings):
     model_store_keep: int = 5
     backfill_batch: int = 500  # users per re-encoder round trip
     scorer_ack_timeout_s: float = 15.0  # how long an activation waits for scorers to switch
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_plain(cls, v: str) -> str:
+        # braces would make a hash tag of the prefix (every key in one cluster slot), and
+        # glob characters would widen the ACL patterns derived from it
+        bad = sorted(set(v) & set("{}*?[]\\ "))
+        if not v or bad or any(ord(c) < 32 for c in v):
+            raise ValueError(f"key_prefix must be non-empty, without {' '.join(bad) or 'controls'}")
+        return v
 
     @field_validator("event_weights")
     @classmethod

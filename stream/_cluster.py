@@ -31,6 +31,7 @@ __all__ = [
     "execute_routed",
     "raw_connection",
     "scan_step",
+    "wait_replicated",
 ]
 
 _KEY_AFTER = {b"EVALSHA": 3, b"EVAL": 3, b"FCALL": 3, b"FCALL_RO": 3}  # bulk index of the key
@@ -268,3 +269,76 @@ def _primaries_in_slot_order(client: RedisCluster) -> list[ClusterNode]:
         if nodes and nodes[0].name not in first:
             first[nodes[0].name] = (slot, nodes[0])
     return [node for _, node in sorted(first.values(), key=lambda pair: pair[0])]
+
+
+def _slot_part(key: bytes) -> bytes:
+    """The part of ``key`` its slot is computed from (its hash tag, if it has one)."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+def wait_replicated(
+    client: Any, marker_stem: bytes, written: Sequence[bytes], replicas: int, timeout_ms: int
+) -> int:
+    """Wait until the writes to the keys ``written`` reached ``replicas`` replicas (``WAIT``);
+    returns the fewest replicas any of their primaries reached (``replicas`` or more: durable).
+
+    ``WAIT`` counts the writes of the connection it is sent on, and the writes it must cover
+    were sent on other connections (and may have been redone on new ones after a
+    failover). So on each primary that holds some of ``written`` it first writes a marker
+    key (``marker_stem`` + the hash tag of one written key: the same slot, an expiring key)
+    on the connection it then waits on: a replica that has the marker has every write the
+    primary acknowledged before it.
+    """
+    if not written:
+        return replicas
+    commands: list[bytes] = []
+    wait = resp_command(b"WAIT", b"%d" % replicas, b"%d" % timeout_ms)
+    if is_cluster(client):
+        one_per_node: dict[str, bytes] = {}
+        for key in written:
+            node = client.nodes_manager.get_node_from_slot(key_slot(key))
+            one_per_node.setdefault(node.name, key)
+        samples = list(one_per_node.values())
+    else:
+        samples = [written[0]]
+    for key in samples:
+        marker = marker_stem + b"{" + _slot_part(key) + b"}"
+        commands.append(resp_command(b"SET", marker, b"1", b"PX", b"60000") + wait)
+    fewest = replicas
+    for command in commands:  # SET + WAIT on one connection: routed by the SET's key
+        replies = _execute_pair(client, command)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        fewest = min(fewest, int(replies[1]))
+    return fewest
+
+
+def _execute_pair(client: Any, pair: bytes) -> list[Any]:
+    """A packed SET + WAIT on one connection of the node that owns the SET's key."""
+    if not is_cluster(client):
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([pair])
+            return _read_replies(conn, 2)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+    node = _node_of(client, pair)
+    conn = _connection_of(client, node)
+    try:
+        conn.send_packed_command([pair])
+        return _read_replies(conn, 2)
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        _release(client, node, conn)

@@ -37,7 +37,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Gauge, Histogram
 
-from ledrec.connect import admin_client
+from ledrec.connect import REDIS_UNAVAILABLE, admin_client
 from ledrec.keyspace import Keyspace
 from ledrec.settings import Settings
 from ledrec.stream.artifact import Model
@@ -58,6 +58,7 @@ from ledrec.stream.state import (
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+_REPORT_FAILED: tuple[type[Exception], ...] = (*REDIS_UNAVAILABLE, KafkaException)
 
 EVENTS_APPLIED = Counter("ledrec_events_applied_total", "Events applied to user state")
 EVENTS_SKIPPED = Counter("ledrec_events_redelivered_total", "Redelivered events skipped")
@@ -158,7 +159,9 @@ class StateUpdater:
         self.redis = redis_client
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.assigned: list[int] = []
-        self.writer = StateWriter(self.store, observe_writes)
+        self.writer = StateWriter(
+            self.store, observe_writes, settings.redis_min_replicas, settings.redis_wait_timeout_ms
+        )
         self.observe = observe
         self.incarnations = TopicIncarnations(
             redis_client, settings.keyspace_of(redis_client), settings.events_topic
@@ -203,7 +206,7 @@ class StateUpdater:
         finally:
             try:
                 self.flush()
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+            except REDIS_UNAVAILABLE as e:
                 # Not committed: those batches are delivered again and skipped where applied.
                 log.warning("stopping with writes unsettled", extra={"error": str(e)})
             self.consumer.close()
@@ -238,7 +241,7 @@ class StateUpdater:
         models = self._retrying(self._live_models)
         try:
             settled = self.writer.submit(by_user, models)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
+        except REDIS_UNAVAILABLE as e:
             settled = self._redo_unsettled(e)  # this batch included
         self._record(settled)
         # Asynchronous commits on the hot path: a commit only ever covers settled batches,
@@ -266,7 +269,7 @@ class StateUpdater:
         models = self._retrying(self._live_models)
         try:
             settled = self.writer.drain(models)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
+        except REDIS_UNAVAILABLE as e:
             settled = self._redo_unsettled(e)
         self._record(settled)
         self._commit()
@@ -398,7 +401,7 @@ class StateUpdater:
             self.incarnations.record_commit(
                 self.settings.consumer_group, self.topic_id, self.incarnation, offsets
             )
-        except (redis.ConnectionError, redis.TimeoutError) as e:
+        except REDIS_UNAVAILABLE as e:
             log.warning("commit not recorded: redis unavailable", extra={"error": str(e)})
 
     def _check_assignment(self, partitions: list[TopicPartition]) -> None:
@@ -456,7 +459,7 @@ class StateUpdater:
         while True:
             try:
                 return action()
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+            except REDIS_UNAVAILABLE as e:
                 if self.stop_event.is_set():
                     raise
                 REDIS_RETRIES.inc()
@@ -474,7 +477,7 @@ class StateUpdater:
         status = {**vars(self.totals), "partitions": self.assigned, "updated_at": time.time()}
         try:
             self.redis.set(key, json.dumps(status), ex=300)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
+        except REDIS_UNAVAILABLE as e:
             # Informational only: never let it stop consumption (the next batch retries).
             log.warning("status not reported: redis unavailable", extra={"error": str(e)})
 
@@ -487,7 +490,7 @@ class StateUpdater:
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
             self.flush()  # hand the partitions over with everything settled and committed
-        except (redis.ConnectionError, redis.TimeoutError, KafkaException) as e:
+        except _REPORT_FAILED as e:
             log.warning("revoked with writes unsettled", extra={"error": str(e)})
         self.assigned = sorted(set(self.assigned) - {p.partition for p in partitions})
         for tp in partitions:

@@ -37,6 +37,7 @@ import faiss
 import redis
 from prometheus_client import Counter, Histogram
 
+from ledrec.connect import REDIS_UNAVAILABLE
 from ledrec.keyspace import is_cluster
 from ledrec.settings import Settings
 from ledrec.stream import protocol
@@ -52,6 +53,7 @@ from ledrec.stream.versions import ServingVersions
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_NO_MODEL_YET: tuple[type[Exception], ...] = (ArtifactError, *REDIS_UNAVAILABLE)
 CLOCK_REFRESH_S = 30.0  # how often the scorer re-measures its clock against Redis's
 
 
@@ -209,7 +211,7 @@ class RecommendServer:
         """Serve until stopped; a Redis outage pauses serving (with backoff), never ends it."""
         try:
             self.load_active()
-        except (ArtifactError, redis.ConnectionError, redis.TimeoutError):
+        except _NO_MODEL_YET:
             log.exception("no usable active model yet; the watcher keeps trying")
         watcher = threading.Thread(
             target=self.versions.watch, args=(self.stop_event,), name="model-watcher", daemon=True
@@ -221,13 +223,7 @@ class RecommendServer:
                 try:
                     self.serve_once(block_s=0.5)
                     backoff.reset()
-                except (
-                    redis.ConnectionError,
-                    redis.TimeoutError,
-                    redis.exceptions.AskError,  # MOVED too: a failover or resharding
-                    redis.exceptions.ClusterDownError,
-                    redis.exceptions.TryAgainError,
-                ) as e:
+                except REDIS_UNAVAILABLE as e:  # on a cluster: a failover or resharding too
                     self._reset_lanes()
                     delay = backoff.wait(self.stop_event)
                     log.warning(

@@ -15,8 +15,8 @@ import logging
 import threading
 
 import numpy as np
-import redis
 
+from ledrec.connect import REDIS_UNAVAILABLE
 from ledrec.settings import Settings
 from ledrec.stream.artifact import ArtifactError
 from ledrec.stream.backoff import Backoff
@@ -74,7 +74,7 @@ class ServingVersions:
         while not stop.is_set():
             try:
                 self._follow_active(stop)
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+            except REDIS_UNAVAILABLE as e:
                 log.warning("model watcher: redis unavailable", extra={"error": str(e)})
                 backoff.wait(stop)
 
@@ -93,13 +93,13 @@ class ServingVersions:
         """Prepare the live versions, switch to the active one, report (the watcher's round)."""
         try:
             self.prepare_live()
-        except (redis.ConnectionError, redis.TimeoutError):
+        except REDIS_UNAVAILABLE:
             raise
         except Exception:
             log.exception("could not prepare the live model versions")
         try:
             self.load_active()
-        except (redis.ConnectionError, redis.TimeoutError):
+        except REDIS_UNAVAILABLE:
             raise
         except Exception:
             log.exception("could not load the active model; still serving the old one")

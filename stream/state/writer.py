@@ -17,11 +17,14 @@ states and only then collects N's replies:
   the projection of such a user is never used, and their write in N+1 would fail its
   compare-and-set anyway (seq moved).
 
-A batch counts as applied once its writes are settled with no user carried over; the
-consumer commits Kafka offsets only then. ``unsettled`` (the events of the write in flight)
-plus the batch being submitted is always a superset of the events not yet known to be in
-Redis: after a Redis failure ``recover`` redoes them synchronously (the per-user offsets
-skip whatever had landed), and keeps them until that succeeds.
+A batch counts as applied once its writes are settled with no user carried over, and,
+with ``min_replicas`` > 0, once they reached that many replicas (``WAIT``: Redis
+replicates asynchronously, so a primary that dies before its replica has a write would
+lose it after the offset was committed); the consumer commits Kafka offsets only then.
+``unsettled`` (the events of the write in flight) plus the batch being submitted is always
+a superset of the events not yet known to be in Redis (durably): after a Redis failure
+``recover`` redoes them synchronously (the per-user offsets skip whatever had landed), and
+keeps them until that succeeds.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ledrec.stream._cluster import raw_connection
+import redis
+
+from ledrec.stream._cluster import raw_connection, wait_replicated
 from ledrec.stream._resp import execute_raw
 from ledrec.stream.artifact import Model
 from ledrec.stream.state._plan import PreparedWrites, combine, prepare, projection, settle
@@ -74,16 +79,31 @@ class WriteTiming:
 EARLY_CHUNK_USERS = 500
 
 
+class ReplicationShortfall(redis.TimeoutError):
+    """Writes acknowledged by their primary did not reach ``min_replicas`` replicas in time:
+    not durable yet, so their events are redone (skipped where they landed) and waited for
+    again before any offset is committed."""
+
+
 class StateWriter:
     """Applies batches of events to user state, exactly once, with one batch's writes in
     flight (``submit``) or synchronously (``apply``)."""
 
     def __init__(
-        self, store: UserStateStore, observe: Callable[[WriteTiming], None] | None = None
+        self,
+        store: UserStateStore,
+        observe: Callable[[WriteTiming], None] | None = None,
+        min_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
-        """``observe``: called with the timing of every call (benchmarks); None: untimed."""
+        """``observe``: called with the timing of every call (benchmarks); None: untimed.
+        ``min_replicas``: replicas every write must reach before it counts as settled (0:
+        acknowledged by the primary is enough); ``wait_timeout_ms`` bounds each wait."""
         self.store = store
         self.observe = observe
+        self.min_replicas = min_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self._marker_stem = store.keys.replication_marker.encode()
         self._waited = self._reply_cpu = 0.0
         self._missing: dict[str, list[TimelineEvent]] = {}  # to redo after a Redis failure
         self._writes = raw_connection(store.client)  # the write in flight, in order
@@ -203,6 +223,7 @@ class StateWriter:
         stats = ApplyStats(users=len(events_by_user))
         versions = [m.version for m in models]
         pending = events_by_user
+        written: list[str] = list(events_by_user)  # redone writes may have landed on none
         while pending:
             users = list(pending)
             partitions = partitions_of(pending)
@@ -212,7 +233,24 @@ class StateWriter:
                 replies = self._wait(execute_raw, self.store.client, writes.commands)
                 settle(self.store, writes, replies, stats)
             pending = writes.retry
+        self._wait_durable(written)
         return stats
+
+    def _wait_durable(self, users: Sequence[str]) -> None:
+        """With ``min_replicas``: return once the writes of ``users`` reached that many
+        replicas, else raise ``ReplicationShortfall``."""
+        if not self.min_replicas or not users:
+            return
+        keys = [self.store.key_prefix + u.encode() for u in users]
+        reached = self._wait(
+            wait_replicated,
+            self.store.client, self._marker_stem, keys, self.min_replicas, self.wait_timeout_ms,
+        )  # fmt: skip
+        if reached < self.min_replicas:
+            raise ReplicationShortfall(
+                f"writes reached {reached} of {self.min_replicas} replicas within "
+                f"{self.wait_timeout_ms} ms"
+            )
 
     def recover(self, models: Sequence[Model]) -> Settled:
         """After a Redis failure: forget the write in flight and apply, synchronously, every
@@ -268,6 +306,7 @@ class StateWriter:
         # only its replies: the next batch's first chunks may be queued behind them
         replies = self._wait(self._writes.receive, len(writes.commands))
         settle(self.store, writes, replies, settled.stats)
+        self._wait_durable([plan.user_id for plan in writes.plans])
         settled.batches = 1
         settled.complete = not writes.retry
         settled.writes = writes
