@@ -90,30 +90,84 @@ def write_result(name: str, result: dict[str, Any], out_dir: Path = RESULTS) -> 
 
 @dataclass
 class Stack:
-    """A private redis-server (and Tansu broker) for one benchmark."""
+    """A private redis-server or Redis Cluster (and Tansu broker) for one benchmark."""
 
     redis_url: str
     kafka_bootstrap: str
     home: Path
     redis_pid: int = 0
     kafka_pid: int = 0
+    redis_pids: tuple[int, ...] = ()  # every redis-server (one, or a cluster's nodes)
+    cluster_primaries: int = 0  # 0: one redis-server
+
+    @property
+    def kind(self) -> str:
+        return f"cluster-{self.cluster_primaries}" if self.cluster_primaries else "single"
 
 
 @contextlib.contextmanager
-def private_stack(kafka: bool = True) -> Iterator[Stack]:
-    """Start redis-server (+ Tansu when ``kafka``) on free ports; stop both afterwards."""
+def private_stack(kafka: bool = True, redis_cluster: int = 0) -> Iterator[Stack]:
+    """Start redis-server (or, with ``redis_cluster`` = N >= 3, a Redis Cluster of N
+    primaries without replicas) + Tansu when ``kafka``, on free loopback ports; stop them
+    afterwards."""
+    from ledrec.deploy.cluster import RedisClusterServers
     from ledrec.deploy.stack import KafkaBroker, RedisServer
 
-    with tempfile.TemporaryDirectory(prefix="ledrec-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ledrec-bench-") as tmp, contextlib.ExitStack() as es:
         home = Path(tmp)
-        with RedisServer(home / "redis", die_with_parent=True) as redis_server:
-            if not kafka:
-                yield Stack(redis_server.url, "", home, redis_server.pid or 0)
-                return
-            with KafkaBroker(home / "kafka", die_with_parent=True) as broker:
-                yield Stack(
-                    redis_server.url, broker.bootstrap, home, redis_server.pid or 0, broker.pid or 0
-                )
+        if redis_cluster:
+            cluster = es.enter_context(
+                RedisClusterServers(home / "redis", primaries=redis_cluster, die_with_parent=True)
+            )
+            url, pids = cluster.url, tuple(p or 0 for p in cluster.pids)
+        else:
+            server = es.enter_context(RedisServer(home / "redis", die_with_parent=True))
+            url, pids = server.url, (server.pid or 0,)
+        bootstrap, kafka_pid = "", 0
+        if kafka:
+            broker = es.enter_context(KafkaBroker(home / "kafka", die_with_parent=True))
+            bootstrap, kafka_pid = broker.bootstrap, broker.pid or 0
+        yield Stack(url, bootstrap, home, pids[0], kafka_pid, pids, redis_cluster)
+
+
+def connect(url: str) -> Any:
+    """A plain client for ``url``: ``redis.Redis``, or ``redis.RedisCluster`` for a
+    ``redis+cluster://`` URL (as ``ledrec.connect.redis_client`` chooses)."""
+    from ledrec.connect import redis_client
+
+    return redis_client(url)
+
+
+def is_cluster_client(client: Any) -> bool:
+    import redis
+
+    return isinstance(client, redis.RedisCluster)
+
+
+def _node_clients(client: Any) -> list[Any]:
+    """One ``redis.Redis`` per server: the client itself, or each cluster primary's."""
+    if not is_cluster_client(client):
+        return [client]
+    return [client.get_redis_connection(node) for node in client.get_primaries()]
+
+
+def reset_stats(client: Any) -> None:
+    """``CONFIG RESETSTAT`` on every server."""
+    for node in _node_clients(client):
+        node.config_resetstat()
+
+
+def commandstats(client: Any) -> dict[str, dict[str, float]]:
+    """``INFO commandstats`` summed over every server (``usec_per_call`` recomputed)."""
+    total: dict[str, dict[str, float]] = {}
+    for node in _node_clients(client):
+        for name, stat in node.info("commandstats").items():
+            t = total.setdefault(name, {"calls": 0.0, "usec": 0.0})
+            t["calls"] += float(stat["calls"])
+            t["usec"] += float(stat["usec"])
+    for t in total.values():
+        t["usec_per_call"] = round(t["usec"] / t["calls"], 2) if t["calls"] else 0.0
+    return total
 
 
 def bench_settings(stack: Stack, **overrides: Any) -> Any:
@@ -191,7 +245,12 @@ def timeline_queries(
 
 
 def raw_pipeline(client: Any, commands: Sequence[bytes]) -> list[Any]:
-    """Send RESP-packed ``commands`` in one write, read every reply (the floors' client)."""
+    """Send RESP-packed ``commands`` in one write, read every reply (the floors' client);
+    on a cluster, one write per primary (grouped by slot, as the consumer's writes are)."""
+    if is_cluster_client(client):
+        from ledrec.stream._cluster import execute_routed
+
+        return execute_routed(client, commands)
     conn = client.connection_pool.get_connection()
     try:
         conn.send_packed_command([b"".join(commands)])
@@ -205,9 +264,13 @@ def fmt_us(value: float) -> str:
 
 
 def redis_cpu_s(client: Any) -> float:
-    """redis-server's CPU seconds so far (user + sys, from ``INFO cpu``)."""
-    cpu = client.info("cpu")
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    """redis-server's CPU seconds so far (user + sys, from ``INFO cpu``), summed over a
+    cluster's primaries."""
+    total = 0.0
+    for node in _node_clients(client):
+        cpu = node.info("cpu")
+        total += float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    return total
 
 
 def set_pinning(roles: dict[str, str], names: Sequence[str]) -> None:
@@ -218,9 +281,11 @@ def set_pinning(roles: dict[str, str], names: Sequence[str]) -> None:
         os.environ[f"LEDREC_BENCH_CPUS_{role.upper()}"] = roles.get(role, "")
 
 
-def pin(role: str, pid: int = 0) -> None:
-    """Pin ``pid`` (0: the calling thread, and the threads it starts later) to ``role``'s
-    CPUs as :func:`set_pinning` gave them; no-op when it gave none."""
+def pin(role: str, pid: int | Sequence[int] = 0) -> None:
+    """Pin ``pid`` (0: the calling thread, and the threads it starts later; a sequence:
+    each of them) to ``role``'s CPUs as :func:`set_pinning` gave them; no-op when it gave
+    none."""
     cpus = os.environ.get(f"LEDREC_BENCH_CPUS_{role.upper()}", "")
     if cpus:
-        os.sched_setaffinity(pid, {int(c) for c in cpus.split(",")})
+        for one in [pid] if isinstance(pid, int) else pid:
+            os.sched_setaffinity(one, {int(c) for c in cpus.split(",")})

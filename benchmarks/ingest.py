@@ -6,9 +6,12 @@ consumes them all (its real ``run`` loop: decode, ``UserStateStore.apply``, dead
 synchronous offset commit, status). The rate is counted from the start of its first batch
 to the end of its last, so the group join is not in it. The floor, in the same run: the
 same number of user-hash writes of the same bytes, as raw pipelined ``HSET`` s (no read,
-no script, no Kafka), in batches of the same size.
+no script, no Kafka), in batches of the same size (on a cluster: grouped per primary by
+slot, one write per node, as the consumer's own writes are).
 
     python -m benchmarks.ingest --items 10000 1000000 --events 500000
+    python -m benchmarks.ingest --redis-cluster 3   # the same on a 3-primary Redis Cluster
+    python -m benchmarks.cluster                    # single node and cluster, same run
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from benchmarks.common import (
     RESULTS,
     bench_settings,
     clustered_model,
+    commandstats,
+    connect,
     pin,
     private_stack,
     raw_pipeline,
     redis_cpu_s,
+    reset_stats,
     set_pinning,
     synthetic_world,
     write_result,
@@ -49,8 +55,6 @@ PINNINGS = {
 def _consume(
     settings: Any, n_events: int, out: Any, profile_path: str | None
 ) -> None:  # child process
-    import redis
-
     from ledrec.stream.consumer import BatchDone, StateUpdater
     from ledrec.stream.state import WriteTiming
 
@@ -85,7 +89,7 @@ def _consume(
         if timings["first"] and not timings["last"]:
             timings["redis_wait_s"] += timing.wait_s
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     pin("kafka_threads")  # inherited by the threads librdkafka starts in the constructor
     updater = StateUpdater(
         settings, settings.kafka_bootstrap, client, observe=on_batch, observe_writes=on_write
@@ -165,9 +169,7 @@ def _produce(settings: Any, events: Any, types: tuple[str, ...]) -> float:
 
 def _floor(settings: Any, n_writes: int, batch: int, sample_users: list[str]) -> dict[str, Any]:
     """Raw pipelined HSETs of the consumer's own hashes: same bytes, no read, no script."""
-    import redis
-
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     raw = [client.hgetall(f"{settings.key_prefix}:u:{u}") for u in sample_users]
     hashes = [cast("dict[bytes, bytes]", h) for h in raw if h]
     mean_bytes = float(np.mean([sum(len(k) + len(v) for k, v in h.items()) for h in hashes]))
@@ -215,8 +217,6 @@ def run_size(
     batch: int,
     profile_dir: Path | None,
 ) -> dict[str, Any]:
-    import redis
-
     from ledrec.deploy.stack import ensure_topics
     from ledrec.stream.artifact import save_model
     from ledrec.stream.registry import Registry
@@ -234,7 +234,7 @@ def run_size(
     _, events = synthetic_world(n_items, n_users, n_events, seed=1)
     model = clustered_model(events, n_items, dim, version=f"m-{tag}")
     save_model(model, settings.model_store_path)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     registry = Registry(client, settings.key_prefix)
     registry.register(model)
     registry.activate(model.version)
@@ -249,14 +249,14 @@ def run_size(
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     profile_path = str(profile_dir / f"ingest_profile_{tag}.txt") if profile_dir else None
-    client.config_resetstat()
+    reset_stats(client)
     redis_cpu0 = redis_cpu_s(client)
     child = ctx.Process(target=_consume, args=(settings, n, queue, profile_path))
     child.start()
     got = _result_of(child, queue, timeout_s=900)
     child.join(30)
     redis_cpu = redis_cpu_s(client) - redis_cpu0
-    calls = cast(dict[str, dict[str, float]], client.info("commandstats"))
+    calls = commandstats(client)
     seconds = got["last"] - got["first"]
     rate = n / seconds
     # one hash write per user per batch at most: the floor writes one per event (upper bound)
@@ -264,6 +264,7 @@ def run_size(
     floor = _floor(settings, n, batch, [f"u{u}" for u in sample.tolist()])
     client.close()
     result = {
+        "redis": stack.kind,
         "items": n_items,
         "dim": dim,
         "users": n_users,
@@ -327,6 +328,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="none",
         help="CPU affinity of the consumer, its Kafka threads, redis-server and the broker",
     )
+    p.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run on a local Redis Cluster of N (>= 3) primaries instead of one redis-server",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -337,8 +345,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         args.batch_size = Settings().consume_batch_size
     sizes = []
-    with private_stack(kafka=True) as stack:
-        pin("redis", stack.redis_pid)
+    with private_stack(kafka=True, redis_cluster=args.redis_cluster) as stack:
+        pin("redis", stack.redis_pids)
         pin("broker", stack.kafka_pid)
         for n_items in args.items:
             sizes.append(
@@ -354,12 +362,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
     result = {
         "what": "events/s through one consumer process into Redis, vs raw pipelined writes",
+        "redis": stack.kind,
         "processes": "redis-server, Tansu broker, one consumer process (this is the measured"
         " one), the producer (done before the consumer starts) — all on this machine",
         "pinning": {"name": args.pin, **PINNINGS[args.pin]},
         "sizes": sizes,
     }
-    write_result(NAME, result, args.out)
+    name = NAME if not args.redis_cluster else f"{NAME}_cluster{args.redis_cluster}"
+    write_result(name, result, args.out)
     return result
 
 

@@ -16,6 +16,12 @@ Per catalog size (d=64, clustered model with log-popularity biases):
   with no state read and no search.
 
     python -m benchmarks.serving --items 100000 1000000 --seconds 8
+    python -m benchmarks.serving --redis-cluster 3   # on a 3-primary Redis Cluster
+    python -m benchmarks.cluster                     # single node and cluster, same run
+
+On a cluster the scorer serves every request queue (``Settings.request_queues``; 8 by
+default there), and the load generators spread their requests over the queues round
+robin, as ``stream.client`` does, each on a connection to the primary owning the queue.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from benchmarks.common import (
     RESULTS,
     bench_settings,
     clustered_model,
+    connect,
     percentiles,
     pin,
     private_stack,
@@ -72,8 +79,6 @@ def _echo(settings: Any, stop: Any) -> None:  # child: the floor, no work per re
     """The server's own loop (pop, decode, reply over its connection) with no state read
     and no search: every request gets an empty reply."""
     pin("scorer")
-    import redis
-
     from ledrec.stream import protocol
     from ledrec.stream.server import RecommendServer
 
@@ -87,7 +92,7 @@ def _echo(settings: Any, stop: Any) -> None:  # child: the floor, no work per re
         def _score(self, scorer: Any, requests: list[Any], states: Any) -> list[tuple[str, bytes]]:
             return [(r.reply_to, protocol.encode_reply(r.id, [], "echo", "echo")) for r in requests]
 
-    server = EchoServer(settings, redis.Redis.from_url(settings.redis_url))
+    server = EchoServer(settings, connect(settings.redis_url))
     server.versions.serving = object()  # type: ignore[assignment]  # no model: no work
     while not stop.is_set():
         server.serve_once(block_s=0.2)
@@ -97,8 +102,6 @@ def _serve(
     settings: Any, stop: Any, out: Any, profile_path: str
 ) -> None:  # child: the real scorer, timed
     pin("scorer")
-
-    import redis
 
     from ledrec.stream.server import BatchTiming, RecommendServer
 
@@ -113,7 +116,7 @@ def _serve(
              t.at)
         )  # fmt: skip
 
-    server = RecommendServer(settings, redis.Redis.from_url(settings.redis_url), observe=observe)
+    server = RecommendServer(settings, connect(settings.redis_url), observe=observe)
 
     def relay() -> None:
         stop.wait()
@@ -163,25 +166,45 @@ class _LeanLoad:
     def __init__(self, settings: Any, sha: bytes) -> None:
         from urllib.parse import urlparse
 
-        url = urlparse(settings.redis_url)
-        self.address = (url.hostname or "127.0.0.1", url.port or 6379)
+        from benchmarks.common import is_cluster_client
+
+        client = connect(settings.redis_url)
+        self.keys = settings.keyspace_of(client)
+        # per queue (lane): its name and the address of the server that holds it; requests
+        # go to the lanes in turn (round robin, as stream.client spreads them)
+        self.lanes: list[tuple[bytes, tuple[str, int]]] = []
+        for queue in self.keys.request_queues:
+            if is_cluster_client(client):
+                node = client.get_node_from_key(queue)
+                address = (node.host, int(node.port))
+            else:
+                url = urlparse(settings.redis_url)
+                address = (url.hostname or "127.0.0.1", url.port or 6379)
+            self.lanes.append((queue.encode(), address))
+        client.close()
+        self._turn = 0
         self.settings, self.sha = settings, sha
-        self.queue = settings.request_queue.encode()
         self.epoll = select.epoll()
-        self.idle: list[Any] = []
-        # fd -> (socket, reply reader, replies so far, due time)
-        self.busy: dict[int, tuple[Any, Any, list[Any], float]] = {}
+        self.idle: list[list[Any]] = [[] for _ in self.lanes]
+        # fd -> (socket, reply reader, replies so far, due time, lane)
+        self.busy: dict[int, tuple[Any, Any, list[Any], float, int]] = {}
         self.latencies: list[float] = []
         self.errors: dict[str, int] = {}
         self.measure_from = self.end = 0.0
 
     def open(self, n: int) -> None:
-        self.idle += [self._connect() for _ in range(n)]
+        for j in range(max(n, len(self.lanes))):
+            lane = j % len(self.lanes)
+            self.idle[lane].append(self._connect(lane))
 
-    def _connect(self) -> Any:
+    @property
+    def n_idle(self) -> int:
+        return sum(len(idle) for idle in self.idle)
+
+    def _connect(self, lane: int) -> Any:
         import socket
 
-        sock = socket.create_connection(self.address)
+        sock = socket.create_connection(self.lanes[lane][1])
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, _REPLY_LOWAT)
         # registered for good (two syscalls fewer per request than per-request
@@ -194,13 +217,19 @@ class _LeanLoad:
 
         from ledrec.stream import protocol
 
-        req = protocol.new_request(self.settings.key_prefix, 10, timeout_s, user_id, None, True)
-        sock = self.idle.pop() if self.idle else self._connect()
+        lane = self._turn % len(self.lanes)
+        self._turn += 1
+        queue = self.lanes[lane][0]
+        req = protocol.new_request(
+            self.settings.key_prefix, 10, timeout_s, user_id, None, True, None, self.keys, lane
+        )
+        idle = self.idle[lane]
+        sock = idle.pop() if idle else self._connect(lane)
         sock.sendall(
-            _pack(b"EVALSHA", self.sha, b"1", self.queue, protocol.encode_request(req), b"1000000")
+            _pack(b"EVALSHA", self.sha, b"1", queue, protocol.encode_request(req), b"1000000")
             + _pack(b"BLPOP", req.reply_to.encode(), b"%d" % max(1, round(timeout_s)))
         )
-        self.busy[sock.fileno()] = (sock, hiredis.Reader(), [], due)
+        self.busy[sock.fileno()] = (sock, hiredis.Reader(), [], due, lane)
 
     def poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` for replies; record every request they complete."""
@@ -212,7 +241,7 @@ class _LeanLoad:
         if not select.select([self.epoll], [], [], timeout)[0]:
             return
         for fd, _ in self.epoll.poll(0):
-            sock, reader, replies, due = self.busy[fd]
+            sock, reader, replies, due, lane = self.busy[fd]
             data = sock.recv(65536)
             if not data:
                 raise ConnectionError("redis closed the connection")
@@ -222,7 +251,7 @@ class _LeanLoad:
             if len(replies) < 2:
                 continue
             self._done(fd)
-            self.idle.append(sock)
+            self.idle[lane].append(sock)
             pushed, raw = replies
             error = None
             try:
@@ -246,7 +275,7 @@ class _LeanLoad:
     def expire(self, timeout_s: float = 2.0) -> None:
         """Count and drop the requests with no complete reply a second past their timeout."""
         late = time.time() - timeout_s - 1.0
-        for fd, (sock, _, _, due) in list(self.busy.items()):
+        for fd, (sock, _, _, due, _) in list(self.busy.items()):
             if due < late:
                 self._done(fd)
                 sock.close()  # its reply (if any) was too short to wake us: start afresh
@@ -254,7 +283,7 @@ class _LeanLoad:
                     self.errors["Timeout"] = self.errors.get("Timeout", 0) + 1
 
     def close(self) -> None:
-        for sock in [*self.idle, *(entry[0] for entry in self.busy.values())]:
+        for sock in [*(s for idle in self.idle for s in idle), *(e[0] for e in self.busy.values())]:
             sock.close()
         self.epoll.close()
 
@@ -291,12 +320,13 @@ class LoadSpec:
 def _lean_load(settings: Any, users: list[str], spec: LoadSpec) -> dict[str, Any]:
     mode, concurrency, rate, start_at = spec.mode, spec.concurrency, spec.rate, spec.start_at
     warmup, seconds = spec.warmup, spec.seconds
-    import redis
-
     from ledrec.stream.protocol import ENQUEUE_SCRIPT
 
     _fine_timer_slack()
-    sha = redis.Redis.from_url(settings.redis_url).script_load(ENQUEUE_SCRIPT).encode()
+    client = connect(settings.redis_url)
+    sha = client.script_load(ENQUEUE_SCRIPT)  # on a cluster: on every primary
+    sha = (sha if isinstance(sha, str) else next(iter(sha.values()))).encode()
+    client.close()
     load = _LeanLoad(settings, sha)
     load.measure_from, load.end = start_at + warmup, start_at + warmup + seconds
     load.open(concurrency if mode == "closed" else 64)  # connects are not requests
@@ -309,7 +339,7 @@ def _lean_load(settings: Any, users: list[str], spec: LoadSpec) -> dict[str, Any
         for _ in range(concurrency):
             load.send(rng.choice(users), time.time())
         while time.time() < load.end:
-            before = len(load.idle) + len(load.busy)
+            before = len(load.busy)  # == concurrency: at most that many ever in flight
             load.poll(0.05)
             load.expire()
             for _ in range(before - len(load.busy)):  # each answered client asks again
@@ -344,16 +374,20 @@ def _load(
         return
     mode, concurrency, rate, start_at = spec.mode, spec.concurrency, spec.rate, spec.start_at
     offset, arrivals, warmup, seconds = spec.offset, spec.arrivals, spec.warmup, spec.seconds
-    import redis.asyncio as aredis
     from redis.exceptions import RedisError
 
     from ledrec.stream.client import AsyncRecommenderClient, RecommendError
 
     async def main() -> dict[str, Any]:
-        conn = aredis.Redis.from_url(settings.redis_url, max_connections=10_000)
-        library = AsyncRecommenderClient(
-            conn, settings.request_queue, settings.key_prefix, 2.0, 1_000_000
+        library = AsyncRecommenderClient.from_url(
+            settings.redis_url,
+            2.0,
+            queue=settings.request_queue,
+            prefix=settings.key_prefix,
+            max_queue_length=1_000_000,
+            queues=settings.request_queues,
         )
+        conn = library.client
         rng = random.Random()
         lat: list[float] = []
         errors: dict[str, int] = {}
@@ -406,10 +440,9 @@ def _load(
 
 
 def _redis_cpu_between(url: str, start: float, end: float, out: dict[str, float]) -> None:
-    """redis-server's CPU seconds (user + sys) between epoch times ``start`` and ``end``."""
-    import redis
-
-    client = redis.Redis.from_url(url)
+    """redis-server's CPU seconds (user + sys) between epoch times ``start`` and ``end``
+    (summed over a cluster's primaries)."""
+    client = connect(url)
     time.sleep(max(0.0, start - time.time()))
     before = redis_cpu_s(client)
     time.sleep(max(0.0, end - time.time()))
@@ -531,12 +564,10 @@ def _recall_sweep(
 
 def _table4(settings: Any, model: Any, index: Any, users: list[str], nprobe: int) -> dict[str, Any]:
     """Single-request user-embedding and kNN times, in this process, one thread."""
-    import redis
-
     from ledrec.stream.loaded_model import LoadedModel, Query
     from ledrec.stream.state import UserStateStore
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     store = UserStateStore(client, settings.key_prefix, settings.timeline_max, 3600)
     scorer = LoadedModel(model, settings.exact_index_max_items, nprobe, index=index)
     rng = random.Random(0)
@@ -608,8 +639,6 @@ def _with_server(
     settings: Any, kind: str, fn: Any, profile_path: str = ""
 ) -> tuple[Any, dict[str, Any]]:
     """Start the scorer (or the echo floor), wait until it answers, run ``fn``, stop it."""
-    import redis
-
     from ledrec.stream.client import RecommenderClient, RecommendError
 
     ctx = mp.get_context("spawn")
@@ -618,8 +647,11 @@ def _with_server(
     args = (settings, stop) if kind == "echo" else (settings, stop, out, profile_path)
     child = ctx.Process(target=target, args=args)
     child.start()
-    client = RecommenderClient(
-        redis.Redis.from_url(settings.redis_url), settings.request_queue, settings.key_prefix
+    client = RecommenderClient.from_url(
+        settings.redis_url,
+        queue=settings.request_queue,
+        prefix=settings.key_prefix,
+        queues=settings.request_queues,
     )
     deadline = time.time() + 180
     while True:
@@ -643,12 +675,10 @@ def _with_server(
 
 def _populate(settings: Any, events: Any, models: list[Any], n_users: int) -> list[str]:
     """Apply the world's events of the first ``n_users`` users to their Redis states."""
-    import redis
-
     from ledrec.stream.state import StateWriter, TimelineEvent, UserStateStore
     from ledrec.training.synthetic import EVENT_TYPES
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     store = UserStateStore(client, settings.key_prefix, settings.timeline_max, 24 * 3600)
     keep = events.user < n_users
     users, items, kinds = events.user[keep].tolist(), events.item[keep].tolist(), events.kind[keep]
@@ -666,8 +696,6 @@ def _populate(settings: Any, events: Any, models: list[Any], n_users: int) -> li
 
 
 def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, Any]:
-    import redis
-
     from ledrec.stream.artifact import save_model
     from ledrec.stream.index import build_index, serialize
     from ledrec.stream.registry import Registry
@@ -691,8 +719,8 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
           + ", ".join(f"nprobe {s['nprobe']}: {s['recall_at_10']}" for s in sweep)
           + f" -> nprobe {nprobe}", flush=True)  # fmt: skip
 
-    client = redis.Redis.from_url(settings.redis_url)
-    pin("redis", stack.redis_pid)
+    client = connect(settings.redis_url)
+    pin("redis", stack.redis_pids)
     registry = Registry(client, settings.key_prefix)
     versions = {}
     for kind in ("exact", "ivf"):
@@ -741,6 +769,8 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
         runs[kind] = {"load": points, "server": breakdown}
     client.close()
     return {
+        "redis": stack.kind,
+        "request_queues": settings.keyspace_of(client).queue_count,
         "items": n_items,
         "dim": args.dim,
         "users_with_state": len(users),
@@ -815,16 +845,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="none",
         help="CPU affinity of the scorer, redis-server and the load generators",
     )
+    p.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run on a local Redis Cluster of N (>= 3) primaries instead of one redis-server",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     set_pinning(PINNINGS[args.pin], ("scorer", "redis", "load"))
     sizes = []
-    with private_stack(kafka=False) as stack:
+    with private_stack(kafka=False, redis_cluster=args.redis_cluster) as stack:
         for n_items in args.items:
             sizes.append(run_size(stack, args, n_items))
     result = {
         "what": "end-to-end latency/throughput through the Redis RPC, recall, breakdown",
+        "redis": "single" if not args.redis_cluster else f"cluster-{args.redis_cluster}",
         "processes": (
             f"redis-server; one scorer process (RecommendServer, faiss OpenMP 1 thread, "
             f"serve_batch_size {args.batch_size}, "
@@ -847,7 +885,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pinning": {"name": args.pin, **PINNINGS[args.pin]},
         "sizes": sizes,
     }
-    write_result(NAME, result, args.out)
+    name = NAME if not args.redis_cluster else f"{NAME}_cluster{args.redis_cluster}"
+    write_result(name, result, args.out)
     return result
 
 
