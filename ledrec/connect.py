@@ -328,9 +328,17 @@ def ensure_topics(
 
 
 def ensure_event_topics(settings: Settings, bootstrap: str) -> None:
-    """The events topic and its dead-letter topic exist (created with the settings' sizes)."""
+    """The events topic and its dead-letter topic exist (created with the settings'
+    partitions and replication factors; existing topics are kept as they are)."""
     ensure_topics(
         bootstrap,
-        {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
+        {settings.events_topic: settings.events_partitions},
         settings.kafka_config,
+        replication_factor=settings.events_replication,
+    )
+    ensure_topics(
+        bootstrap,
+        {settings.dead_letter_topic: settings.dead_letter_partitions},
+        settings.kafka_config,
+        replication_factor=settings.dead_letter_replication,
     )

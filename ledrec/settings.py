@@ -36,10 +36,21 @@ class Settings(BaseSettings):
 
     events_topic: str = "ledrec.events"
     dead_letter_topic: str = "ledrec.events.dlq"
-    events_partitions: int = 4
+    events_partitions: int = Field(default=4, ge=1)
+    # Replication factor of the topics ``ensure`` creates (1 on the local single broker; 3
+    # on a production cluster, with min.insync.replicas 2 set on the brokers).
+    events_replication: int = Field(default=1, ge=1)
+    dead_letter_partitions: int = Field(default=1, ge=1)
+    dead_letter_replication: int = Field(default=1, ge=1)
     consumer_group: str = "ledrec-state"
     # Tansu completes a group join after about half the session timeout (DESIGN.md).
     session_timeout_ms: int = 6000
+    # How partitions are shared: cooperative-sticky moves only the partitions that change
+    # hands on a rebalance (incremental assign/revoke); "range" / "roundrobin" are eager.
+    consumer_assignment: str = "cooperative-sticky"
+    # Static membership (group.instance.id): a consumer restarted with the same id within
+    # the session timeout takes its partitions back without a rebalance. Unset: dynamic.
+    consumer_instance_id: str | None = None
 
     # Event types and their weight in the user encoder (views and clicks both feed it).
     event_weights: dict[str, float] = Field(

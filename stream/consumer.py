@@ -68,6 +68,9 @@ REDIS_RETRIES = Counter("ledrec_consume_redis_retries_total", "Batches retried: 
 NEW_INCARNATIONS = Counter(
     "ledrec_topic_incarnations_total", "Events topic re-created or replaced (a new topic id) seen"
 )
+FENCED = Counter(
+    "ledrec_consumer_fenced_total", "Times this consumer found it was no longer a group member"
+)
 LAG = Gauge("ledrec_consumer_lag", "Events in the assigned partitions not yet consumed")
 STALLS = Counter(
     "ledrec_consumer_stalls_total", "Times the consumer had lag but applied nothing for a while"
@@ -101,6 +104,23 @@ class BatchDone:
     dead_letters_pending: int  # dead letters produced, not yet delivered
 
 
+_FENCED_CODES = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError._ASSIGNMENT_LOST,
+    }
+)
+
+
+def _fenced(error: KafkaException) -> bool:
+    """A commit refused because this consumer is not (or no longer) a member of the group."""
+    cause = error.args[0] if error.args else None
+    return isinstance(cause, KafkaError) and cause.code() in _FENCED_CODES
+
+
 class StateUpdater:
     """Consumes the events topic and keeps every user's timeline and running sums.
 
@@ -129,24 +149,32 @@ class StateUpdater:
             redis_client, settings.key_prefix, settings.timeline_max, settings.user_ttl_seconds
         )
         self.models = ModelCache(Registry(redis_client, settings.key_prefix))
-        self.consumer = Consumer(
-            client_config(
-                kafka_bootstrap,
-                settings.kafka_config,
-                **{
-                    "group.id": settings.consumer_group,
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "session.timeout.ms": settings.session_timeout_ms,
-                    "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
-                    "enable.partition.eof": False,
-                    # A fetch waits at most this long for data (librdkafka default 500 ms:
-                    # Tansu answers an idle fetch only then, which was the whole freshness).
-                    # Its own setting; by default the batch wait.
-                    "fetch.wait.max.ms": settings.fetch_wait_ms,
-                },
-            )
+        consumer_config = client_config(
+            kafka_bootstrap,
+            settings.kafka_config,
+            **{
+                "group.id": settings.consumer_group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": settings.session_timeout_ms,
+                "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
+                "partition.assignment.strategy": settings.consumer_assignment,
+                # the classic group protocol: the local broker does not speak KIP-848
+                "group.protocol": "classic",
+                **(
+                    {"group.instance.id": settings.consumer_instance_id}
+                    if settings.consumer_instance_id
+                    else {}
+                ),
+                "enable.partition.eof": False,
+                # A fetch waits at most this long for data (librdkafka default 500 ms:
+                # Tansu answers an idle fetch only then, which was the whole freshness).
+                # Its own setting; by default the batch wait.
+                "fetch.wait.max.ms": settings.fetch_wait_ms,
+            },
         )
+        self._cooperative = consumer_config["partition.assignment.strategy"] == "cooperative-sticky"
+        self.consumer = Consumer(consumer_config)
         self.dead_letters = Producer(
             client_config(
                 kafka_bootstrap,
@@ -187,7 +215,10 @@ class StateUpdater:
         """Consume until stopped (or idle for ``max_idle_s``), then leave the group cleanly."""
         self._retrying(self._check_topic)
         self.consumer.subscribe(
-            [self.settings.events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+            [self.settings.events_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
         last_message = time.monotonic()
         try:
@@ -305,10 +336,21 @@ class StateUpdater:
             self._dead_unflushed = 0
         if self._uncommitted:
             offsets = [TopicPartition(t, p, o + 1) for (t, p), o in self._uncommitted.items()]
-            if asynchronous:  # two calls: the stubs type commit() by a literal flag
-                self.consumer.commit(offsets=offsets, asynchronous=True)
-            else:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+            try:
+                if asynchronous:  # two calls: the stubs type commit() by a literal flag
+                    self.consumer.commit(offsets=offsets, asynchronous=True)
+                else:
+                    self.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as e:
+                if not _fenced(e):
+                    raise
+                # Not a member any more (fenced, or a rebalance in progress): the owner of
+                # these partitions reads them again from the last commit, and skips what this
+                # consumer applied. Rejoining is librdkafka's, on the next poll.
+                FENCED.inc()
+                log.warning("commit refused: not a group member now", extra={"error": str(e)})
+                self._uncommitted = {}
+                return
             self._record_commit({p: o for (_, p), o in self._uncommitted.items()}, asynchronous)
             self._uncommitted = {}
 
@@ -417,7 +459,10 @@ class StateUpdater:
             )
             for tp in partitions:
                 tp.offset = OFFSET_BEGINNING
-            self.consumer.assign(partitions)
+            if self._cooperative:
+                self.consumer.incremental_assign(partitions)
+            else:
+                self.consumer.assign(partitions)
         elif not changed:
             ends = self.incarnations.last_committed(self.incarnation)
             for tp in partitions:
@@ -481,10 +526,20 @@ class StateUpdater:
             # Informational only: never let it stop consumption (the next batch retries).
             log.warning("status not reported: redis unavailable", extra={"error": str(e)})
 
+    # -- rebalances ---------------------------------------------------------------------
+    # With cooperative-sticky (the default) these get only the partitions that change
+    # hands; the eager strategies revoke and reassign everything.
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._check_assignment(partitions)
         self.assigned = sorted(set(self.assigned) | {p.partition for p in partitions})
-        log.info("partitions assigned", extra={"partitions": self.assigned})
+        log.info(
+            "partitions assigned",
+            extra={
+                "consumer": self.name,
+                "added": sorted(p.partition for p in partitions),
+                "partitions": self.assigned,
+            },
+        )
         self.report_status()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -492,10 +547,45 @@ class StateUpdater:
             self.flush()  # hand the partitions over with everything settled and committed
         except _REPORT_FAILED as e:
             log.warning("revoked with writes unsettled", extra={"error": str(e)})
+        self._forget(partitions)
+        log.info(
+            "partitions revoked",
+            extra={
+                "consumer": self.name,
+                "revoked": sorted(p.partition for p in partitions),
+                "partitions": self.assigned,
+            },
+        )
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Fenced (session timed out, e.g. the process was paused): the partitions may have
+        a new owner already, so nothing is committed for them. The writes made are in Redis
+        and the new owner skips them by the per-user offsets; the in-flight write is settled
+        (a compare-and-set: it cannot overwrite the new owner's). librdkafka rejoins."""
+        FENCED.inc()
+        try:
+            self.writer.drain(self._live_models())
+        except _REPORT_FAILED as e:
+            log.warning("lost partitions with writes unsettled", extra={"error": str(e)})
+        self._uncommitted = {
+            tp: o
+            for tp, o in self._uncommitted.items()
+            if tp[1] not in {p.partition for p in partitions}
+        }
+        self._forget(partitions)
+        log.warning(
+            "partitions lost (this consumer was fenced); rejoining the group",
+            extra={
+                "consumer": self.name,
+                "lost": sorted(p.partition for p in partitions),
+                "partitions": self.assigned,
+            },
+        )
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
         self.assigned = sorted(set(self.assigned) - {p.partition for p in partitions})
         for tp in partitions:
             self._last_seen.pop(tp.partition, None)
-        log.info("partitions revoked", extra={"partitions": self.assigned})
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
         headers: list[tuple[str, str | bytes | None]] = [
