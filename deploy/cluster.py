@@ -24,7 +24,7 @@ import redis
 from ledrec.connect import HOST
 from ledrec.deploy.stack import RedisServer, StackError, find_redis_server, free_port
 
-__all__ = ["RedisClusterServers", "cluster_url", "find_redis_cli"]
+__all__ = ["RedisClusterServers", "cluster_health", "cluster_url", "find_redis_cli"]
 
 BUS_OFFSET = 10000  # Redis Cluster's bus port is the client port + 10000
 NODES_FILE = "nodes.conf"
@@ -69,6 +69,34 @@ def _info_fields(info: Any) -> dict[str, str]:
         return {str(k): str(v) for k, v in info.items()}
     text = info.decode() if isinstance(info, bytes) else str(info)
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def cluster_health(ports: Sequence[int]) -> str | None:
+    """None when every node (of ``ports``) that answers says its cluster is healthy (state
+    ok, every slot assigned), else what is wrong; nodes that do not answer are down."""
+    answered = 0
+    for port in ports:
+        client = redis.Redis(host=HOST, port=port, socket_timeout=1.0, socket_connect_timeout=1.0)
+        try:
+            info = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+        except redis.ConnectionError:
+            continue
+        except redis.RedisError as e:
+            return f"node {port}: {e}"
+        finally:
+            client.close()
+        answered += 1
+        fields = _info_fields(info)
+        if fields.get("cluster_state") != "ok":
+            return f"node {port}: cluster_state {fields.get('cluster_state')}"
+        if fields.get("cluster_slots_assigned") != "16384":
+            return f"node {port}: {fields.get('cluster_slots_assigned')} slots assigned"
+        failing = int(fields.get("cluster_slots_fail", 0)) + int(
+            fields.get("cluster_slots_pfail", 0)
+        )
+        if failing:
+            return f"node {port}: {failing} slots on a primary that is down"
+    return None if answered else "no node answers"
 
 
 class RedisClusterServers:
@@ -142,11 +170,14 @@ class RedisClusterServers:
     def pids(self) -> list[int | None]:
         return [n.pid for n in self.nodes]
 
-    def start(self, *, fresh: bool = True) -> Self:
+    def start(self, *, fresh: bool = True, running: Sequence[bool] = ()) -> Self:
         """Start every node; create the cluster (``fresh``: drop stale ``nodes.conf`` first)
-        or, when the nodes already know their cluster, wait for it to be healthy again."""
+        or, when the nodes already know their cluster, wait for it to be healthy again.
+        ``running``: nodes (by index) that run already (another process started them)."""
         known = all((n.data_dir / NODES_FILE).is_file() for n in self.nodes) and not fresh
-        for node in self.nodes:
+        for i, node in enumerate(self.nodes):
+            if i < len(running) and running[i]:
+                continue
             if fresh:
                 shutil.rmtree(node.data_dir, ignore_errors=True)
             node.start()
@@ -178,24 +209,9 @@ class RedisClusterServers:
             time.sleep(0.1)
 
     def health(self) -> str | None:
-        """None when healthy, else what is wrong."""
-        running = [n for n in self.nodes if n.running]
-        if not running:
-            return "no node is running"
-        for node in running:
-            client = node.client(socket_timeout=1.0, socket_connect_timeout=1.0)
-            try:
-                info = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
-            except redis.RedisError as e:
-                return f"node {node.port}: {e}"
-            finally:
-                client.close()
-            fields = _info_fields(info)
-            if fields.get("cluster_state") != "ok":
-                return f"node {node.port}: cluster_state {fields.get('cluster_state')}"
-            if fields.get("cluster_slots_assigned") != "16384":
-                return f"node {node.port}: {fields.get('cluster_slots_assigned')} slots assigned"
-        return None
+        """None when every node that answers says the cluster is healthy, else what is
+        wrong (nodes that do not answer are down: the others say whether it matters)."""
+        return cluster_health(self.ports)
 
     def client(self, **kwargs: Any) -> redis.RedisCluster:
         """A ``redis.RedisCluster`` on this cluster (keyword arguments passed through)."""

@@ -523,24 +523,41 @@ def _terminate_pid(
 
 
 def _stop_recorded(info: StackInfo) -> None:
+    for port, pid in info.redis_nodes:
+        _terminate_pid(pid, RedisServer.stop_signal, (f"{HOST}:{port}", f"--port {port}"))
     _terminate_pid(info.redis_pid, RedisServer.stop_signal, redis_markers(info))
     _terminate_pid(info.kafka_pid, KafkaBroker.stop_signal, (info.kafka_bootstrap,))
 
 
 def stack_up(
-    home: Path, *, kafka_storage_engine: str = "memory://tansu/", timeout: float = 30.0
+    home: Path,
+    *,
+    kafka_storage_engine: str = "memory://tansu/",
+    timeout: float = 30.0,
+    redis_cluster: int = 0,
+    redis_replicas: int = 0,
 ) -> StackInfo:
     """Start Redis (AOF on) and the Tansu broker as detached processes; record them.
 
+    ``redis_cluster`` N > 0: a Redis Cluster of N primaries (each with ``redis_replicas``
+    replicas) instead of one Redis (``ledrec.deploy.cluster``).
     Idempotent: a live recorded stack is returned as is; of a half-dead one, only the dead
-    server is started again, on its recorded port (Redis from its AOF).
+    server (or cluster nodes) is started again, on its recorded port (Redis from its AOF).
     Data and logs go under ``<home>/stack/``; the record is ``<home>/stack.json``.
     """
     home = Path(home)
     with _locked(home):
         current = stack_status(home)
+        if current is not None and current.redis_nodes:
+            redis_cluster = redis_cluster or len(current.redis_nodes)  # the recorded kind
+        elif current is not None and (current.redis_alive or current.kafka_alive) and redis_cluster:
+            raise StackError("a stack with one Redis runs here: `ledrec stack down` first")
         if current is not None and current.alive:
             return current
+        if redis_cluster:
+            return _cluster_stack_up(
+                home, current, redis_cluster, redis_replicas, kafka_storage_engine, timeout
+            )
         base = home / STACK_DIR
         # Restart only what is down, on its recorded port: a Redis that crashed comes back
         # from its AOF, and the broker that kept running keeps its log (and its events).
@@ -573,10 +590,69 @@ def stack_up(
             kafka_pid=current.kafka_pid if keep_broker and current else (broker.pid or 0),
             started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        tmp = record_path(home).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(info.record(), indent=2) + "\n")
-        tmp.replace(record_path(home))
+        _write_record(home, info)
         return info
+
+
+def _write_record(home: Path, info: StackInfo) -> None:
+    tmp = record_path(home).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info.record(), indent=2) + "\n")
+    tmp.replace(record_path(home))
+
+
+def _cluster_stack_up(
+    home: Path,
+    current: StackInfo | None,
+    primaries: int,
+    replicas: int,
+    kafka_storage_engine: str,
+    timeout: float,
+) -> StackInfo:
+    """``stack_up`` with a Redis Cluster: a new one, or the recorded one's dead nodes
+    restarted on their ports (from their AOF and nodes.conf)."""
+    from ledrec.deploy.cluster import RedisClusterServers
+
+    base = home / STACK_DIR
+    recorded = current.redis_nodes if current is not None else ()
+    ports = [port for port, _ in recorded] or None
+    alive: tuple[bool, ...] = ()
+    if ports is not None and current is not None:
+        # the recorded cluster, whatever its shape: its nodes know it (nodes.conf)
+        primaries, replicas, alive = len(ports), 0, current.nodes_alive
+    cluster = RedisClusterServers(
+        base / "cluster",
+        primaries=primaries,
+        replicas=replicas,
+        appendonly=True,
+        ports=ports,
+        detached=True,
+        start_timeout=timeout,
+    )
+    keep_broker = current is not None and current.kafka_alive
+    kafka_port = int(port_of(current.kafka_bootstrap)) if current is not None else None
+    broker = KafkaBroker(base / "kafka", port=kafka_port, storage_engine=kafka_storage_engine,
+                         detached=True, start_timeout=timeout)  # fmt: skip
+    cluster.start(fresh=ports is None, running=alive)
+    try:
+        if not keep_broker:
+            broker.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    pids = [
+        node.pid or (recorded[i][1] if i < len(recorded) else 0)
+        for i, node in enumerate(cluster.nodes)
+    ]
+    info = StackInfo(
+        redis_url=cluster.url,
+        kafka_bootstrap=current.kafka_bootstrap if keep_broker and current else broker.bootstrap,
+        redis_pid=pids[0],
+        kafka_pid=current.kafka_pid if keep_broker and current else (broker.pid or 0),
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        redis_nodes=tuple(zip(cluster.ports, pids, strict=True)),
+    )
+    _write_record(home, info)
+    return info
 
 
 def stack_down(home: Path) -> None:

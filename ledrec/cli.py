@@ -62,7 +62,9 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.action == "up":
-        info = stack_up(settings.home)
+        info = stack_up(
+            settings.home, redis_cluster=args.redis_cluster, redis_replicas=args.redis_replicas
+        )
         print(f"redis {info.redis_url}\nkafka {info.kafka_bootstrap}\nrecorded in {settings.home}")
     elif args.action == "down":
         stack_down(settings.home)
@@ -72,11 +74,18 @@ def cmd_stack(args: argparse.Namespace) -> int:
         if status is None:
             print("no local stack recorded (ledrec stack up starts one)")
             return 1
-        print(
-            f"redis {status.redis_url} {'up' if status.redis_alive else 'DOWN'}\n"
-            f"kafka {status.kafka_bootstrap} {'up' if status.kafka_alive else 'DOWN'}"
-        )
-        return 0 if status.alive else 1
+        print(f"redis {status.redis_url} {'up' if status.redis_alive else 'DOWN'}")
+        healthy = True
+        if status.redis_nodes:
+            from ledrec.deploy.cluster import cluster_health
+
+            for (port, _), up in zip(status.redis_nodes, status.nodes_alive, strict=True):
+                print(f"  node 127.0.0.1:{port} {'up' if up else 'DOWN'}")
+            problem = cluster_health([port for port, _ in status.redis_nodes])
+            healthy = problem is None
+            print(f"  cluster {'healthy' if healthy else 'NOT healthy: ' + str(problem)}")
+        print(f"kafka {status.kafka_bootstrap} {'up' if status.kafka_alive else 'DOWN'}")
+        return 0 if status.alive and healthy else 1
     return 0
 
 
@@ -394,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stack", help="start/stop/inspect the local Redis + Kafka-protocol broker")
     p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument(
+        "--redis-cluster", type=int, default=0, metavar="N",
+        help="up: a Redis Cluster of N primaries (N >= 3) instead of one Redis",
+    )  # fmt: skip
+    p.add_argument("--redis-replicas", type=int, default=0, metavar="R",
+                   help="up, with --redis-cluster: replicas per primary")  # fmt: skip
     p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("publish", help="publish events from CSV or JSON lines (file or -)")

@@ -52,8 +52,11 @@ class StackInfo:
     redis_pid: int
     kafka_pid: int
     started_at: str  # ISO 8601, UTC
+    # A Redis Cluster stack: every node's (port, pid); redis_url names the first node.
+    redis_nodes: tuple[tuple[int, int], ...] = ()
     redis_alive: bool = True
     kafka_alive: bool = True
+    nodes_alive: tuple[bool, ...] = ()
 
     @property
     def alive(self) -> bool:
@@ -63,7 +66,11 @@ class StackInfo:
     def record(self) -> dict[str, Any]:
         """The fields written to ``stack.json`` (no liveness)."""
         data = asdict(self)
-        del data["redis_alive"], data["kafka_alive"]
+        del data["redis_alive"], data["kafka_alive"], data["nodes_alive"]
+        if not self.redis_nodes:
+            del data["redis_nodes"]
+        else:
+            data["redis_nodes"] = [list(node) for node in self.redis_nodes]
         return data
 
 
@@ -115,6 +122,7 @@ def read_record(home: Path) -> StackInfo | None:
             redis_pid=int(data["redis_pid"]),
             kafka_pid=int(data["kafka_pid"]),
             started_at=str(data["started_at"]),
+            redis_nodes=tuple((int(p), int(q)) for p, q in data.get("redis_nodes", [])),
         )
     except FileNotFoundError:
         return None
@@ -123,8 +131,12 @@ def read_record(home: Path) -> StackInfo | None:
 
 
 def redis_markers(info: StackInfo) -> tuple[str, ...]:
-    port = port_of(info.redis_url)
-    # redis-server rewrites its process title to "redis-server 127.0.0.1:PORT".
+    return _node_markers(int(port_of(info.redis_url)))
+
+
+def _node_markers(port: int) -> tuple[str, ...]:
+    # redis-server rewrites its process title to "redis-server 127.0.0.1:PORT" (and
+    # "... [cluster]" for a cluster node).
     return (f"{HOST}:{port}", f"--port {port}")
 
 
@@ -133,6 +145,14 @@ def stack_status(home: Path) -> StackInfo | None:
     info = read_record(home)
     if info is None:
         return None
+    if info.redis_nodes:
+        nodes = tuple(pid_alive(pid, _node_markers(port)) for port, pid in info.redis_nodes)
+        return replace(
+            info,
+            redis_alive=all(nodes),
+            nodes_alive=nodes,
+            kafka_alive=pid_alive(info.kafka_pid, (info.kafka_bootstrap,)),
+        )
     return replace(
         info,
         redis_alive=pid_alive(info.redis_pid, redis_markers(info)),

@@ -1,6 +1,7 @@
 """Scorer processes killed under load, and a scorer offered more load than it can serve.
 
-Kill: two scorers share the request list; SIGKILLing one fails only the requests it had
+Kill: two scorers share the request queues (one on a single Redis, eight on the
+3-primary cluster, every one served by both); SIGKILLing one fails only the requests it had
 popped (each one a ``Timeout`` at its client's deadline), the other serves everything
 after. Overload: the client refuses to enqueue past the queue bound (``Overloaded``), the
 scorer drops requests past their deadline unanswered, and every request it does answer
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
+import pytest
 import redis
 
 from ledrec.settings import Settings
@@ -51,6 +53,7 @@ def _serving(client: redis.Redis, settings: Settings) -> None:
     wait_until(answers, 30, "a scorer answering")
 
 
+@pytest.mark.both_redis  # on the cluster: 2 scorers serving 8 queues on 3 primaries
 def test_killed_scorer_fails_only_its_in_flight_requests(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:

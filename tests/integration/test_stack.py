@@ -236,3 +236,53 @@ def test_settings_fixture(settings: Settings, redis_client: redis.Redis) -> None
     meta = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=10)
     assert len(meta.topics[settings.events_topic].partitions) == settings.events_partitions
     assert len(meta.topics[settings.dead_letter_topic].partitions) == 1
+
+
+@pytest.mark.cluster
+def test_stack_up_redis_cluster_status_and_a_dead_node_restarted(tmp_path: Path) -> None:
+    """``ledrec stack up --redis-cluster 3``: status shows every node and the cluster
+    healthy; a SIGKILLed node makes it unhealthy, and ``stack up`` restarts just that node
+    (from its AOF and nodes.conf) with the data it held."""
+    import signal
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ledrec.cli", "--home", str(tmp_path), "stack", *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    up = cli("up", "--redis-cluster", "3")
+    assert up.returncode == 0, up.stderr
+    try:
+        status = cli("status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert status.stdout.count(" up") == 5  # redis, 3 nodes, kafka
+        assert "cluster healthy" in status.stdout
+        info = stack_status(tmp_path)
+        assert info is not None and len(info.redis_nodes) == 3
+        client = redis.RedisCluster.from_url(info.redis_url.replace("+cluster", ""))
+        client.set("{a}k", "kept")
+        owner = client.get_node_from_key("{a}k")
+        assert owner is not None
+        victim = next(pid for port, pid in info.redis_nodes if port == int(owner.port))
+        client.close()
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "NOT healthy" not in (status := cli("status")).stdout:
+            assert time.monotonic() < deadline, status.stdout
+            time.sleep(0.5)
+        assert status.returncode == 1 and "DOWN" in status.stdout
+        assert cli("up").returncode == 0  # the recorded cluster: only the dead node starts
+        after = stack_status(tmp_path)
+        assert (
+            after is not None and after.redis_alive and after.redis_nodes[0] == info.redis_nodes[0]
+        )
+        assert "cluster healthy" in cli("status").stdout
+        client = redis.RedisCluster.from_url(info.redis_url.replace("+cluster", ""))
+        assert client.get("{a}k") == b"kept"  # from the node's AOF
+        client.close()
+    finally:
+        assert cli("down").returncode == 0
+    assert stack_status(tmp_path) is None
