@@ -14,6 +14,7 @@ to ``<out>/cluster/`` and the comparison (cluster / single ratios) to ``<out>/cl
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         " not the capacity of more machines",
         "parts": str(parts),
     }
+    previous = args.out / f"{NAME}.json"
+    if set(args.only) != {"ingest", "serving"} and previous.exists():  # keep the other part
+        old = json.loads(previous.read_text())
+        result.update({k: old[k] for k in old if k.startswith(("ingest", "serving"))})
     started = time.perf_counter()
     if "ingest" in args.only:
         extra = QUICK_INGEST if args.quick else INGEST_ARGS

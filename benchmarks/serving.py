@@ -703,7 +703,11 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
     tag = f"i{n_items}"
     settings = bench_settings(stack, key_prefix=f"s{tag}", request_queue=f"s{tag}:rpc:requests")
     settings = settings.model_copy(
-        update={"serve_batch_size": args.batch_size, "serve_spin_us": args.spin_us}
+        update={
+            "serve_batch_size": args.batch_size,
+            "serve_spin_us": args.spin_us,
+            "request_queues": args.request_queues,
+        }
     )
     t0 = time.perf_counter()
     _, events = synthetic_world(n_items, args.users, args.users * 30, seed=2)
@@ -846,6 +850,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="CPU affinity of the scorer, redis-server and the load generators",
     )
     p.add_argument(
+        "--request-queues",
+        type=int,
+        default=0,
+        help="Settings.request_queues (0: the default, 1 on one Redis and 8 on a cluster)",
+    )
+    p.add_argument(
         "--redis-cluster",
         type=int,
         default=0,
@@ -886,6 +896,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sizes": sizes,
     }
     name = NAME if not args.redis_cluster else f"{NAME}_cluster{args.redis_cluster}"
+    if args.request_queues:
+        name += f"_q{args.request_queues}"
     write_result(name, result, args.out)
     return result
 

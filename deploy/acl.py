@@ -16,19 +16,36 @@ ROLES = ("consumer", "scorer", "client", "operator")
 # redis-py's health-check PING. (The CLIENT SETINFO it sends on connect may be refused: it
 # ignores the error, and Redis < 7.2 does not know the command.)
 _CONNECT = ["+ping"]
+# A cluster client reads the slot map and the command table, and follows ASK redirections
+# during a resharding.
+_CLUSTER = [
+    "+cluster|slots", "+cluster|shards", "+cluster|nodes", "+cluster|info", "+asking",
+    "+command",  # redis-py's cluster client reads the command table (key positions)
+]  # fmt: skip
 
 
-def acl_rules(role: str, prefix: str = "ledrec", queue: str | None = None) -> list[str]:
-    """``ACL SETUSER`` rules for ``role`` in a deployment with this key prefix and queue."""
-    keys = Keyspace(prefix, queue or "")
-    queue, models = keys.requests, keys.all_models
-    base = ["resetkeys", "resetchannels", "-@all", *_CONNECT]
+def acl_rules(
+    role: str,
+    prefix: str = "ledrec",
+    queue: str | None = None,
+    *,
+    cluster: bool = False,
+    queues: int = 0,
+) -> list[str]:
+    """``ACL SETUSER`` rules for ``role`` in a deployment with this key prefix and queue, on
+    one Redis or (``cluster``) on a Redis Cluster, where they are set on every node (ACLs
+    are per node) and name the hash-tagged keys (``ledrec.keyspace``)."""
+    keys = Keyspace(prefix, "" if cluster else (queue or ""), cluster, queues)
+    models = keys.all_models
+    on_queues = [f"~{q}" for q in keys.request_queues]
+    base = ["resetkeys", "resetchannels", "-@all", *_CONNECT, *(_CLUSTER if cluster else [])]
     if role == "consumer":  # user states (read + compare-and-set script), its status, models,
-        # the topic's incarnations
+        # the topic's incarnations, durable commits (a marker write, then WAIT)
         return [
             *base,
-            "+hmget", "+evalsha", "+script|load", "+hget", "+hset", "+hdel", "+expire",
+            "+hmget", "+evalsha", "+script|load", "+hget", "+hset", "+hdel", "+expire", "+wait",
             f"~{keys.users}",
+            f"(+set ~{keys.replication_marker}*)",
             f"(+set ~{keys.consumers})",
             f"(+hget +hset +hsetnx +hincrby +hgetall ~{keys.topics})",
             f"(+get +hget +smembers %R~{models})",
@@ -37,7 +54,7 @@ def acl_rules(role: str, prefix: str = "ledrec", queue: str | None = None) -> li
         return [  # the take script (stream/intake.py) pops the queue and its taking list, HMGETs
             *base,
             "+blmove", "+rpop", "+rpush", "+evalsha", "+script|load", "+time",
-            f"~{queue}", f"~{keys.takings}",
+            *on_queues, f"~{keys.takings}",
             f"(+hmget %R~{keys.users})",
             f"(+lpush +expire ~{keys.replies})",
             f"(+get +hget +smembers %R~{models})",
@@ -47,7 +64,7 @@ def acl_rules(role: str, prefix: str = "ledrec", queue: str | None = None) -> li
     if role == "client":  # the bounded push (a script: LLEN + LPUSH) and its own reply key
         return [
             *base,
-            "+evalsha", "+script|load", "+llen", "+lpush", "+time", f"~{queue}",
+            "+evalsha", "+script|load", "+llen", "+lpush", "+time", *on_queues,
             f"(+blpop ~{keys.replies})",
         ]  # fmt: skip
     if role == "operator":  # train/register/activate/back-fill/retire, status: data commands only
@@ -60,7 +77,10 @@ def acl_rules(role: str, prefix: str = "ledrec", queue: str | None = None) -> li
     raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
 
 
-def acl_command(role: str, prefix: str = "ledrec", queue: str | None = None) -> str:
+def acl_command(
+    role: str, prefix: str = "ledrec", queue: str | None = None, *, cluster: bool = False
+) -> str:
     """The ``ACL SETUSER`` line for ``role`` as an operator types it (redis-cli quoting)."""
-    rules = " ".join(f'"{r}"' if r.startswith("(") else r for r in acl_rules(role, prefix, queue))
-    return f"ACL SETUSER ledrec-{role} on >PASSWORD {rules}"
+    rules = acl_rules(role, prefix, queue, cluster=cluster)
+    rules_text = " ".join(f'"{r}"' if r.startswith("(") else r for r in rules)
+    return f"ACL SETUSER ledrec-{role} on >PASSWORD {rules_text}"

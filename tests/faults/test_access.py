@@ -199,3 +199,78 @@ def test_security_doc_shows_the_tested_rules() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
     for role in ROLES:
         assert acl_command(role) in doc, role
+        assert acl_command(role, cluster=True) in doc, role
+
+
+@pytest.mark.cluster
+def test_components_on_a_cluster_as_least_privilege_users(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The same roles on a 3-primary Redis Cluster: the rules (set on every node) name the
+    hash-tagged keys; every component works as its user, and is refused the rest."""
+    from ledrec.connect import redis_client
+    from ledrec.deploy.cluster import RedisClusterServers
+
+    if _redis_7() is None:
+        pytest.skip("needs redis-server >= 7 on PATH (ACL selectors)")
+    prefix = settings.key_prefix
+    with RedisClusterServers(tmp_path / "cluster", die_with_parent=True) as cluster:
+        for node in cluster.nodes:
+            admin = node.client()
+            for role in ROLES:
+                rules = acl_rules(role, prefix, cluster=True)
+                admin.execute_command("ACL", "SETUSER", f"ledrec-{role}", "on",  # type: ignore[no-untyped-call]
+                                      f">{role}-secret", *rules)  # fmt: skip
+            admin.close()
+        port = cluster.ports[0]
+
+        def url(role: str) -> str:
+            return f"redis+cluster://ledrec-{role}:{role}-secret@127.0.0.1:{port}"
+
+        def env(role: str) -> dict[str, str]:
+            return settings_env(settings.model_copy(update={"redis_url": url(role)}))
+
+        clients = {role: redis_client(url(role)) for role in ROLES}
+        model = publish_model(settings, clients["operator"], random_model(n_items=100, dim=8))
+        log = tmp_path / "components.log"
+        consumer = start_cli(["consume"], env("consumer"), log)
+        scorer = start_cli(["serve"], env("scorer"), log)
+        try:
+            publisher = EventPublisher(settings, settings.kafka_bootstrap)
+            for item in ("i1", "i2", "i3"):
+                publisher.send("alice", item, "view")
+            publisher.flush()
+            store = UserStateStore(clients["operator"], prefix, settings.timeline_max, 60)
+
+            def applied() -> bool:
+                state = store.read("alice", [model.version])
+                return state is not None and len(state.timeline) == 3
+
+            wait_until(applied, 60, "the consumer (ACL user, cluster) applying", step=0.1)
+            for _ in range(8):  # round robin: every queue once
+                run = _ledrec(["recommend", "alice", "--json", "-k", "5"], env("client"))
+                assert run.returncode == 0, run.stderr + log.read_text()[-2000:]
+                assert json.loads(run.stdout)["source"] == "state"
+            listed = _ledrec(["models", "list"], env("operator"))
+            assert listed.returncode == 0 and model.version in listed.stdout, listed.stderr
+            assert consumer.poll() is None and scorer.poll() is None, log.read_text()[-3000:]
+        finally:
+            for proc in (consumer, scorer):
+                proc.terminate()
+                proc.wait(timeout=20)
+        keys = settings.keyspace_of(clients["operator"])
+        user_key, queue = keys.user("alice"), keys.queue(3)
+        refused: dict[str, list[tuple[object, ...]]] = {
+            "client": [("HMGET", user_key, "ti"), ("GET", keys.models("active")),
+                       ("RPOP", queue), ("LPUSH", keys.reply("x", 3), "forged")],
+            "consumer": [("LPUSH", queue, "x"), ("SET", keys.models("active"), "v"),
+                         ("RPOP", queue)],
+            "scorer": [("HSET", user_key, "ti", "x"), ("SET", keys.models("active"), "v"),
+                       ("DEL", user_key), ("LPUSH", queue, "x")],
+            "operator": [("FLUSHALL",), ("CONFIG", "GET", "*"), ("GET", "other-app:secret")],
+        }  # fmt: skip
+        for role, commands in refused.items():
+            for command in commands:
+                assert _denied(clients[role], *command), f"{role} may run {command}"
+        for client in clients.values():
+            client.close()
