@@ -24,10 +24,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import redis
 import scipy.sparse as sp
 
-from ledrec.connect import ensure_event_topics
+from ledrec.connect import ensure_event_topics, redis_client
 from ledrec.deploy.stack import stack_down, stack_up
 from ledrec.settings import Settings
 from ledrec.stream.artifact import load_model
@@ -122,7 +121,7 @@ def run_demo(args: argparse.Namespace) -> int:
             "LEDREC_TIMELINE_MAX": str(settings.timeline_max),
         }
         ensure_event_topics(settings, stack.kafka_bootstrap)
-        r = redis.Redis.from_url(stack.redis_url)
+        r = redis_client(stack.redis_url)  # one Redis or a cluster (a `--redis-cluster` stack)
         registry = Registry(r, settings.key_prefix)
         registry.register(model)
         registry.activate(model.version)
