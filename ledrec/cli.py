@@ -58,30 +58,28 @@ def _metrics(port: int | None) -> None:
 
 # -- stack ----------------------------------------------------------------------------------
 def cmd_stack(args: argparse.Namespace) -> int:
-    from ledrec.deploy.stack import stack_down, stack_status, stack_up
+    from ledrec.deploy import cluster, stack
 
     settings = _settings(args)
     if args.action == "up":
-        info = stack_up(
+        info = stack.stack_up(
             settings.home, redis_cluster=args.redis_cluster, redis_replicas=args.redis_replicas
         )
         print(f"redis {info.redis_url}\nkafka {info.kafka_bootstrap}\nrecorded in {settings.home}")
     elif args.action == "down":
-        stack_down(settings.home)
+        stack.stack_down(settings.home)
         print("stack stopped")
     else:
-        status = stack_status(settings.home)
+        status = stack.stack_status(settings.home)
         if status is None:
             print("no local stack recorded (ledrec stack up starts one)")
             return 1
         print(f"redis {status.redis_url} {'up' if status.redis_alive else 'DOWN'}")
         healthy = True
         if status.redis_nodes:
-            from ledrec.deploy.cluster import cluster_health
-
             for (port, _), up in zip(status.redis_nodes, status.nodes_alive, strict=True):
                 print(f"  node 127.0.0.1:{port} {'up' if up else 'DOWN'}")
-            problem = cluster_health([port for port, _ in status.redis_nodes])
+            problem = cluster.cluster_health([port for port, _ in status.redis_nodes])
             healthy = problem is None
             print(f"  cluster {'healthy' if healthy else 'NOT healthy: ' + str(problem)}")
         print(f"kafka {status.kafka_bootstrap} {'up' if status.kafka_alive else 'DOWN'}")

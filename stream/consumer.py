@@ -149,32 +149,35 @@ class StateUpdater:
             redis_client, settings.key_prefix, settings.timeline_max, settings.user_ttl_seconds
         )
         self.models = ModelCache(Registry(redis_client, settings.key_prefix))
-        consumer_config = client_config(
-            kafka_bootstrap,
-            settings.kafka_config,
-            **{
-                "group.id": settings.consumer_group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": settings.session_timeout_ms,
-                "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
-                "partition.assignment.strategy": settings.consumer_assignment,
-                # the classic group protocol: the local broker does not speak KIP-848
-                "group.protocol": "classic",
-                **(
-                    {"group.instance.id": settings.consumer_instance_id}
-                    if settings.consumer_instance_id
-                    else {}
-                ),
-                "enable.partition.eof": False,
-                # A fetch waits at most this long for data (librdkafka default 500 ms:
-                # Tansu answers an idle fetch only then, which was the whole freshness).
-                # Its own setting; by default the batch wait.
-                "fetch.wait.max.ms": settings.fetch_wait_ms,
-            },
+        self.consumer = Consumer(
+            client_config(
+                kafka_bootstrap,
+                settings.kafka_config,
+                **{
+                    "group.id": settings.consumer_group,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "session.timeout.ms": settings.session_timeout_ms,
+                    "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
+                    "partition.assignment.strategy": settings.consumer_assignment,
+                    # the classic group protocol: the local broker does not speak KIP-848
+                    "group.protocol": "classic",
+                    **(
+                        {"group.instance.id": settings.consumer_instance_id}
+                        if settings.consumer_instance_id
+                        else {}
+                    ),
+                    "enable.partition.eof": False,
+                    # A fetch waits at most this long for data (librdkafka default 500 ms:
+                    # Tansu answers an idle fetch only then, which was the whole freshness).
+                    # Its own setting; by default the batch wait.
+                    "fetch.wait.max.ms": settings.fetch_wait_ms,
+                },
+            )
         )
-        self._cooperative = consumer_config["partition.assignment.strategy"] == "cooperative-sticky"
-        self.consumer = Consumer(consumer_config)
+        # incremental (cooperative) or eager rebalances: the strategy the passthrough leaves
+        strategy = settings.kafka_config.get("partition.assignment.strategy")
+        self._cooperative = (strategy or settings.consumer_assignment) == "cooperative-sticky"
         self.dead_letters = Producer(
             client_config(
                 kafka_bootstrap,
