@@ -106,10 +106,12 @@ class Stack:
 
 
 @contextlib.contextmanager
-def private_stack(kafka: bool = True, redis_cluster: int = 0) -> Iterator[Stack]:
+def private_stack(
+    kafka: bool = True, redis_cluster: int = 0, redis_replicas: int = 0
+) -> Iterator[Stack]:
     """Start redis-server (or, with ``redis_cluster`` = N >= 3, a Redis Cluster of N
-    primaries without replicas) + Tansu when ``kafka``, on free loopback ports; stop them
-    afterwards."""
+    primaries with ``redis_replicas`` replicas each) + Tansu when ``kafka``, on free
+    loopback ports; stop them afterwards."""
     from ledrec.deploy.cluster import RedisClusterServers
     from ledrec.deploy.stack import KafkaBroker, RedisServer
 
@@ -117,7 +119,12 @@ def private_stack(kafka: bool = True, redis_cluster: int = 0) -> Iterator[Stack]
         home = Path(tmp)
         if redis_cluster:
             cluster = es.enter_context(
-                RedisClusterServers(home / "redis", primaries=redis_cluster, die_with_parent=True)
+                RedisClusterServers(
+                    home / "redis",
+                    primaries=redis_cluster,
+                    replicas=redis_replicas,
+                    die_with_parent=True,
+                )
             )
             url, pids = cluster.url, tuple(p or 0 for p in cluster.pids)
         else:

@@ -12,6 +12,8 @@ slot, one write per node, as the consumer's own writes are).
     python -m benchmarks.ingest --items 10000 1000000 --events 500000
     python -m benchmarks.ingest --redis-cluster 3   # the same on a 3-primary Redis Cluster
     python -m benchmarks.cluster                    # single node and cluster, same run
+    python -m benchmarks.ingest --items 10000 --redis-cluster 3 --redis-replicas 1 \
+        --min-replicas 0 1                          # what durable commits (WAIT) cost
 """
 
 from __future__ import annotations
@@ -216,13 +218,16 @@ def run_size(
     dim: int,
     batch: int,
     profile_dir: Path | None,
+    min_replicas: int = 0,
+    repeat: int = 0,
 ) -> dict[str, Any]:
     from ledrec.deploy.stack import ensure_topics
     from ledrec.stream.artifact import save_model
     from ledrec.stream.registry import Registry
     from ledrec.training.synthetic import EVENT_TYPES
 
-    tag = f"i{n_items}"
+    tag = f"i{n_items}" + (f"w{min_replicas}" if min_replicas else "")
+    tag += f"r{repeat}" if repeat else ""
     settings = bench_settings(
         stack,
         events_topic=f"bench.events.{tag}",
@@ -230,6 +235,7 @@ def run_size(
         consumer_group=f"bench-{tag}",
         key_prefix=f"b{tag}",
         consume_batch_size=batch,
+        redis_min_replicas=min_replicas,
     )
     _, events = synthetic_world(n_items, n_users, n_events, seed=1)
     model = clustered_model(events, n_items, dim, version=f"m-{tag}")
@@ -335,6 +341,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metavar="N",
         help="run on a local Redis Cluster of N (>= 3) primaries instead of one redis-server",
     )
+    p.add_argument("--redis-replicas", type=int, default=0, metavar="R",
+                   help="with --redis-cluster: replicas per primary")  # fmt: skip
+    p.add_argument(
+        "--min-replicas", type=int, nargs="+", default=[0], metavar="N",
+        help="redis_min_replicas (durable commits) to run each size with, in the same run",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -345,12 +357,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         args.batch_size = Settings().consume_batch_size
     sizes = []
-    with private_stack(kafka=True, redis_cluster=args.redis_cluster) as stack:
+    with private_stack(
+        kafka=True, redis_cluster=args.redis_cluster, redis_replicas=args.redis_replicas
+    ) as stack:
         pin("redis", stack.redis_pids)
         pin("broker", stack.kafka_pid)
         for n_items in args.items:
-            sizes.append(
-                run_size(
+            for repeat, min_replicas in enumerate(args.min_replicas):
+                size = run_size(
                     stack,
                     n_items,
                     args.events,
@@ -358,8 +372,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     args.dim,
                     args.batch_size,
                     args.out if args.profile else None,
+                    min_replicas,
+                    repeat,
                 )
-            )
+                size["min_replicas"] = min_replicas
+                sizes.append(size)
     result = {
         "what": "events/s through one consumer process into Redis, vs raw pipelined writes",
         "redis": stack.kind,
@@ -369,6 +386,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sizes": sizes,
     }
     name = NAME if not args.redis_cluster else f"{NAME}_cluster{args.redis_cluster}"
+    if args.redis_replicas or args.min_replicas != [0]:
+        name += f"_r{args.redis_replicas}_w{'-'.join(map(str, args.min_replicas))}"
     write_result(name, result, args.out)
     return result
 

@@ -36,12 +36,13 @@ from typing import Any, TypeVar
 import faiss
 import redis
 from prometheus_client import Counter, Histogram
+from redis.crc import key_slot
 
 from ledrec.connect import REDIS_UNAVAILABLE
 from ledrec.keyspace import is_cluster
 from ledrec.settings import Settings
 from ledrec.stream import protocol
-from ledrec.stream._resp import HeldConnectionPool, RawConnection, reply_commands
+from ledrec.stream._resp import HeldConnectionPool, RawConnection, execute_raw, reply_commands
 from ledrec.stream.artifact import ArtifactError
 from ledrec.stream.backoff import Backoff
 from ledrec.stream.intake import Intake, Taken
@@ -99,6 +100,7 @@ class _Lane:
     intake: Intake
     serving: redis.Redis  # on the held connection
     round_trips: RawConnection
+    node: str  # the name of the node that holds the queue ("" on one Redis)
     prefetched: list[Taken] | None = None
     read_version: str | None = None  # the version whose sums were read with ``prefetched``
     in_flight: bool = False  # a reply-and-take round trip was sent and not yet read
@@ -174,9 +176,11 @@ class RecommendServer:
     def _lane(self, i: int) -> _Lane:
         """Lane ``i``: a connection of its own to the node that holds queue ``i``."""
         queue = self.keys.queue(i)
+        node = ""
         if self.cluster:
             cluster: Any = self.client
-            pool = cluster.get_redis_connection(cluster.get_node_from_key(queue)).connection_pool
+            owner = cluster.get_node_from_key(queue)
+            pool, node = cluster.get_redis_connection(owner).connection_pool, owner.name
         else:
             pool = self.client.connection_pool
         serving = redis.Redis(connection_pool=HeldConnectionPool(pool))
@@ -190,7 +194,7 @@ class RecommendServer:
             self.keys.user_prefix.encode(),
         )
         spin_s = self.settings.serve_spin_us / 1e6
-        return _Lane(i, queue, intake, serving, RawConnection(serving, spin_s))
+        return _Lane(i, queue, intake, serving, RawConnection(serving, spin_s), node)
 
     @property
     def intake(self) -> Intake:
@@ -274,30 +278,35 @@ class RecommendServer:
         The replies go out in the same round trip as the wait for the lane's next batch: it
         returns at once when requests are queued, else when the next one arrives, so an
         idle server does not pay a round trip to find the queue empty before it blocks.
+        With several lanes, the requests of every lane whose take has answered are served
+        as one batch (one state read, one search), each lane getting its own replies.
         """
         self.versions.swap_if_ready()
         if time.monotonic() - self._clock_at > CLOCK_REFRESH_S:
             self._sync_clock()
-        lane, taken = self._next_batch(block_s)
+        served = self._next_batch(block_s)
+        taken = [t for _, lane_taken in served for t in lane_taken]
         if not taken:
             return 0
+        first = served[0][0]
         observed = self.observe is not None
         if observed:
             self._clock = _Clock()
-            c0, polled0 = time.thread_time(), lane.round_trips.polled_s
+            c0, polled0 = time.thread_time(), first.round_trips.polled_s
         started = time.perf_counter()
-        replies = self._answer(taken, lane.read_version)  # the version of the last take
+        replies = self._answer(taken, first.read_version)  # the version of the last take
         answer_s = time.perf_counter() - started
         BATCH_SECONDS.observe(answer_s)
         self.totals.batches += 1
         if observed:
-            c1, polled1 = time.thread_time(), lane.round_trips.polled_s
-        self._send(lane, replies, block_s)
+            c1, polled1 = time.thread_time(), first.round_trips.polled_s
+        for lane, commands in self._route(replies, [lane for lane, _ in served]):
+            self._send(lane, commands, block_s)
         if len(self.lanes) == 1:  # one lane: wait for its next batch now (one round trip)
-            lane.prefetched = self._receive(lane) or None
+            first.prefetched = self._receive(first) or None
         if observed:
             assert self.observe is not None
-            c2, polled2 = time.thread_time(), lane.round_trips.polled_s
+            c2, polled2 = time.thread_time(), first.round_trips.polled_s
             parts = self._clock.parts
             self._clock = _NoClock()
             self.observe(
@@ -308,41 +317,75 @@ class RecommendServer:
             )  # fmt: skip
         return len(taken)
 
-    def _next_batch(self, block_s: float) -> tuple[_Lane, list[Taken]]:
-        """A lane and the requests it took: one already taken, else the first lane whose
-        take answers within ``block_s`` (every lane has a take in flight while waiting)."""
+    def _route(
+        self, replies: list[tuple[str, bytes]], lanes: list[_Lane]
+    ) -> list[tuple[_Lane, list[bytes]]]:
+        """Each served lane and the reply commands it sends with its next take: on one
+        Redis all go with the first; on a cluster each reply goes with a lane on the node
+        of its key's slot (the client tagged it with its queue's tag, so there is one).
+        A reply no served lane can carry (a foreign reply key) is sent on its own."""
+        out: dict[int, list[bytes]] = {lane.index: [] for lane in lanes}
+        if not self.cluster:
+            for key, body in replies:
+                out[lanes[0].index] += reply_commands(key.encode(), body)
+            return [(lane, out[lane.index]) for lane in lanes]
+        by_node = {lane.node: lane.index for lane in reversed(lanes)}
+        stray: list[bytes] = []
+        cluster: Any = self.client
+        for key, body in replies:
+            packed = key.encode()
+            node = cluster.nodes_manager.get_node_from_slot(key_slot(packed)).name
+            target = by_node.get(node)
+            if target is None:
+                stray += reply_commands(packed, body)
+            else:
+                out[target] += reply_commands(packed, body)
+        if stray:
+            failed = [r for r in execute_raw(self.client, stray) if isinstance(r, Exception)]
+            if failed:
+                log.warning("replies refused by redis", extra={"count": len(failed),
+                            "error": str(failed[0])})  # fmt: skip
+        return [(lane, out[lane.index]) for lane in lanes]
+
+    def _next_batch(self, block_s: float) -> list[tuple[_Lane, list[Taken]]]:
+        """The lanes whose takes have answered, with what they took (already taken, else
+        waited for: up to ``block_s``, every lane with a take in flight meanwhile).
+        Only lanes whose states were read for the same version are served together."""
         count = len(self.lanes)
-        for j in range(count):
-            lane = self.lanes[(self._next_lane + j) % count]
-            if lane.prefetched:
-                self._next_lane = (lane.index + 1) % count
-                taken, lane.prefetched = lane.prefetched, None
-                return lane, taken
         if count == 1:
             lane = self.lanes[0]
-            if not lane.in_flight:
-                self._send(lane, [], block_s)
-            return lane, self._receive(lane)
-        for lane in self.lanes:
-            if not lane.in_flight:
-                self._send(lane, [], block_s)
-        by_fd = {lane.round_trips.fileno(): lane for lane in self.lanes}
-        deadline = time.monotonic() + block_s + 1.0
-        while True:
-            wait = deadline - time.monotonic()
-            readable, _, _ = select.select(list(by_fd), [], [], max(wait, 0.0))
-            # a round trip is done when its take has answered, not at its first reply
-            done = [by_fd[fd] for fd in readable if by_fd[fd].round_trips.pump()]
-            if done or wait <= 0:
-                break
-        for lane in done:
-            lane.prefetched = self._receive(lane) or None
-        for lane in self.lanes:
             if lane.prefetched:
                 taken, lane.prefetched = lane.prefetched, None
-                self._next_lane = (lane.index + 1) % count
-                return lane, taken
-        return self.lanes[0], []
+                return [(lane, taken)]
+            if not lane.in_flight:
+                self._send(lane, [], block_s)
+            return [(lane, self._receive(lane))]
+        if not any(lane.prefetched for lane in self.lanes):
+            for lane in self.lanes:
+                if not lane.in_flight:
+                    self._send(lane, [], block_s)
+            by_fd = {lane.round_trips.fileno(): lane for lane in self.lanes}
+            deadline = time.monotonic() + block_s + 1.0
+            while True:
+                wait = deadline - time.monotonic()
+                readable, _, _ = select.select(list(by_fd), [], [], max(wait, 0.0))
+                # a round trip is done when its take has answered, not at its first reply
+                done = [by_fd[fd] for fd in readable if by_fd[fd].round_trips.pump()]
+                if done or wait <= 0:
+                    break
+            for lane in done:
+                lane.prefetched = self._receive(lane) or None
+        order = [self.lanes[(self._next_lane + j) % count] for j in range(count)]
+        ready = [lane for lane in order if lane.prefetched]
+        if not ready:
+            return []
+        served = [lane for lane in ready if lane.read_version == ready[0].read_version]
+        self._next_lane = (served[-1].index + 1) % count
+        out = []
+        for lane in served:
+            taken, lane.prefetched = lane.prefetched or [], None
+            out.append((lane, taken))
+        return out
 
     def _sync_clock(self) -> None:
         """Measure this machine's clock against Redis's (``TIME``): requests carry their
@@ -389,8 +432,8 @@ class RecommendServer:
         version = scorer.version if scorer is not None else None
         return version, _fields_for(version)
 
-    def _answer(self, taken: list[Taken], read_version: str | None) -> list[bytes]:
-        """Decode, score and encode a batch; returns the reply commands (LPUSH, EXPIRE).
+    def _answer(self, taken: list[Taken], read_version: str | None) -> list[tuple[str, bytes]]:
+        """Decode, score and encode a batch; returns the replies (reply key, body).
 
         ``read_version`` is the version whose sums were read with the requests' states.
         """
@@ -431,10 +474,7 @@ class RecommendServer:
         if requests and scorer is not None:
             states = self._clock.time("read", self._states, requests, read, read_version)
             replies += self._clock.time("score", self._score, scorer, requests, states)
-        commands: list[bytes] = []
-        for key, body in replies:
-            commands += reply_commands(key.encode(), body)
-        return commands
+        return replies
 
     def _states(
         self, requests: list[Request], read: list[list[Any] | None], read_version: str | None
