@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks import run_all, stalls
 
 
@@ -36,3 +38,22 @@ def test_the_stall_probe_times_sleeps_on_every_cpu() -> None:
     for cpu in result["cpus"].values():
         assert cpu["oversleep"]["n"] > 50  # ~1 ms sleeps for 0.3 s
         assert cpu["max_ms"] >= cpu["oversleep"]["p50_us"] / 1e3
+
+
+@pytest.mark.cluster
+def test_the_cluster_comparison_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    from benchmarks import cluster
+
+    result = cluster.main(["--quick", "--out", str(tmp_path)])
+    assert result["ingest"][0]["exact"] == {"single": True, "cluster": True}
+    assert result["request_queues"] == {"single": 1, "cluster": 8}
+    assert all(point["answered_per_s"]["cluster"] > 0 for point in result["serving"])
+
+
+def test_the_memory_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    from benchmarks import memory
+
+    args = ["--users", "200", "--sample", "50", "--catalog", "5000", "--index-items", "20000"]
+    result = memory.main([*args, "--nlist", "16", "--out", str(tmp_path)])
+    one_version = result["user_state"]["by_redis"]["single"][1]["memory_usage_samples0"]
+    assert one_version["median"] > 0
