@@ -8,6 +8,13 @@ deadline is in epoch seconds *by Redis's clock* (``TIME``), which clients and sc
 measure themselves against, so they need no clock sync between them.
 Reply:   ``{"id", "ok": true, "items": [[item_id, score], ...], "version", "source"}`` or
          ``{"id", "ok": false, "error": {"code", "message"}}``
+
+Queues (``ledrec.keyspace``): one on one Redis; on a Redis Cluster eight by default, each
+``<p>:rpc:{<p>:q<i>}:requests``. A client may push to any of them (ours go round robin),
+and on a cluster its ``reply_to`` must share that queue's hash tag
+(``<p>:rpc:{<p>:q<i>}:reply:<id>``): the scorer sends the reply with its next take from
+that queue, on that queue's node; a reply key in another slot is still answered, in a
+round trip of its own.
 """
 
 from __future__ import annotations
