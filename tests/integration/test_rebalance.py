@@ -130,3 +130,46 @@ def test_a_consumer_joins_and_one_leaves_under_load(
         stop.set()
         logger.removeHandler(rebalances)
     assert assert_clean_pass(redis_client, settings, events, model) == 400
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["static", "dynamic"])
+def test_static_members_restarted_in_time_get_their_partitions_back_alone(
+    settings: Settings, redis_client: redis.Redis, static: bool
+) -> None:
+    """With ``consumer_instance_id`` (static membership) a consumer that restarts within the
+    session timeout takes back its own partitions and the other member revokes nothing;
+    a dynamic member's restart moves its partitions to the other and back."""
+    settings = settings.model_copy(update={"session_timeout_ms": 10_000})
+    publish_model(settings, redis_client, random_model(n_items=50, dim=8))
+    rebalances = _Rebalances()
+    logger = logging.getLogger("ledrec.stream.consumer")
+    logger.addHandler(rebalances)
+    logger.setLevel(logging.INFO)
+
+    def member(name: str) -> Settings:
+        instance = f"{settings.key_prefix}-{name}" if static else None
+        return settings.model_copy(update={"consumer_instance_id": instance})
+
+    try:
+        with (
+            _consumer(member("a"), redis_client, "a") as a,
+            _consumer(member("b"), redis_client, "b") as b,
+        ):
+            wait_until(lambda: len(a.assigned) == 2 and len(b.assigned) == 2, 60, "split", 0.1)
+            mine, theirs = list(a.assigned), list(b.assigned)
+            rebalances.revoked.clear()
+            a.stop_event.set()  # a static member leaves no LeaveGroup behind: no rebalance
+            if static:
+                time.sleep(5.0)  # a restart that takes a while, within the session timeout
+                assert sorted(b.assigned) == sorted(theirs)  # nobody took a's partitions
+            else:  # a dynamic member's leaving is a rebalance: b takes everything
+                wait_until(lambda: len(b.assigned) == 4, 30, "b taking over", 0.1)
+            with _consumer(member("a"), redis_client, "a2") as a2:
+                wait_until(lambda: len(a2.assigned) == 2, 60, "a's share back", 0.1)
+                if static:
+                    assert a2.assigned == mine  # its own partitions
+                moved = [parts for name, parts in rebalances.revoked if name == "b" and parts]
+                assert b.assigned == theirs or not static
+                assert bool(moved) is not static, rebalances.revoked
+    finally:
+        logger.removeHandler(rebalances)
