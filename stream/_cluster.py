@@ -321,19 +321,11 @@ def wait_replicated(
 
 def _execute_pair(client: Any, pair: bytes) -> list[Any]:
     """A packed SET + WAIT on one connection of the node that owns the SET's key."""
-    if not is_cluster(client):
+    if is_cluster(client):
+        pool = client.get_redis_connection(_node_of(client, pair)).connection_pool
+    else:
         pool = client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command([pair])
-            return _read_replies(conn, 2)
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
-    node = _node_of(client, pair)
-    conn = _connection_of(client, node)
+    conn = pool.get_connection()
     try:
         conn.send_packed_command([pair])
         return _read_replies(conn, 2)
@@ -341,4 +333,4 @@ def _execute_pair(client: Any, pair: bytes) -> list[Any]:
         conn.disconnect()
         raise
     finally:
-        _release(client, node, conn)
+        pool.release(conn)
