@@ -149,6 +149,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ledrec.stream.gateway import create_app
+
+    settings = _settings(args)
+    setup_logging(args.log_level, "gateway")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+    return 0
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     from ledrec.stream.client import RecommenderClient
 
@@ -423,6 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run a scorer answering recommendation requests")
     p.add_argument("--metrics-port", type=int)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("gateway", help="the HTTP gateway: recommendations, events, models")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("recommend", help="ask the running scorers for recommendations")
     p.add_argument("user", nargs="?")

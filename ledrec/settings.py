@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     # `ledrec models prune` keeps the newest this many staged/retired version directories.
     model_store_keep: int = 5
     backfill_batch: int = 500  # users per re-encoder round trip
+    # The gateway's admin key (X-API-Key on activate / rollback); unset: those are refused.
+    gateway_api_key: str | None = Field(default=None, repr=False)
     scorer_ack_timeout_s: float = 15.0  # how long an activation waits for scorers to switch
 
     @field_validator("key_prefix")

@@ -1,0 +1,310 @@
+"""The HTTP gateway (``ledrec gateway``): recommendations, events, models and health over
+HTTP/JSON, in front of the Redis RPC (``AsyncRecommenderClient``) and the publisher.
+
+FastAPI on uvicorn: the request and response models below are pydantic (as the settings
+and events already are), so validation and the OpenAPI document (``/openapi.json``,
+``/docs``) come from one definition, and the blocking parts (the publisher's flush, the
+registry, a swap) run in FastAPI's thread pool while the RPC stays on the event loop.
+
+- ``GET /v1/users/{user_id}/recommendations?k=&exclude=&exclude_seen=``,
+  ``POST /v1/recommendations`` (an explicit timeline): items, scores, the model version;
+- ``POST /v1/events``: a JSON batch, each event validated as everywhere else, the valid
+  ones published (acknowledged by the broker before the answer), each refusal with its
+  index and reason;
+- ``GET /v1/models``; ``POST /v1/models/{version}/activate`` and
+  ``POST /v1/models/rollback`` with the admin key (``X-API-Key``; no key set: refused);
+- ``/healthz`` (the process answers) and ``/readyz`` (Redis answers, a model is active, a
+  scorer's heartbeat is fresh, the broker answers: 503 with the reasons otherwise).
+
+No ``from __future__ import annotations`` here: FastAPI reads the annotations at runtime,
+and some close over the settings (the deployment's limits are in the document).
+
+Errors map to HTTP: bad input 400/422, ``Overloaded`` 429, ``Unavailable`` 503,
+``Timeout`` 504; every error body is ``{"error": {"code", "message"}}``.
+"""
+
+import hmac
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ledrec.connect import REDIS_UNAVAILABLE, kafka_answers, redis_client, resolve_addresses
+from ledrec.settings import Settings
+from ledrec.stream.client import (
+    AsyncRecommenderClient,
+    BadRequest,
+    Overloaded,
+    Recommendations,
+    RecommendError,
+    Timeout,
+    Unavailable,
+)
+from ledrec.stream.events import EventError
+from ledrec.stream.producer import EventPublisher, PublishError
+from ledrec.stream.registry import Registry, RegistryError
+
+__all__ = ["create_app"]
+
+MAX_EVENTS_PER_POST = 10_000
+
+
+# -- the API's bodies ------------------------------------------------------------------------
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendationsOut(BaseModel):
+    items: list[ScoredItem]
+    version: str = Field(description="the model version that answered")
+    source: str = Field(description="state, timeline, items or popularity")
+
+
+class EventIn(BaseModel):
+    """An event as ``docs/events.md`` describes it (checked as every other path checks it:
+    a refusal says why, in the answer)."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: str | int
+    item_id: str | int
+    type: str
+    ts: float | str | None = Field(default=None, description="epoch seconds; default: now")
+
+
+class Refusal(BaseModel):
+    index: int
+    reason: str
+
+
+class EventsOut(BaseModel):
+    accepted: int
+    refused: list[Refusal]
+
+
+class ModelsOut(BaseModel):
+    active: str | None
+    versions: dict[str, dict[str, Any]]
+
+
+class SwapOut(BaseModel):
+    version: str
+    previous: str | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, str] = Field(description="each check: ok, or what is wrong")
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut} for status in (400, 401, 429, 503, 504)
+}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The gateway for the deployment ``settings`` describe."""
+    bootstrap, redis_url = resolve_addresses(settings)
+    state: dict[str, Any] = {}
+    # The deployment's limits, in the document too: what it declares valid is served.
+    Id = Annotated[str, StringConstraints(min_length=1, max_length=settings.max_id_length)]
+
+    class TimelineIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        items: list[Id] = Field(
+            max_length=settings.max_request_timeline, description="the timeline, oldest first"
+        )
+        k: int = Field(default=10, ge=1, le=settings.max_k)
+        exclude_seen: bool = True
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state["rpc"] = AsyncRecommenderClient.from_url(
+            redis_url,
+            timeout_s=settings.request_timeout_s,
+            prefix=settings.key_prefix,
+            max_queue_length=settings.max_queue_length,
+            queues=settings.request_queues,
+        )
+        state["redis"] = redis_client(redis_url)
+        state["registry"] = Registry(state["redis"], settings.key_prefix)
+        state["publisher"] = EventPublisher(settings, bootstrap)
+        try:
+            yield
+        finally:
+            await state["rpc"].aclose()
+            state["publisher"].close()
+            state["redis"].close()
+
+    app = FastAPI(
+        title="ledrec",
+        version="1",
+        summary="LED recommendations, events and model versions over HTTP",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(_HTTPError)
+    async def _error(_: Request, exc: _HTTPError) -> JSONResponse:
+        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+
+    def admin(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        key = settings.gateway_api_key
+        if not key:
+            raise _HTTPError(401, "unauthorized", "admin endpoints are off: no key is set")
+        if x_api_key is None or not hmac.compare_digest(x_api_key, key):
+            raise _HTTPError(401, "unauthorized", "a valid X-API-Key header is required")
+
+    async def recommend(**request: Any) -> Recommendations:
+        try:
+            result: Recommendations = await state["rpc"].request(**request)
+        except BadRequest as e:
+            raise _HTTPError(400, "bad_request", str(e)) from None
+        except Overloaded as e:
+            raise _HTTPError(429, "overloaded", str(e)) from None
+        except Timeout as e:
+            raise _HTTPError(504, "timeout", str(e)) from None
+        except (Unavailable, RecommendError) as e:
+            raise _HTTPError(503, "unavailable", str(e)) from None
+        return result
+
+    def out(result: Recommendations, exclude: set[str], k: int) -> RecommendationsOut:
+        items = [ScoredItem(item_id=i, score=s) for i, s in result.items if i not in exclude]
+        return RecommendationsOut(items=items[:k], version=result.version, source=result.source)
+
+    @app.get(
+        "/v1/users/{user_id}/recommendations",
+        response_model=RecommendationsOut,
+        responses=_ERRORS,
+    )
+    async def user_recommendations(
+        user_id: Annotated[str, Path(min_length=1, max_length=settings.max_id_length)],
+        k: Annotated[int, Query(ge=1, le=settings.max_k)] = 10,
+        exclude: Annotated[
+            list[str] | None, Query(max_length=1000, description="item ids to leave out")
+        ] = None,
+        exclude_seen: bool = True,
+    ) -> RecommendationsOut:
+        """Top-k for a user from their live state (popularity for an unknown user)."""
+        leave_out = set(exclude or [])
+        want = min(k + len(leave_out), settings.max_k)
+        result = await recommend(user_id=user_id, k=want, exclude_seen=exclude_seen)
+        return out(result, leave_out, k)
+
+    @app.post("/v1/recommendations", response_model=RecommendationsOut, responses=_ERRORS)
+    async def timeline_recommendations(body: TimelineIn) -> RecommendationsOut:
+        """Top-k for an explicit timeline (an anonymous or session user)."""
+        result = await recommend(items=body.items, k=body.k, exclude_seen=body.exclude_seen)
+        return out(result, set(), body.k)
+
+    @app.post("/v1/events", response_model=EventsOut, responses=_ERRORS)
+    def post_events(
+        events: Annotated[list[EventIn], Body(max_length=MAX_EVENTS_PER_POST)],
+    ) -> EventsOut:
+        """Publish a batch of events; answers once the broker has acknowledged them."""
+        publisher: EventPublisher = state["publisher"]
+        refused: list[Refusal] = []
+        accepted = 0
+        for index, event in enumerate(events):
+            try:
+                publisher.publish(
+                    publisher.codec.make(event.user_id, event.item_id, event.type, event.ts)
+                )
+            except EventError as e:
+                refused.append(Refusal(index=index, reason=e.reason))
+                continue
+            accepted += 1
+        try:
+            publisher.flush(timeout_s=settings.request_timeout_s * 5)
+        except PublishError as e:
+            raise _HTTPError(503, "unavailable", f"events not acknowledged: {e}") from None
+        return EventsOut(accepted=accepted, refused=refused)
+
+    @app.get("/v1/models", response_model=ModelsOut, responses=_ERRORS)
+    def models() -> ModelsOut:
+        """Every registered version with its state and metrics, and the active one."""
+        registry: Registry = state["registry"]
+        try:
+            return ModelsOut(active=registry.active(), versions=registry.versions())
+        except REDIS_UNAVAILABLE as e:
+            raise _HTTPError(503, "unavailable", f"redis unreachable: {e}") from None
+
+    def swap(run: str, version: str | None = None, force: bool = False) -> SwapOut:
+        from ledrec.stream.swap import Swapper
+
+        swapper = Swapper(settings, state["redis"])
+        try:
+            report = swapper.activate(version, force=force) if version else swapper.rollback()
+        except RegistryError as e:
+            raise _HTTPError(400, "bad_request", str(e)) from None
+        except REDIS_UNAVAILABLE as e:
+            raise _HTTPError(503, "unavailable", f"redis unreachable: {e}") from None
+        return SwapOut(version=report.version, previous=report.previous)
+
+    @app.post(
+        "/v1/models/{version}/activate",
+        response_model=SwapOut,
+        responses=_ERRORS,
+        dependencies=[Depends(admin)],
+    )
+    def activate(version: str, force: bool = False) -> SwapOut:
+        """Make ``version`` the active one (back-filled first; the quality gate applies
+        unless ``force``). Admin."""
+        return swap("activate", version, force)
+
+    @app.post(
+        "/v1/models/rollback",
+        response_model=SwapOut,
+        responses=_ERRORS,
+        dependencies=[Depends(admin)],
+    )
+    def rollback() -> SwapOut:
+        """Back to the previous (retained) version: a pointer flip. Admin."""
+        return swap("rollback")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The gateway process answers."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    def readyz() -> JSONResponse:
+        """Ready to serve: Redis answers, a model is active, a scorer's heartbeat is fresh,
+        the broker answers."""
+        checks = {"redis": "ok", "model": "ok", "scorer": "ok", "broker": "ok"}
+        registry: Registry = state["registry"]
+        try:
+            state["redis"].ping()
+            active = registry.active()
+            checks["model"] = "ok" if active else "no active model"
+            scorers = registry.scorers()
+            serving = [s for s in scorers.values() if s.get("serving")]
+            checks["scorer"] = "ok" if serving else "no scorer heartbeat"
+        except REDIS_UNAVAILABLE as e:
+            checks["redis"] = f"unreachable: {e}"
+            checks["model"] = checks["scorer"] = "unknown (redis unreachable)"
+        if not kafka_answers(bootstrap, settings.kafka_config, timeout=2.0):
+            checks["broker"] = "unreachable"
+        ready = all(v == "ok" for v in checks.values())
+        body = Readiness(ready=ready, checks=checks)
+        return JSONResponse(json.loads(body.model_dump_json()), 200 if ready else 503)
+
+    return app
