@@ -48,12 +48,14 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
         signal.signal(sig, lambda *_: stop())
 
 
-def _metrics(port: int | None) -> None:
+def _metrics(port: int | None, host: str = "127.0.0.1") -> None:
+    """Prometheus metrics on ``host:port`` (``--metrics-host 0.0.0.0``: every interface, for
+    a Prometheus in another container)."""
     if port:
         from prometheus_client import start_http_server
 
-        start_http_server(port, addr="127.0.0.1")
-        log.info("metrics exposed", extra={"url": f"http://127.0.0.1:{port}/metrics"})
+        start_http_server(port, addr=host)
+        log.info("metrics exposed", extra={"url": f"http://{host}:{port}/metrics"})
 
 
 # -- stack ----------------------------------------------------------------------------------
@@ -127,7 +129,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, "consumer")
     bootstrap, url = resolve_addresses(settings)
     ensure_event_topics(settings, bootstrap)
-    _metrics(args.metrics_port)
+    _metrics(args.metrics_port, args.metrics_host)
     updater = StateUpdater(settings, bootstrap, redis_client(url))
     _stop_on_signals(updater.stop_event.set)
     totals = updater.run(max_idle_s=args.max_idle)
@@ -141,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(args.log_level, "scorer")
     _, url = resolve_addresses(settings)
-    _metrics(args.metrics_port)
+    _metrics(args.metrics_port, args.metrics_host)
     server = RecommendServer(settings, redis_client(url))
     _stop_on_signals(server.stop_event.set)
     totals = server.run()
@@ -429,10 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("consume", help="run a state-updater consumer")
     p.add_argument("--max-idle", type=float, help="exit after this many idle seconds")
     p.add_argument("--metrics-port", type=int)
+    p.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
     p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("serve", help="run a scorer answering recommendation requests")
     p.add_argument("--metrics-port", type=int)
+    p.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("gateway", help="the HTTP gateway: recommendations, events, models")

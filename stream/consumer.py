@@ -12,6 +12,7 @@ stream goes idle, on a rebalance and on stop, the write in flight is settled and
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -72,6 +73,17 @@ FENCED = Counter(
     "ledrec_consumer_fenced_total", "Times this consumer found it was no longer a group member"
 )
 LAG = Gauge("ledrec_consumer_lag", "Events in the assigned partitions not yet consumed")
+PARTITION_LAG = Gauge(
+    "ledrec_consumer_partition_lag",
+    "Events in an assigned partition after this consumer's position",
+    ["partition"],
+)
+FRESHNESS = Histogram(
+    "ledrec_event_freshness_seconds",
+    "An event's Kafka timestamp to its batch settled in Redis (the first and the last event"
+    " of each batch)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 STALLS = Counter(
     "ledrec_consumer_stalls_total", "Times the consumer had lag but applied nothing for a while"
 )
@@ -113,6 +125,12 @@ _FENCED_CODES = frozenset(
         KafkaError._ASSIGNMENT_LOST,
     }
 )
+
+
+def _kafka_ts(msg: Message) -> float:
+    """A message's Kafka timestamp in seconds (0: none)."""
+    kind, ms = msg.timestamp()
+    return ms / 1000.0 if kind != 0 and ms > 0 else 0.0
 
 
 def _fenced(error: KafkaException) -> bool:
@@ -208,6 +226,8 @@ class StateUpdater:
         self._uncommitted: dict[tuple[str, int], int] = {}  # last offsets of settled batches
         self._dead_unflushed = 0
         self._settled_batches = 0
+        self._fresh_pending: list[float] = []  # Kafka timestamps (s) of the batch in flight
+        self._busy_lag_at = 0.0
         self._reported_at = 0.0
         self._reported_applied = 0
         self._gc_frozen_for: tuple[str, ...] = ()
@@ -278,6 +298,16 @@ class StateUpdater:
         except REDIS_UNAVAILABLE as e:
             settled = self._redo_unsettled(e)  # this batch included
         self._record(settled)
+        # freshness: observed when this batch is settled (by the next one, or a flush)
+        self._fresh_pending = [_kafka_ts(messages[0]), _kafka_ts(messages[-1])]
+        if settled.batches == 0 and self.writer.idle:
+            self._observe_freshness()
+        if time.monotonic() - self._busy_lag_at >= 1.0:  # the lag gauges while busy
+            self._busy_lag_at = time.monotonic()
+            with contextlib.suppress(KafkaException):
+                lag = self.lag(cached=True)
+                if lag is not None:
+                    LAG.set(lag)
         # Asynchronous commits on the hot path: a commit only ever covers settled batches,
         # and one that is lost is covered by the next (or by the per-user offsets).
         if settled.complete:
@@ -326,8 +356,17 @@ class StateUpdater:
         EVENTS_APPLIED.inc(stats.applied_events)
         EVENTS_SKIPPED.inc(stats.skipped_events)
         self._settled_batches += settled.batches
+        if settled.batches:
+            self._observe_freshness()
         if settled.batches and self._kill_after_write == self._settled_batches:
             os._exit(137)  # as SIGKILL would: written to Redis, offsets not committed
+
+    def _observe_freshness(self) -> None:
+        now = time.time()
+        for ts in self._fresh_pending:
+            if ts > 0:
+                FRESHNESS.observe(max(0.0, now - ts))
+        self._fresh_pending = []
 
     def _commit(self, asynchronous: bool = False) -> None:
         """Commit the offsets of the settled batches, once their dead letters are durable."""
@@ -358,21 +397,26 @@ class StateUpdater:
             self._uncommitted = {}
 
     # -- liveness ---------------------------------------------------------------------------
-    def lag(self) -> int | None:
-        """Events in the assigned partitions after this consumer's position (None: unknown)."""
+    def lag(self, cached: bool = False) -> int | None:
+        """Events in the assigned partitions after this consumer's position (None: unknown);
+        sets the per-partition gauge. ``cached``: the high watermarks of the last fetch
+        responses (no round trip to the broker: the busy path)."""
         topic = self.settings.events_topic
         parts = [TopicPartition(topic, p) for p in self.assigned]
         if not parts:
             return 0
         total, known = 0, False
         for tp in self.consumer.position(parts):
-            _, high = self.consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
+            _, high = self.consumer.get_watermark_offsets(tp, timeout=2.0, cached=cached)
             if high >= 0 and tp.offset >= 0:
-                total += max(0, high - tp.offset)
-                known = True
+                behind = max(0, high - tp.offset)
             elif high > 0:  # no position yet: everything from the committed offset is due
-                total += high
-                known = True
+                behind = high
+            else:
+                continue
+            PARTITION_LAG.labels(str(tp.partition)).set(behind)
+            total += behind
+            known = True
         return total if known else None
 
     def _check_stall(self) -> None:

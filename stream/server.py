@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import faiss
 import redis
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from redis.crc import key_slot
 
 from ledrec.connect import REDIS_UNAVAILABLE
@@ -61,6 +61,16 @@ CLOCK_REFRESH_S = 30.0  # how often the scorer re-measures its clock against Red
 REQUESTS = Counter("ledrec_requests_total", "Requests answered", ["outcome"])
 _ANSWERED = REQUESTS.labels("ok")  # looked up once: labels() costs µs per call
 SHED = Counter("ledrec_requests_shed_total", "Requests dropped past their deadline")
+REQUEST_SECONDS = Histogram(
+    "ledrec_request_seconds",
+    "Server-side time of each request: its batch taken to its reply sent",
+    buckets=(1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5),
+)
+POPULARITY = Counter(
+    "ledrec_popularity_fallbacks_total", "Requests answered by popularity (no user state)"
+)
+QUEUE_DEPTH = Gauge("ledrec_request_queue_depth", "Requests waiting in a queue", ["queue"])
+QUEUE_DEPTH_EVERY_S = 1.0
 BATCH_SECONDS = Histogram(
     "ledrec_serve_batch_seconds",
     "Server-side time per batch (decode, read state, encode, search, pack replies)",
@@ -146,6 +156,7 @@ class RecommendServer:
         self._clock: _Clock = _NoClock()
         self._clock_offset = 0.0  # Redis's clock minus ours (``_sync_clock``)
         self._clock_at = -CLOCK_REFRESH_S
+        self._depth_at = -QUEUE_DEPTH_EVERY_S
         self.registry = Registry(client, settings.key_prefix)
         self.models = ModelCache(self.registry)
         self.keys = settings.keyspace_of(client)
@@ -282,8 +293,12 @@ class RecommendServer:
         as one batch (one state read, one search), each lane getting its own replies.
         """
         self.versions.swap_if_ready()
-        if time.monotonic() - self._clock_at > CLOCK_REFRESH_S:
+        now = time.monotonic()
+        if now - self._clock_at > CLOCK_REFRESH_S:
             self._sync_clock()
+        if now - self._depth_at > QUEUE_DEPTH_EVERY_S:
+            self._depth_at = now
+            self._measure_queues()
         served = self._next_batch(block_s)
         taken = [t for _, lane_taken in served for t in lane_taken]
         if not taken:
@@ -302,6 +317,9 @@ class RecommendServer:
             c1, polled1 = time.thread_time(), first.round_trips.polled_s
         for lane, commands in self._route(replies, [lane for lane, _ in served]):
             self._send(lane, commands, block_s)
+        per_request = time.perf_counter() - started
+        for _ in range(len(taken)):  # one observation per request (no weighted observe)
+            REQUEST_SECONDS.observe(per_request)
         if len(self.lanes) == 1:  # one lane: wait for its next batch now (one round trip)
             first.prefetched = self._receive(first) or None
         if observed:
@@ -386,6 +404,11 @@ class RecommendServer:
             taken, lane.prefetched = lane.prefetched or [], None
             out.append((lane, taken))
         return out
+
+    def _measure_queues(self) -> None:
+        """The request-queue depth gauges (one LLEN per queue, on the shared pool)."""
+        for lane in self.lanes:
+            QUEUE_DEPTH.labels(lane.queue).set(self.client.llen(lane.queue))
 
     def _sync_clock(self) -> None:
         """Measure this machine's clock against Redis's (``TIME``): requests carry their
@@ -513,6 +536,7 @@ class RecommendServer:
                 state = next(states)
                 if state is None or not state.size:
                     seen_ids, vector, source = (), scorer.encode_sum(None, 0.0), "popularity"
+                    POPULARITY.inc()
                 elif scorer.version in state.sums:
                     seen_ids, source = state.items, "state"
                     vector = scorer.encode_sum(

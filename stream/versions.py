@@ -15,6 +15,7 @@ import logging
 import threading
 
 import numpy as np
+from prometheus_client import Gauge
 
 from ledrec.connect import REDIS_UNAVAILABLE
 from ledrec.settings import Settings
@@ -24,6 +25,11 @@ from ledrec.stream.loaded_model import LoadedModel, Query
 from ledrec.stream.registry import ModelCache, Registry
 
 log = logging.getLogger(__name__)
+SERVING_VERSION = Gauge(
+    "ledrec_serving_version",
+    "1 for the model version this scorer serves, 0 for the others",
+    ["version"],
+)
 
 HEARTBEAT_TTL_S = 5.0  # a scorer silent this long no longer counts in a swap
 
@@ -155,6 +161,8 @@ class ServingVersions:
             old, self.serving, self._next = self.serving, self._next, None
             if old is not None:
                 self._prepared[old.version] = old  # a rollback target until it leaves live
+                SERVING_VERSION.labels(old.version).set(0)
+            SERVING_VERSION.labels(self.serving.version).set(1)
         log.info(
             "model swapped",
             extra={"version": self.serving.version, "previous": old.version if old else None},

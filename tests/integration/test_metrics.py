@@ -1,0 +1,74 @@
+"""What an operator scrapes, over HTTP from real ``ledrec consume`` / ``ledrec serve``
+processes: per-partition lag and the event-freshness histogram on a consumer; the
+per-request latency histogram, the serving version, queue depths and popularity
+fallbacks on a scorer."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import httpx
+import redis
+
+from ledrec.deploy.stack import free_port
+from ledrec.settings import Settings
+from ledrec.stream.client import RecommenderClient
+from tests.helpers import (
+    applied_by,
+    publish_model,
+    publish_stream,
+    random_model,
+    settings_env,
+    start_cli,
+    wait_until,
+)
+
+
+def _value(text: str, sample: str) -> float:
+    """The value of the metric line starting with ``sample`` (name and labels)."""
+    match = re.search(rf"^{re.escape(sample)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    assert match, f"{sample} not in the metrics:\n{text[:3000]}"
+    return float(match.group(1))
+
+
+def test_consumer_and_scorer_metrics_over_http(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    model = publish_model(settings, redis_client, random_model(n_items=100, dim=8))
+    env = settings_env(settings)
+    consumer_port, scorer_port = free_port(), free_port()
+    log = tmp_path / "services.log"
+    consumer = start_cli(["consume", "--metrics-port", str(consumer_port)], env, log)
+    scorer = start_cli(["serve", "--metrics-port", str(scorer_port)], env, log)
+    try:
+        publish_stream(settings, 2000, 50, 100, seed=1)
+        wait_until(lambda: applied_by(redis_client, settings, consumer.pid) >= 2000, 60, "ingest")
+        rpc = RecommenderClient(redis_client, settings.request_queue, settings.key_prefix, 5.0)
+        for n in range(20):
+            rpc.recommend(f"u{n}")
+        rpc.recommend("nobody-knows-me")
+
+        def scrape(port: int) -> str:
+            return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5.0).text
+
+        wait_until(lambda: "ledrec_consumer_partition_lag{" in scrape(consumer_port), 30, "lag")
+        consumed = scrape(consumer_port)
+        for partition in range(settings.events_partitions):
+            assert (
+                _value(consumed, f'ledrec_consumer_partition_lag{{partition="{partition}"}}') == 0
+            )
+        assert _value(consumed, "ledrec_event_freshness_seconds_count") >= 2
+        assert _value(consumed, 'ledrec_event_freshness_seconds_bucket{le="+Inf"}') >= 2
+
+        served = scrape(scorer_port)
+        assert _value(served, "ledrec_request_seconds_count") >= 21
+        assert _value(served, f'ledrec_serving_version{{version="{model.version}"}}') == 1
+        assert _value(served, "ledrec_popularity_fallbacks_total") >= 1
+        queue = settings.keyspace_of(redis_client).requests
+        assert _value(served, f'ledrec_request_queue_depth{{queue="{queue}"}}') == 0
+    finally:
+        for proc in (consumer, scorer):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
