@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -148,6 +149,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _stop_on_signals(server.stop_event.set)
     totals = server.run()
     log.info("scorer stopped", extra=vars(totals))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The deployment at a glance: the active version, consumers, scorers, queue depths."""
+    from ledrec.stream.consumer import consumer_statuses
+    from ledrec.stream.registry import Registry
+
+    settings = _settings(args)
+    _, url = resolve_addresses(settings)
+    client = redis_client(url)
+    registry = Registry(client, settings.key_prefix)
+    keys = settings.keyspace_of(client)
+    now = time.time()
+    active, live = registry.active(), registry.live()
+    consumers = consumer_statuses(client, settings.key_prefix)
+    scorers = registry.scorers()
+    queues = {queue: int(client.llen(queue)) for queue in keys.request_queues}
+    if args.json:
+        report = {"active": active, "live": live, "consumers": consumers,
+                  "scorers": scorers, "queues": queues}  # fmt: skip
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    print(f"active version  {active or '(none)'}  live: {', '.join(live) or '(none)'}")
+    print(f"consumers       {len(consumers)}")
+    for name, s in sorted(consumers.items()):
+        print(
+            f"  {name}  partitions {s.get('partitions')}  applied {int(s['applied'])}  "
+            f"lag {s.get('lag', '?')}  dead-lettered {int(s['dead_lettered'])}  "
+            f"({now - s['updated_at']:.1f}s ago)"
+        )
+    print(f"scorers         {len(scorers)}")
+    for name, status in sorted(scorers.items()):
+        print(f"  {name}  serving {status.get('serving')}  prepared {status.get('prepared')}")
+    print(f"request queues  {len(queues)}, {sum(queues.values())} waiting")
     return 0
 
 
@@ -438,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="active version, consumers, scorers, queue depths")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("gateway", help="the HTTP gateway: recommendations, events, models")
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: every interface)")

@@ -227,6 +227,7 @@ class StateUpdater:
         self._dead_unflushed = 0
         self._settled_batches = 0
         self._fresh_pending: list[float] = []  # Kafka timestamps (s) of the batch in flight
+        self._last_lag: int | None = None  # as last measured (the status report)
         self._busy_lag_at = 0.0
         self._reported_at = 0.0
         self._reported_applied = 0
@@ -308,6 +309,7 @@ class StateUpdater:
                 lag = self.lag(cached=True)
                 if lag is not None:
                     LAG.set(lag)
+                    self._last_lag = lag
         # Asynchronous commits on the hot path: a commit only ever covers settled batches,
         # and one that is lost is covered by the next (or by the per-user offsets).
         if settled.complete:
@@ -434,6 +436,7 @@ class StateUpdater:
         if lag is None:
             return
         LAG.set(lag)
+        self._last_lag = lag
         stall_s = self.settings.consumer_stall_s
         idle = now - self._progress_at
         if lag > 0 and idle >= stall_s and now - self._stall_reported_at >= stall_s:
@@ -566,7 +569,12 @@ class StateUpdater:
         self._reported_at = time.monotonic()
         self._reported_applied = self.totals.applied
         key = self.settings.keyspace_of(self.redis).consumer(self.name)
-        status = {**vars(self.totals), "partitions": self.assigned, "updated_at": time.time()}
+        status = {
+            **vars(self.totals),
+            "partitions": self.assigned,
+            "lag": self._last_lag,
+            "updated_at": time.time(),
+        }
         try:
             self.redis.set(key, json.dumps(status), ex=300)
         except REDIS_UNAVAILABLE as e:

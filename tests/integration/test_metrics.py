@@ -5,8 +5,11 @@ fallbacks on a scorer."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -68,6 +71,22 @@ def test_consumer_and_scorer_metrics_over_http(
         assert _value(served, "ledrec_popularity_fallbacks_total") >= 1
         queue = settings.keyspace_of(redis_client).requests
         assert _value(served, f'ledrec_request_queue_depth{{queue="{queue}"}}') == 0
+
+        # `ledrec status`: the same deployment at a glance
+        run = subprocess.run([sys.executable, "-m", "ledrec.cli", "status", "--json"], env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        status = json.loads(run.stdout)
+        assert status["active"] == model.version
+        (consumer_status,) = [
+            c for n, c in status["consumers"].items() if n.endswith(f":{consumer.pid}")
+        ]
+        assert consumer_status["applied"] == 2000 and consumer_status["lag"] == 0
+        assert [s["serving"] for s in status["scorers"].values()] == [model.version]
+        assert status["queues"] == {queue: 0}
+        text = subprocess.run([sys.executable, "-m", "ledrec.cli", "status"], env=env,
+                              capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+        assert f"active version  {model.version}" in text and "consumers       1" in text
     finally:
         for proc in (consumer, scorer):
             proc.send_signal(signal.SIGTERM)
