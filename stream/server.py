@@ -226,8 +226,9 @@ class RecommendServer:
         """Serve until stopped; a Redis outage pauses serving (with backoff), never ends it."""
         try:
             self.load_active()
-        except _NO_MODEL_YET:
-            log.exception("no usable active model yet; the watcher keeps trying")
+        except _NO_MODEL_YET as e:  # expected while a deployment starts: no traceback
+            log.warning("no usable active model yet; the watcher keeps trying",
+                        extra={"error": str(e)})  # fmt: skip
         watcher = threading.Thread(
             target=self.versions.watch, args=(self.stop_event,), name="model-watcher", daemon=True
         )
