@@ -71,14 +71,16 @@ def _info_fields(info: Any) -> dict[str, str]:
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 
-def cluster_health(ports: Sequence[int]) -> str | None:
+def cluster_health(ports: Sequence[int], replicas: int = 0) -> str | None:
     """None when every node (of ``ports``) that answers says its cluster is healthy (state
-    ok, every slot assigned), else what is wrong; nodes that do not answer are down."""
+    ok, every slot assigned) and every primary has ``replicas`` replicas online (in sync,
+    so ``WAIT`` can count them), else what is wrong; nodes that do not answer are down."""
     answered = 0
     for port in ports:
         client = redis.Redis(host=HOST, port=port, socket_timeout=1.0, socket_connect_timeout=1.0)
         try:
             info = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+            replication = client.info("replication") if replicas else {}
         except redis.ConnectionError:
             continue
         except redis.RedisError as e:
@@ -96,6 +98,15 @@ def cluster_health(ports: Sequence[int]) -> str | None:
         )
         if failing:
             return f"node {port}: {failing} slots on a primary that is down"
+        if replication.get("role") == "master":
+            online = sum(
+                1
+                for key, value in replication.items()
+                if key.startswith("slave") and isinstance(value, dict)
+                and value.get("state") == "online"
+            )  # fmt: skip
+            if online < replicas:
+                return f"node {port}: {online} of {replicas} replicas online"
     return None if answered else "no node answers"
 
 
@@ -211,7 +222,7 @@ class RedisClusterServers:
     def health(self) -> str | None:
         """None when every node that answers says the cluster is healthy, else what is
         wrong (nodes that do not answer are down: the others say whether it matters)."""
-        return cluster_health(self.ports)
+        return cluster_health(self.ports, self.replicas)
 
     def client(self, **kwargs: Any) -> redis.RedisCluster:
         """A ``redis.RedisCluster`` on this cluster (keyword arguments passed through)."""

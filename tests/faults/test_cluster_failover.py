@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from ledrec.connect import redis_client
-from ledrec.deploy.cluster import RedisClusterServers
+from ledrec.deploy.cluster import RedisClusterServers, cluster_health
 from ledrec.deploy.stack import RedisServer
 from ledrec.settings import Settings
 from ledrec.stream.artifact import Model
@@ -98,9 +98,11 @@ def _failover_during_ingest(
         # The replica is promoted; the killed node comes back (empty) as its replica, so
         # writes to that primary can reach one replica again.
         wait_until(lambda: _role(replica) == "master", 30, "the replica promoted", step=0.1)
-        wait_until(lambda: cluster.health() is None, 30, "failover", step=0.2)
+        # every slot served again (the promoted primary has no replica yet)
+        wait_until(lambda: cluster_health(cluster.ports) is None, 30, "failover", step=0.2)
         victim.start()
-        wait_until(lambda: cluster.health() is None, 30, "rejoin", step=0.2)
+        # the killed node is the new primary's replica, in sync
+        wait_until(lambda: cluster.health() is None, 60, "rejoin", step=0.2)
         events = first + second
         # Writes that landed on the healthy primaries while the victim's WAIT fell short are
         # redone too, and skipped there: every event is applied or skipped, once settled.
