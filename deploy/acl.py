@@ -50,10 +50,11 @@ def acl_rules(
             f"(+hget +hset +hsetnx +hincrby +hgetall ~{keys.topics})",
             f"(+get +hget +smembers %R~{models})",
         ]  # fmt: skip
-    if role == "scorer":  # take requests, read states and models, reply, heartbeat, follow swaps
+    if role == "scorer":  # take requests, read states and models, reply, heartbeat, follow
+        # swaps, measure the queues' depth (LLEN)
         return [  # the take script (stream/intake.py) pops the queue and its taking list, HMGETs
             *base,
-            "+blmove", "+rpop", "+rpush", "+evalsha", "+script|load", "+time",
+            "+blmove", "+rpop", "+rpush", "+llen", "+evalsha", "+script|load", "+time",
             *on_queues, f"~{keys.takings}",
             f"(+hmget %R~{keys.users})",
             f"(+lpush +expire ~{keys.replies})",

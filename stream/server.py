@@ -408,8 +408,11 @@ class RecommendServer:
 
     def _measure_queues(self) -> None:
         """The request-queue depth gauges (one LLEN per queue, on the shared pool)."""
-        for lane in self.lanes:
-            QUEUE_DEPTH.labels(lane.queue).set(self.client.llen(lane.queue))
+        try:
+            for lane in self.lanes:
+                QUEUE_DEPTH.labels(lane.queue).set(self.client.llen(lane.queue))
+        except redis.exceptions.NoPermissionError as e:  # an ACL without LLEN: no gauge
+            log.warning("queue depth not measured", extra={"error": str(e)})
 
     def _sync_clock(self) -> None:
         """Measure this machine's clock against Redis's (``TIME``): requests carry their
