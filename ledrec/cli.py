@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import signal
@@ -149,6 +150,65 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _stop_on_signals(server.stop_event.set)
     totals = server.run()
     log.info("scorer stopped", extra=vars(totals))
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """The newest ``-n`` dead letters of each partition, one JSON line each."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from ledrec.stream.kafka import client_config
+
+    settings = _settings(args)
+    bootstrap, _ = resolve_addresses(settings)
+    reader = Consumer(
+        client_config(
+            bootstrap,
+            settings.kafka_config,
+            **{"group.id": "ledrec-dlq-tail", "enable.auto.commit": False},
+        )
+    )
+    topic = settings.dead_letter_topic
+    try:
+        metadata = reader.list_topics(topic, timeout=10)
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            print(f"ledrec dlq: no dead-letter topic {topic!r}", file=sys.stderr)
+            return 1
+        parts = []
+        for p in metadata.topics[topic].partitions:
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            parts.append(TopicPartition(topic, p, max(low, high - args.n)))
+        reader.assign(parts)
+        # Read on until the topic is quiet (a broker may report a stale end): the last n
+        # of each partition are the ones shown.
+        newest: dict[int, collections.deque[str]] = {}
+        quiet_since, deadline = time.monotonic(), time.monotonic() + 30
+        while time.monotonic() - quiet_since < 1.0 and time.monotonic() < deadline:
+            msg = reader.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            quiet_since = time.monotonic()
+            headers: dict[str, str] = {}
+            for pair in msg.headers() or []:
+                key, raw = pair[0], pair[1]
+                text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+                headers[key] = text
+            value = msg.value() or b""
+            value = value.encode() if isinstance(value, str) else value
+            try:
+                payload: str = value.decode("utf-8")
+            except UnicodeDecodeError:
+                payload = "hex:" + value.hex()
+            line = json.dumps({
+                "source": headers.get("ledrec.source"), "code": headers.get("ledrec.error.code"),
+                "reason": headers.get("ledrec.error"), "payload": payload,
+            })  # fmt: skip
+            newest.setdefault(msg.partition() or 0, collections.deque(maxlen=args.n)).append(line)
+        for partition in sorted(newest):
+            for line in newest[partition]:
+                print(line)
+    finally:
+        reader.close()
     return 0
 
 
@@ -474,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("dlq", help="the dead-letter topic: `dlq tail` prints the newest")
+    p.add_argument("action", choices=["tail"])
+    p.add_argument("-n", type=int, default=20, help="newest dead letters per partition")
+    p.set_defaults(func=cmd_dlq)
 
     p = sub.add_parser("status", help="active version, consumers, scorers, queue depths")
     p.add_argument("--json", action="store_true")

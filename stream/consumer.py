@@ -72,6 +72,9 @@ NEW_INCARNATIONS = Counter(
 FENCED = Counter(
     "ledrec_consumer_fenced_total", "Times this consumer found it was no longer a group member"
 )
+DEAD_BY_REASON = Counter(
+    "ledrec_dead_letters_total", "Events dead-lettered, by the kind of refusal", ["reason"]
+)
 LAG = Gauge("ledrec_consumer_lag", "Events in the assigned partitions not yet consumed")
 PARTITION_LAG = Gauge(
     "ledrec_consumer_partition_lag",
@@ -290,7 +293,7 @@ class StateUpdater:
             try:
                 user_id, item_id, kind, _ts = decode(msg.value())
             except EventError as e:
-                self._dead_letter(msg, e.reason)
+                self._dead_letter(msg, e.reason, e.code)
                 continue
             by_user[user_id].append(TimelineEvent(partition + base, offset, item_id, weights[kind]))
         models = self._retrying(self._live_models)
@@ -642,9 +645,11 @@ class StateUpdater:
         for tp in partitions:
             self._last_seen.pop(tp.partition, None)
 
-    def _dead_letter(self, msg: Message, reason: str) -> None:
+    def _dead_letter(self, msg: Message, reason: str, code: str = "invalid") -> None:
+        DEAD_BY_REASON.labels(code).inc()  # at dead-lettering (the total counts them durable)
         headers: list[tuple[str, str | bytes | None]] = [
             ("ledrec.error", reason.encode()),
+            ("ledrec.error.code", code.encode()),
             ("ledrec.source", f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()),
         ]
         self.dead_letters.produce(

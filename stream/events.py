@@ -30,11 +30,18 @@ def has_control_character(text: str) -> bool:
 
 
 class EventError(LedrecError, ValueError):
-    """An event that cannot be accepted; ``reason`` goes to the dead-letter headers."""
+    """An event that cannot be accepted; ``reason`` goes to the dead-letter headers.
 
-    def __init__(self, reason: str) -> None:
+    ``code``: the kind of refusal, from a small fixed set (a metric label: the reason
+    itself names values): ``empty``, ``undecodable``, ``not_a_map``, ``extra_field``,
+    ``invalid_user_id`` / ``_item_id`` / ``_type`` / ``_ts``, ``invalid``, ``id_too_long``,
+    ``unknown_type``, ``bad_ts``.
+    """
+
+    def __init__(self, reason: str, code: str = "invalid") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
 
 
 class Event(BaseModel):
@@ -85,6 +92,17 @@ def ts_problem(ts: float, now: float, min_ts: float, max_future_s: float) -> str
     return f"ts {ts:.15g} is before the earliest accepted time {min_ts:.15g} (epoch seconds)"
 
 
+_FIELDS = ("user_id", "item_id", "type", "ts")
+
+
+def _code_of(error: Any) -> str:
+    """The refusal code of a pydantic validation error (``EventError.code``)."""
+    if error.get("type") == "extra_forbidden":
+        return "extra_field"
+    loc = error.get("loc") or ()
+    return f"invalid_{loc[0]}" if loc and loc[0] in _FIELDS else "invalid"
+
+
 class EventCodec:
     """Encodes and validates events against the deployment's types and limits.
 
@@ -118,7 +136,7 @@ class EventCodec:
     def validate(self, raw: Any) -> Event:
         """Turn a decoded mapping into an Event, or raise EventError with the reason."""
         if not isinstance(raw, dict):
-            raise EventError(f"event must be a map, got {type(raw).__name__}")
+            raise EventError(f"event must be a map, got {type(raw).__name__}", "not_a_map")
         if isinstance(raw.get("ts"), int) and not isinstance(raw.get("ts"), bool):
             raw = {**raw, "ts": float(raw["ts"])}
         try:
@@ -126,18 +144,18 @@ class EventCodec:
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "event"
-            raise EventError(f"invalid {where}: {first['msg']}") from None
+            raise EventError(f"invalid {where}: {first['msg']}", _code_of(first)) from None
         return self.check(event)
 
     def check(self, event: Event) -> Event:
         """The deployment's rules beyond the schema: id lengths, event type, ts range."""
         if len(event.user_id) > self.max_id_length or len(event.item_id) > self.max_id_length:
-            raise EventError(f"id longer than {self.max_id_length} characters")
+            raise EventError(f"id longer than {self.max_id_length} characters", "id_too_long")
         if event.type not in self.event_types:
-            raise EventError(f"unknown event type {event.type[:64]!r}")
+            raise EventError(f"unknown event type {event.type[:64]!r}", "unknown_type")
         problem = ts_problem(event.ts, time.time(), self.min_ts, self.max_future_s)
         if problem is not None:
-            raise EventError(problem)
+            raise EventError(problem, "bad_ts")
         return event
 
     def encode(self, event: Event) -> bytes:
@@ -149,11 +167,11 @@ class EventCodec:
     def decode(self, payload: bytes | None) -> Event:
         """Decode wire bytes into a validated Event, or raise EventError."""
         if payload is None:
-            raise EventError("empty message")
+            raise EventError("empty message", "empty")
         try:
             raw = decode_wire(payload, self.max_event_bytes)
         except ValueError as e:
-            raise EventError(str(e)) from None
+            raise EventError(str(e), "undecodable") from None
         return self.validate(raw)
 
     def decode_fields(self, payload: bytes | None) -> tuple[str, str, str, float]:
