@@ -447,7 +447,12 @@ class StateUpdater:
             STALLS.inc()
             log.warning(
                 "consumer stalled: events are waiting but none arrived",
-                extra={"lag": lag, "idle_s": round(idle, 1), "partitions": self.assigned},
+                extra={
+                    "consumer": self.name,
+                    "lag": lag,
+                    "idle_s": round(idle, 1),
+                    "partitions": self.assigned,
+                },
             )
 
     # -- the topic's incarnations (stream/incarnation.py) ---------------------------------
