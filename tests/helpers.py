@@ -75,8 +75,13 @@ def running_server(settings: Settings, client: redis.Redis) -> Iterator[Recommen
 
 
 @contextmanager
-def running_consumer(settings: Settings, client: redis.Redis) -> Iterator[StateUpdater]:
+def running_consumer(
+    settings: Settings, client: redis.Redis, name: str | None = None
+) -> Iterator[StateUpdater]:
+    """A consumer in a thread; ``name``: its status key and log name (several in a test)."""
     updater = StateUpdater(settings, settings.kafka_bootstrap, client)
+    if name is not None:
+        updater.name = name
     thread = threading.Thread(target=updater.run, daemon=True)
     thread.start()
     try:

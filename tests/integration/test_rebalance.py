@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import redis
@@ -24,6 +22,7 @@ from tests.helpers import (
     publish_model,
     random_model,
     random_views,
+    running_consumer,
     wait_until,
 )
 
@@ -43,19 +42,6 @@ class _Rebalances(logging.Handler):
             self.revoked.append((record.consumer, record.revoked))  # type: ignore[attr-defined]
         elif record.getMessage() == "partitions assigned":
             self.added.append((record.consumer, record.added))  # type: ignore[attr-defined]
-
-
-@contextmanager
-def _consumer(settings: Settings, client: redis.Redis, name: str) -> Iterator[StateUpdater]:
-    updater = StateUpdater(settings, settings.kafka_bootstrap, client)
-    updater.name = name
-    thread = threading.Thread(target=updater.run, daemon=True, name=name)
-    thread.start()
-    try:
-        yield updater
-    finally:
-        updater.stop_event.set()
-        thread.join(timeout=20)
 
 
 def _owned(updaters: list[StateUpdater]) -> list[int]:
@@ -89,9 +75,9 @@ def test_a_consumer_joins_and_one_leaves_under_load(
 
     try:
         with (
-            _consumer(settings, redis_client, "c1") as c1,
-            _consumer(settings, redis_client, "c2") as c2,
-            _consumer(settings, redis_client, "c3") as c3,
+            running_consumer(settings, redis_client, "c1") as c1,
+            running_consumer(settings, redis_client, "c2") as c2,
+            running_consumer(settings, redis_client, "c3") as c3,
         ):
             three = [c1, c2, c3]
             wait_until(lambda: _owned(three) == list(range(PARTITIONS)), 60, "3-way split", 0.1)
@@ -100,7 +86,7 @@ def test_a_consumer_joins_and_one_leaves_under_load(
             wait_until(lambda: sum(c.totals.applied for c in three) > 2000, 60, "ingest", 0.1)
             before = {c.name: set(c.assigned) for c in three}
             rebalances.revoked.clear()
-            with _consumer(settings, redis_client, "c4") as c4:
+            with running_consumer(settings, redis_client, "c4") as c4:
                 four = [*three, c4]
                 wait_until(
                     lambda: _owned(four) == list(range(PARTITIONS)) and len(c4.assigned) >= 2,
@@ -152,8 +138,8 @@ def test_static_members_restarted_in_time_get_their_partitions_back_alone(
 
     try:
         with (
-            _consumer(member("a"), redis_client, "a") as a,
-            _consumer(member("b"), redis_client, "b") as b,
+            running_consumer(member("a"), redis_client, "a") as a,
+            running_consumer(member("b"), redis_client, "b") as b,
         ):
             wait_until(lambda: len(a.assigned) == 2 and len(b.assigned) == 2, 60, "split", 0.1)
             mine, theirs = list(a.assigned), list(b.assigned)
@@ -164,7 +150,7 @@ def test_static_members_restarted_in_time_get_their_partitions_back_alone(
                 assert sorted(b.assigned) == sorted(theirs)  # nobody took a's partitions
             else:  # a dynamic member's leaving is a rebalance: b takes everything
                 wait_until(lambda: len(b.assigned) == 4, 30, "b taking over", 0.1)
-            with _consumer(member("a"), redis_client, "a2") as a2:
+            with running_consumer(member("a"), redis_client, "a2") as a2:
                 wait_until(lambda: len(a2.assigned) == 2, 60, "a's share back", 0.1)
                 if static:
                     assert a2.assigned == mine  # its own partitions
