@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -155,94 +153,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     """The newest ``-n`` dead letters of each partition, one JSON line each."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from ledrec.stream.kafka import client_config
+    from ledrec.stream.dead_letters import NoDeadLetterTopic, newest_dead_letters
 
     settings = _settings(args)
     bootstrap, _ = resolve_addresses(settings)
-    reader = Consumer(
-        client_config(
-            bootstrap,
-            settings.kafka_config,
-            **{"group.id": "ledrec-dlq-tail", "enable.auto.commit": False},
-        )
-    )
-    topic = settings.dead_letter_topic
     try:
-        metadata = reader.list_topics(topic, timeout=10)
-        if topic not in metadata.topics or metadata.topics[topic].error is not None:
-            print(f"ledrec dlq: no dead-letter topic {topic!r}", file=sys.stderr)
-            return 1
-        parts = []
-        for p in metadata.topics[topic].partitions:
-            low, high = reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            parts.append(TopicPartition(topic, p, max(low, high - args.n)))
-        reader.assign(parts)
-        # Read on until the topic is quiet (a broker may report a stale end): the last n
-        # of each partition are the ones shown.
-        newest: dict[int, collections.deque[str]] = {}
-        quiet_since, deadline = time.monotonic(), time.monotonic() + 30
-        while time.monotonic() - quiet_since < 1.0 and time.monotonic() < deadline:
-            msg = reader.poll(0.2)
-            if msg is None or msg.error() is not None:
-                continue
-            quiet_since = time.monotonic()
-            headers: dict[str, str] = {}
-            for pair in msg.headers() or []:
-                key, raw = pair[0], pair[1]
-                text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-                headers[key] = text
-            value = msg.value() or b""
-            value = value.encode() if isinstance(value, str) else value
-            try:
-                payload: str = value.decode("utf-8")
-            except UnicodeDecodeError:
-                payload = "hex:" + value.hex()
-            line = json.dumps({
-                "source": headers.get("ledrec.source"), "code": headers.get("ledrec.error.code"),
-                "reason": headers.get("ledrec.error"), "payload": payload,
-            })  # fmt: skip
-            newest.setdefault(msg.partition() or 0, collections.deque(maxlen=args.n)).append(line)
-        for partition in sorted(newest):
-            for line in newest[partition]:
-                print(line)
-    finally:
-        reader.close()
+        letters = newest_dead_letters(settings, bootstrap, args.n)
+    except NoDeadLetterTopic as e:
+        print(f"ledrec dlq: {e}", file=sys.stderr)
+        return 1
+    for letter in letters:
+        shown = {k: v for k, v in letter.items() if k not in ("partition", "offset")}
+        print(json.dumps(shown))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """The deployment at a glance: the active version, consumers, scorers, queue depths."""
-    from ledrec.stream.consumer import consumer_statuses
-    from ledrec.stream.registry import Registry
+    from ledrec.stream.status import deployment_status
 
     settings = _settings(args)
     _, url = resolve_addresses(settings)
-    client = redis_client(url)
-    registry = Registry(client, settings.key_prefix)
-    keys = settings.keyspace_of(client)
-    now = time.time()
-    active, live = registry.active(), registry.live()
-    consumers = consumer_statuses(client, settings.key_prefix)
-    scorers = registry.scorers()
-    queues = {queue: int(client.llen(queue)) for queue in keys.request_queues}
+    report = deployment_status(redis_client(url), settings)
     if args.json:
-        report = {"active": active, "live": live, "consumers": consumers,
-                  "scorers": scorers, "queues": queues}  # fmt: skip
+        report.pop("versions")  # ``ledrec models list`` shows them
         print(json.dumps(report, indent=2, sort_keys=True))
         return 0
-    print(f"active version  {active or '(none)'}  live: {', '.join(live) or '(none)'}")
+    now, consumers, scorers = report["at"], report["consumers"], report["scorers"]
+    live = ", ".join(report["live"]) or "(none)"
+    print(f"active version  {report['active'] or '(none)'}  live: {live}")
     print(f"consumers       {len(consumers)}")
     for name, s in sorted(consumers.items()):
+        fresh = s.get("freshness_p50_s")
         print(
             f"  {name}  partitions {s.get('partitions')}  applied {int(s['applied'])}  "
             f"lag {s.get('lag', '?')}  dead-lettered {int(s['dead_lettered'])}  "
+            f"freshness p50 {'-' if fresh is None else f'{fresh:.3f}s'}  "
             f"({now - s['updated_at']:.1f}s ago)"
         )
     print(f"scorers         {len(scorers)}")
     for name, status in sorted(scorers.items()):
-        print(f"  {name}  serving {status.get('serving')}  prepared {status.get('prepared')}")
+        p50 = status.get("latency_p50_ms")
+        print(
+            f"  {name}  serving {status.get('serving')}  prepared {status.get('prepared')}  "
+            f"answered {status.get('answered', 0)}  "
+            f"latency p50 {'-' if p50 is None else f'{p50:.2f}ms'}"
+        )
+    queues = report["queues"]
     print(f"request queues  {len(queues)}, {sum(queues.values())} waiting")
     return 0
 

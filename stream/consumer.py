@@ -46,6 +46,7 @@ from ledrec.stream.backoff import Backoff
 from ledrec.stream.events import EventCodec, EventError
 from ledrec.stream.incarnation import TopicIncarnations, slot, topic_id
 from ledrec.stream.kafka import client_config
+from ledrec.stream.recent import RecentValues
 from ledrec.stream.registry import ModelCache, Registry
 from ledrec.stream.state import (
     ApplyStats,
@@ -230,6 +231,7 @@ class StateUpdater:
         self._dead_unflushed = 0
         self._settled_batches = 0
         self._fresh_pending: list[float] = []  # Kafka timestamps (s) of the batch in flight
+        self.recent_freshness = RecentValues(1024)  # seconds, for the status report
         self._last_lag: int | None = None  # as last measured (the status report)
         self._busy_lag_at = 0.0
         self._reported_at = 0.0
@@ -371,6 +373,7 @@ class StateUpdater:
         for ts in self._fresh_pending:
             if ts > 0:
                 FRESHNESS.observe(max(0.0, now - ts))
+                self.recent_freshness.add(max(0.0, now - ts))
         self._fresh_pending = []
 
     def _commit(self, asynchronous: bool = False) -> None:
@@ -577,10 +580,13 @@ class StateUpdater:
         self._reported_at = time.monotonic()
         self._reported_applied = self.totals.applied
         key = self.settings.keyspace_of(self.redis).consumer(self.name)
+        fresh = self.recent_freshness.quantiles(0.5, 0.99)
         status = {
             **vars(self.totals),
             "partitions": self.assigned,
             "lag": self._last_lag,
+            "freshness_p50_s": fresh[0] if fresh else None,
+            "freshness_p99_s": fresh[1] if fresh else None,
             "updated_at": time.time(),
         }
         try:

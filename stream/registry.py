@@ -185,10 +185,21 @@ class Registry:
 
     # -- scorers -------------------------------------------------------------------------
     def report_scorer(
-        self, name: str, serving: str | None, prepared: list[str], ttl_s: float
+        self,
+        name: str,
+        serving: str | None,
+        prepared: list[str],
+        ttl_s: float,
+        stats: dict[str, Any] | None = None,
     ) -> None:
-        """A scorer's heartbeat: the version it serves and those it has ready."""
-        status = {"serving": serving, "prepared": prepared, "updated_at": time.time()}
+        """A scorer's heartbeat: the version it serves, those it has ready, and ``stats``
+        (requests answered, recent latency) for ``ledrec status`` and the dashboard."""
+        status = {
+            **(stats or {}),
+            "serving": serving,
+            "prepared": prepared,
+            "updated_at": time.time(),
+        }
         self.client.set(self.keys.scorer(name), json.dumps(status), px=int(ttl_s * 1000))
 
     def scorers(self) -> dict[str, dict[str, Any]]:

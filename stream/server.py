@@ -48,6 +48,7 @@ from ledrec.stream.backoff import Backoff
 from ledrec.stream.intake import Intake, Taken
 from ledrec.stream.loaded_model import LoadedModel, Query
 from ledrec.stream.protocol import Limits, Request, RequestError
+from ledrec.stream.recent import RecentValues
 from ledrec.stream.registry import ModelCache, Registry
 from ledrec.stream.state import UserState, UserStateStore, parse_states, state_fields
 from ledrec.stream.versions import ServingVersions
@@ -181,8 +182,22 @@ class RecommendServer:
         )
         self.totals = ServerTotals()
         self.stop_event = threading.Event()
-        self.versions = ServingVersions(settings, self.registry, self.models, self.name)
+        self.recent_latency = RecentValues(4096)  # seconds per request, for the heartbeat
+        self.versions = ServingVersions(
+            settings, self.registry, self.models, self.name, stats=self.stats
+        )
         self._next_lane = 0  # where the search for a ready lane starts (fairness)
+
+    def stats(self) -> dict[str, Any]:
+        """What the heartbeat carries besides the versions: totals and recent latency."""
+        latency = self.recent_latency.quantiles(0.5, 0.99)
+        return {
+            "answered": self.totals.answered,
+            "errors": self.totals.errors,
+            "shed": self.totals.shed,
+            "latency_p50_ms": latency[0] * 1e3 if latency else None,
+            "latency_p99_ms": latency[1] * 1e3 if latency else None,
+        }
 
     def _lane(self, i: int) -> _Lane:
         """Lane ``i``: a connection of its own to the node that holds queue ``i``."""
@@ -321,6 +336,7 @@ class RecommendServer:
         per_request = time.perf_counter() - started
         for _ in range(len(taken)):  # one observation per request (no weighted observe)
             REQUEST_SECONDS.observe(per_request)
+        self.recent_latency.add(per_request, len(taken))
         if len(self.lanes) == 1:  # one lane: wait for its next batch now (one round trip)
             first.prefetched = self._receive(first) or None
         if observed:

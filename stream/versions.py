@@ -13,6 +13,8 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from prometheus_client import Gauge
@@ -38,9 +40,15 @@ class ServingVersions:
     """The model-version lifecycle of one scorer: watch, prepare, swap, heartbeat."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, models: ModelCache, name: str
+        self,
+        settings: Settings,
+        registry: Registry,
+        models: ModelCache,
+        name: str,
+        stats: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
+        self.stats = stats  # more for the heartbeat (the server's totals and latency)
         self.registry = registry
         self.models = models
         self.name = name  # the scorer's, in its heartbeat
@@ -86,7 +94,7 @@ class ServingVersions:
 
     def _follow_active(self, stop: threading.Event) -> None:
         """Pub/sub for speed, a periodic check as a safety net."""
-        pubsub = self.registry.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self.registry.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call, unused-ignore]
         pubsub.subscribe(self.registry.channel)
         try:
             while not stop.is_set():
@@ -150,7 +158,8 @@ class ServingVersions:
         with self._lock:
             serving = self.serving.version if self.serving is not None else None
             prepared = sorted(self._prepared)
-        self.registry.report_scorer(self.name, serving, prepared, HEARTBEAT_TTL_S)
+        stats = self.stats() if self.stats is not None else {}
+        self.registry.report_scorer(self.name, serving, prepared, HEARTBEAT_TTL_S, stats)
 
     def swap_if_ready(self) -> None:
         if self._next is None:
