@@ -14,7 +14,11 @@ registry, a swap) run in FastAPI's thread pool while the RPC stays on the event 
 - ``GET /v1/models``; ``POST /v1/models/{version}/activate`` and
   ``POST /v1/models/rollback`` with the admin key (``X-API-Key``; no key set: refused);
 - ``/healthz`` (the process answers) and ``/readyz`` (Redis answers, a model is active, a
-  scorer's heartbeat is fresh, the broker answers: 503 with the reasons otherwise).
+  scorer's heartbeat is fresh, the broker answers: 503 with the reasons otherwise);
+- for operators and the dashboard (``/ui``): ``GET /v1/status`` (the deployment report
+  ``ledrec status`` prints), ``GET /v1/users/{user_id}/timeline`` (the stored recent
+  timeline), ``GET /v1/dead-letters`` (the newest, with their reasons), ``GET /v1/items?id=``
+  (the catalog's titles).
 
 No ``from __future__ import annotations`` here: FastAPI reads the annotations at runtime,
 and some close over the settings (the deployment's limits are in the document).
@@ -27,10 +31,12 @@ import hmac
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Annotated, Any
 
+from confluent_kafka import KafkaException
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ledrec.connect import REDIS_UNAVAILABLE, kafka_answers, redis_client, resolve_addresses
@@ -44,13 +50,18 @@ from ledrec.stream.client import (
     Timeout,
     Unavailable,
 )
+from ledrec.stream.dead_letters import NoDeadLetterTopic, newest_dead_letters
 from ledrec.stream.events import EventError
 from ledrec.stream.producer import EventPublisher, PublishError
 from ledrec.stream.registry import Registry, RegistryError
+from ledrec.stream.state import UserStateStore
+from ledrec.stream.status import deployment_status
+from ledrec.stream.titles import titles_of
 
 __all__ = ["create_app"]
 
 MAX_EVENTS_PER_POST = 10_000
+DASHBOARD = resources.files("ledrec.stream") / "dashboard.html"
 
 
 # -- the API's bodies ------------------------------------------------------------------------
@@ -105,6 +116,39 @@ class ErrorOut(BaseModel):
     error: ErrorBody
 
 
+class TimelineItem(BaseModel):
+    item_id: str
+    weight: float
+
+
+class TimelineOut(BaseModel):
+    user_id: str
+    items: list[TimelineItem] = Field(description="the stored timeline, oldest first")
+
+
+class ItemsOut(BaseModel):
+    titles: dict[str, str | None] = Field(description="item id -> title (null: none known)")
+
+
+class StatusOut(BaseModel):
+    active: str | None
+    live: list[str]
+    versions: dict[str, dict[str, Any]]
+    consumers: dict[str, dict[str, Any]]
+    scorers: dict[str, dict[str, Any]]
+    queues: dict[str, int]
+    at: float = Field(description="when it was read (epoch seconds)")
+
+
+class DeadLetterOut(BaseModel):
+    partition: int
+    offset: int
+    source: str | None
+    code: str | None
+    reason: str | None
+    payload: str
+
+
 class Readiness(BaseModel):
     ready: bool
     checks: dict[str, str] = Field(description="each check: ok, or what is wrong")
@@ -147,6 +191,9 @@ def create_app(settings: Settings) -> FastAPI:
         )
         state["redis"] = redis_client(redis_url)
         state["registry"] = Registry(state["redis"], settings.key_prefix)
+        state["store"] = UserStateStore(
+            state["redis"], settings.key_prefix, settings.timeline_max, 0
+        )
         state["publisher"] = EventPublisher(settings, bootstrap)
         try:
             yield
@@ -279,6 +326,61 @@ def create_app(settings: Settings) -> FastAPI:
     def rollback() -> SwapOut:
         """Back to the previous (retained) version: a pointer flip. Admin."""
         return swap("rollback")
+
+    @app.get("/v1/users/{user_id}/timeline", response_model=TimelineOut, responses=_ERRORS)
+    def user_timeline(
+        user_id: Annotated[str, Path(min_length=1, max_length=settings.max_id_length)],
+        n: Annotated[int, Query(ge=1, le=settings.timeline_max)] = 20,
+    ) -> TimelineOut:
+        """The user's stored recent timeline (its newest ``n`` items, oldest first)."""
+        store: UserStateStore = state["store"]
+        try:
+            stored = store.read(user_id, [])
+        except REDIS_UNAVAILABLE as e:
+            raise _HTTPError(503, "unavailable", f"redis unreachable: {e}") from None
+        pairs = stored.timeline[-n:] if stored is not None else []
+        items = [TimelineItem(item_id=i, weight=w) for i, w in pairs]
+        return TimelineOut(user_id=user_id, items=items)
+
+    @app.get("/v1/items", response_model=ItemsOut, responses=_ERRORS)
+    def items(
+        id: Annotated[
+            list[Annotated[str, StringConstraints(max_length=settings.max_id_length)]],
+            Query(min_length=1, max_length=1000, description="item ids"),
+        ],
+    ) -> ItemsOut:
+        """The catalog's titles of these items (``ledrec.stream.titles``; the demo loads
+        MovieLens titles)."""
+        try:
+            found = titles_of(state["redis"], settings.key_prefix, id)
+        except REDIS_UNAVAILABLE as e:
+            raise _HTTPError(503, "unavailable", f"redis unreachable: {e}") from None
+        return ItemsOut(titles=dict(zip(id, found, strict=True)))
+
+    @app.get("/v1/status", response_model=StatusOut, responses=_ERRORS)
+    def status() -> StatusOut:
+        """The deployment at a glance (``ledrec status``): versions, consumers with their
+        lag and freshness, scorers with their versions and latency, queue depths."""
+        try:
+            return StatusOut(**deployment_status(state["redis"], settings))
+        except REDIS_UNAVAILABLE as e:
+            raise _HTTPError(503, "unavailable", f"redis unreachable: {e}") from None
+
+    @app.get("/v1/dead-letters", response_model=list[DeadLetterOut], responses=_ERRORS)
+    def dead_letters(n: Annotated[int, Query(ge=1, le=1000)] = 20) -> list[DeadLetterOut]:
+        """The newest ``n`` dead letters of each partition, with their reasons."""
+        try:
+            letters = newest_dead_letters(settings, bootstrap, n, quiet_s=0.5, limit_s=10.0)
+        except NoDeadLetterTopic:
+            return []
+        except KafkaException as e:
+            raise _HTTPError(503, "unavailable", f"broker unreachable: {e}") from None
+        return [DeadLetterOut(**letter) for letter in letters]
+
+    @app.get("/ui", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard() -> HTMLResponse:
+        """The dashboard: one static page that reads the API above."""
+        return HTMLResponse(DASHBOARD.read_text(encoding="utf-8"))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
@@ -23,6 +24,9 @@ from ledrec.stream.producer import EventPublisher
 from ledrec.stream.registry import Registry
 from ledrec.stream.server import RecommendServer
 from ledrec.stream.state import UserStateStore
+
+if TYPE_CHECKING:
+    import httpx
 
 
 def random_model(n_items: int = 200, dim: int = 8, seed: int = 0, version: str = "") -> Model:
@@ -89,6 +93,31 @@ def running_consumer(
     finally:
         updater.stop_event.set()
         thread.join(timeout=15)
+
+
+@contextmanager
+def running_gateway(settings: Settings) -> Iterator[httpx.Client]:
+    """The gateway served by uvicorn on a free loopback port, and an HTTP client for it
+    (``base_url`` is the gateway's address)."""
+    import httpx
+    import uvicorn
+
+    from ledrec.deploy.stack import free_port
+    from ledrec.stream.gateway import create_app
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, 30, "the gateway listening")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def settings_env(settings: Settings, **overrides: object) -> dict[str, str]:

@@ -3,47 +3,23 @@ threads): health and readiness, recommendations, events, models and the admin ke
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import httpx
 import pytest
 import redis
-import uvicorn
 
-from ledrec.deploy.stack import free_port
 from ledrec.settings import Settings
-from ledrec.stream.gateway import create_app
 from tests.helpers import (
     publish_model,
     random_model,
     running_consumer,
+    running_gateway,
     running_server,
     wait_until,
 )
 
 pytestmark = pytest.mark.gateway
 API_KEY = "admin-key"
-
-
-@contextmanager
-def running_gateway(settings: Settings) -> Iterator[httpx.Client]:
-    """The gateway served by uvicorn on a free loopback port, and an HTTP client for it."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, 30, "the gateway listening")
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
-            yield http
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_the_gateway_serves_recommendations_events_and_models(
