@@ -18,11 +18,12 @@ On one Redis::
     <p>:models:backfill:<ver>    a back-fill's cursor and progress
     <p>:topics:<topic>           the events topic's incarnations (Kafka topic ids), and
                                  what the consumer groups committed in each
+    <p>:catalog:titles           item id -> title, for people (``ledrec.stream.titles``)
 
 On a Redis Cluster (``cluster=True``) keys that are used together share a hash tag, so
-they live in one slot: a user's state is one key already; the registry, heartbeats, lock
-and topic records are tagged ``{<p>}`` (``<p>:{<p>}:models:info``...); each request queue
-``i`` is tagged ``{<p>:q<i>}`` together with its taking lists and the replies to its
+they live in one slot: a user's state is one key already; the registry, heartbeats, lock,
+topic records and titles are tagged ``{<p>}`` (``<p>:{<p>}:models:info``...); each request
+queue ``i`` is tagged ``{<p>:q<i>}`` together with its taking lists and the replies to its
 requests (``<p>:rpc:{<p>:q<i>}:requests``, ``...:taking:<scorer>``, ``...:reply:<id>``), so
 a scorer's take script and its replies touch one node per queue.
 """
@@ -205,6 +206,12 @@ class Keyspace:
     @property
     def topics(self) -> str:
         return f"{self._ctl}:topics:*"
+
+    # -- the catalog ------------------------------------------------------------------------
+    @property
+    def titles(self) -> str:
+        """The hash of item id -> title (``ledrec.stream.titles``)."""
+        return f"{self._ctl}:catalog:titles"
 
     @property
     def everything(self) -> str:

@@ -61,6 +61,8 @@ class FinetuneResult:
     biases: Array  # (I,) float32
     val_metrics: dict[str, float]
     seconds: float
+    # one record per epoch: epoch, validation metrics, seconds, and "loss" (the epoch's mean
+    # training loss; epoch 0, the initial model, has none)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -302,20 +304,26 @@ def finetune(
     sampler = _negative_sampler(config, clicks, rng)
     adam = _Adam(params, config.lr)
 
-    def validate(epoch: int, epoch_loss: float) -> dict[str, float]:
+    def validate(epoch: int, epoch_loss: float | None) -> dict[str, float]:
+        """Validation metrics of the current parameters, recorded and reported. Epoch 0 is
+        the initial model, before any step: it has no training loss (``epoch_loss`` None),
+        so its record has no "loss" and its line says "initial model" instead."""
         metrics = evaluate_scores(led_score_fn(*_export(params, base)), split.val_in, split.val_out)
         seconds = time.perf_counter() - start
-        record = {"epoch": float(epoch), "loss": epoch_loss, **metrics, "seconds": seconds}
+        record = {"epoch": float(epoch), **metrics, "seconds": seconds}
+        if epoch_loss is not None:
+            record["loss"] = epoch_loss
         history.append(record)
         if progress is not None:
+            trained = "initial model" if epoch_loss is None else f"loss {epoch_loss:.4f}"
             progress(
-                f"epoch {epoch:3d}  loss {epoch_loss:.4f}  "
+                f"epoch {epoch:3d}  {trained:13}  "
                 f"val ndcg@100 {metrics['ndcg@100']:.4f}  {seconds:.1f}s"
             )
         return metrics
 
     history: list[dict[str, float]] = []
-    best_metrics = validate(0, float("nan"))
+    best_metrics = validate(0, None)
     best = _export(params, base)
     stale = 0
     try:
@@ -330,7 +338,7 @@ def finetune(
                 adam.step(params, grads, batch.items)
                 total += value * len(batch.owner)
                 n_pairs += len(batch.owner)
-            metrics = validate(epoch, total / n_pairs)
+            metrics = validate(epoch, total / n_pairs if n_pairs else None)
             if metrics["ndcg@100"] > best_metrics["ndcg@100"]:
                 best_metrics, best, stale = metrics, _export(params, base), 0
             else:

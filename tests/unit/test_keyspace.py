@@ -26,6 +26,7 @@ def test_every_key_is_under_the_prefix_and_matches_its_pattern() -> None:
         (keys.scorer("s1"), keys.scorers),
         (keys.swap_lock, keys.all_models),
         (keys.backfill("v1"), keys.all_models),
+        (keys.titles, keys.everything),
         (keys.requests, keys.everything),
     ]
     for key, pattern in pairs:
@@ -41,3 +42,10 @@ def test_acl_rules_are_derived_from_the_keyspace() -> None:
         assert pattern in scorer, pattern
     assert keys.users in " ".join(acl_rules("consumer", "shop"))
     assert "~shop:rpc:requests" in acl_rules("client", "shop")  # the default queue
+
+
+def test_the_titles_share_the_control_keys_hash_tag_on_a_cluster() -> None:
+    assert Keyspace("p").titles == "p:catalog:titles"
+    cluster = Keyspace("p", cluster=True)
+    assert cluster.titles == "p:{p}:catalog:titles"
+    assert cluster.titles.split(":catalog")[0] == cluster.models("x").split(":models")[0]
