@@ -46,7 +46,7 @@ def chromium() -> str:
     return found
 
 
-def traffic(base_url: str, stop: threading.Event, seconds: float = 90.0) -> None:
+def traffic(base_url: str, stop: threading.Event, seconds: float = 150.0) -> None:
     """Requests and events for the charts to show, bounded in time and rate (loopback)."""
     deadline = time.monotonic() + seconds
     with httpx.Client(base_url=base_url, timeout=5.0) as http:
@@ -149,10 +149,15 @@ def test_the_dashboard_in_a_browser(
                 page.click("#try")
                 expect(page.locator("#rec-version")).to_contain_text(v2.version, timeout=30_000)
 
+                keep = os.environ.get("LEDREC_SCREENSHOT")
+                if keep:  # the README's picture: let the charts fill a minute first
+                    expect(page.locator('.chart[data-metric="requests"]')).to_have_attribute(
+                        "data-points", _at_least(30), timeout=90_000
+                    )
                 shot = tmp_path / "dashboard.png"
                 page.screenshot(path=str(shot), full_page=True)
                 assert shot.stat().st_size > 10_000
-                if keep := os.environ.get("LEDREC_SCREENSHOT"):
+                if keep:
                     shutil.copyfile(shot, keep)
                 assert not errors, errors
                 browser.close()
