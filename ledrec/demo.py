@@ -197,7 +197,7 @@ def run_demo(args: argparse.Namespace) -> int:
             for col in test_in.indices[test_in.indptr[j] : test_in.indptr[j + 1]]:
                 publisher.send(user, str(split.item_ids[col]), "click")
                 n_events += 1
-        publisher.flush()
+        publisher.close()  # flushed, and its broker connection gone before the stack stops
         published_s = time.perf_counter() - t_pub
         while (
             sum(s["applied"] for s in consumer_statuses(r, settings.key_prefix).values()) < n_events
