@@ -6,9 +6,11 @@
 3. starts a consumer and a scorer as real processes;
 4. replays the test users' fold-in events through Kafka, then asks the scorer for their
    recommendations over the Redis RPC;
-5. prints events/s ingested, request latency p50/p99, and Recall@20/50 of the online
-   recommendations next to the same model scored offline (they must agree);
-6. shuts everything down.
+5. prints events/s ingested, request latency p50/p99, and the test users' Recall@20/50 of
+   the online recommendations next to the same model scored offline (they must agree);
+6. prints one test user's last clicks and what the scorer recommends them, by title (the
+   MovieLens titles, stored in Redis for the gateway: ``ledrec.stream.titles``);
+7. shuts everything down.
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import redis
 import scipy.sparse as sp
 
 from ledrec.connect import ensure_event_topics, redis_client
 from ledrec.deploy.stack import stack_down, stack_up
+from ledrec.keyspace import Keyspace
 from ledrec.settings import Settings
 from ledrec.stream.artifact import load_model
 from ledrec.stream.client import RecommenderClient
 from ledrec.stream.consumer import consumer_statuses
 from ledrec.stream.producer import EventPublisher
 from ledrec.stream.registry import Registry
+from ledrec.stream.state.store import UserStateStore
+from ledrec.stream.titles import save_titles, titles_of
 
 MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 CACHE = Path.home() / ".cache" / "ledrec"
@@ -66,6 +72,39 @@ def _recall(ranked: np.ndarray, heldout: sp.csr_matrix, k: int) -> float:
     return float(np.mean(hits / np.minimum(k, np.diff(heldout.indptr))))
 
 
+def _example(
+    client: RecommenderClient,
+    r: redis.Redis,
+    settings: Settings,
+    user: str,
+    heldout: set[str],
+    last: int = 5,
+    k: int = 10,
+) -> list[str]:
+    """Report lines: ``user``'s last ``last`` clicks as the consumer stored them and the
+    scorer's top ``k`` for them, by title (an item without one shows its id); a ``*`` marks
+    a recommendation among the user's held-out clicks."""
+    state = UserStateStore(r, settings.key_prefix, settings.timeline_max, 0).read(user, [])
+    timeline = state.items if state is not None else []
+    recommended = [item for item, _ in client.recommend(user, k=k)]
+    seen = timeline[-last:]
+    names = titles_of(r, settings.key_prefix, [*seen, *recommended])
+    named = [
+        name or f"item {item}" for item, name in zip([*seen, *recommended], names, strict=True)
+    ]
+    hits = sum(item in heldout for item in recommended)
+    lines = [
+        f"  one test user    {user}: the last {len(seen)} of their {len(timeline)} replayed clicks"
+        " (their timeline in Redis)",
+        *(f"{'':23}{name}" for name in named[: len(seen)]),
+        f"  recommended      top {k} from the scorer, * = among the user's held-out clicks "
+        f"({hits}/{k})",
+    ]
+    for rank, (item, name) in enumerate(zip(recommended, named[len(seen) :], strict=True), 1):
+        lines.append(f"                 {'*' if item in heldout else ' '} {rank:2d}. {name}")
+    return lines
+
+
 def _say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -78,6 +117,7 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from ledrec.training.catalog import load_titles
     from ledrec.training.dataset import load_movielens
     from ledrec.training.evaluate import led_score_fn
     from ledrec.training.finetune import FinetuneConfig
@@ -87,8 +127,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
     home = Path(tempfile.mkdtemp(prefix="ledrec-demo-"))
     path = None if args.synthetic else find_movielens(args.movielens)
+    titles: dict[str, str] = {}
     if path is not None:
         data, source = load_movielens(path), f"MovieLens-1M ({path})"
+        try:
+            titles = load_titles(path)
+        except FileNotFoundError:
+            _say(f"no movies.dat in {path}: items are shown by id")
     else:
         data = synthetic_interactions(SyntheticConfig(n_users=10_000, n_items=2_000, seed=0))
         source = "synthetic generator (seeded; no MovieLens-1M files found)"
@@ -125,6 +170,9 @@ def run_demo(args: argparse.Namespace) -> int:
         registry = Registry(r, settings.key_prefix)
         registry.register(model)
         registry.activate(model.version)
+        if titles:
+            save_titles(r, settings.key_prefix, titles)
+            _say(f"{len(titles)} titles in Redis ({Keyspace.of(r, settings.key_prefix).titles})")
         (home / "logs").mkdir(exist_ok=True)
         processes.append(_spawn(["consume"], env, home / "logs" / "consumer.log"))
         processes.append(_spawn(["serve"], env, home / "logs" / "scorer.log"))
@@ -149,7 +197,7 @@ def run_demo(args: argparse.Namespace) -> int:
             for col in test_in.indices[test_in.indptr[j] : test_in.indptr[j + 1]]:
                 publisher.send(user, str(split.item_ids[col]), "click")
                 n_events += 1
-        publisher.flush()
+        publisher.close()  # flushed, and its broker connection gone before the stack stops
         published_s = time.perf_counter() - t_pub
         while (
             sum(s["applied"] for s in consumer_statuses(r, settings.key_prefix).values()) < n_events
@@ -181,6 +229,8 @@ def run_demo(args: argparse.Namespace) -> int:
             "offline": {k: _recall(offline, heldout, k) for k in (20, 50)},
         }
         same_top20 = int(sum(set(online[j, :20]) == set(offline[j, :20]) for j in range(users)))
+        held = split.test_out[0].indices  # the first replayed test user's held-out clicks
+        example = _example(client, r, settings, user_ids[0], {str(split.item_ids[c]) for c in held})
         lat = np.array(latencies) * 1e3
         p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
         on, off = report["online"], report["offline"]
@@ -188,17 +238,21 @@ def run_demo(args: argparse.Namespace) -> int:
             "",
             f"ledrec demo — {source}",
             f"  model            {model.version}: {model.n_items} items, d={model.dim}",
+            f"  validation       Recall@20 {model.metrics['recall@20']:.4f}, Recall@50 "
+            f"{model.metrics['recall@50']:.4f} ({config.n_heldout} validation users, at training)",
             f"  ingest           {n_events} events of {users} users: "
             f"{n_events / ingest_s:,.0f} events/s (publish → applied in Redis, one consumer)",
             f"  request latency  p50 {p50:.2f} ms, p99 {p99:.2f} ms "
             f"({users} sequential requests, k=50, Redis RPC)",
-            f"  Recall@20        online {on[20]:.4f}   offline {off[20]:.4f}",
-            f"  Recall@50        online {on[50]:.4f}   offline {off[50]:.4f}",
+            f"  test Recall@20   online {on[20]:.4f}   offline {off[20]:.4f}"
+            f"   ({users} test users)",
+            f"  test Recall@50   online {on[50]:.4f}   offline {off[50]:.4f}",
             f"  agreement        identical top-20 for {same_top20}/{users} users (exact index)",
         ]
         print("\n".join(lines))
         ok = abs(report["online"][20] - report["offline"][20]) < 1e-3 and same_top20 >= 0.99 * users
         print(f"  online == offline: {'yes' if ok else 'NO'}")
+        print("\n".join(["", *example]))
         return 0 if ok else 1
     finally:
         for p in processes:
