@@ -86,7 +86,7 @@ class ServingVersions:
 
     def _follow_active(self, stop: threading.Event) -> None:
         """Pub/sub for speed, a periodic check as a safety net."""
-        pubsub = self.registry.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self.registry.client.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(self.registry.channel)
         try:
             while not stop.is_set():
