@@ -336,9 +336,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if active is not None:
             print(f"{active} is active; not training (--unless-active)")
             return 0
-    if args.movielens and args.or_synthetic and not Path(args.movielens).is_dir():
-        print(f"no MovieLens at {args.movielens}: training on synthetic data (--or-synthetic)")
-        args.movielens = None
+    if args.movielens and args.or_synthetic:
+        found = [n for n in ("ratings.csv", "ratings.dat") if (Path(args.movielens) / n).is_file()]
+        if not found:
+            print(f"no MovieLens ratings in {args.movielens}: synthetic data (--or-synthetic)")
+            args.movielens = None
     args.dim = args.dim or PretrainConfig().dim  # the one default (also the trainer's)
     data, source = _load_data(args)
     config = TrainConfig(
@@ -626,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     train.add_argument(
         "--or-synthetic", action="store_true",
-        help="with --movielens: synthetic data when that directory does not exist",
+        help="with --movielens: synthetic data when that directory holds no ratings file",
     )  # fmt: skip
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--out", default="reports/evaluate")
