@@ -155,9 +155,14 @@ def test_prometheus_scrapes_every_metrics_port_of_the_compose_services() -> None
         "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
         in (services["prometheus"]["volumes"])
     )
+    cluster = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())["services"]
     for name in ("consumer", "scorer", "gateway"):  # they wait for the first model
         condition = services[name]["depends_on"]["bootstrap"]["condition"]
         assert condition == "service_completed_successfully"
+        assert cluster[name]["depends_on"]["bootstrap"]["condition"] == condition
+    for name in ("bootstrap", "consumer", "scorer", "gateway"):  # the scaled-out variant
+        assert cluster[name]["command"] == services[name]["command"], name
+        assert cluster[name].get("healthcheck") == services[name].get("healthcheck"), name
 
 
 def test_the_compose_services_serve_without_docker(
