@@ -211,7 +211,20 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging(args.log_level, "gateway")
+    _metrics(args.metrics_port, args.metrics_host)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 if the service answers as a healthy one does (the compose healthchecks)."""
+    from ledrec.health import Unhealthy, check
+
+    try:
+        print(check(args.role, args.host, args.port, args.max_age, args.timeout))
+    except Unhealthy as e:
+        print(f"ledrec health {args.role}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -269,10 +282,22 @@ def _finetune_config(args: argparse.Namespace) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ledrec.stream.artifact import load_model
+    from ledrec.stream.model_store import ModelStores
     from ledrec.stream.registry import Registry
     from ledrec.training.jobs import PretrainConfig, TrainConfig, run_train
 
     settings = _settings(args)
+    if args.unless_active:  # a bootstrap that ran before: nothing to do
+        _, url = resolve_addresses(settings)
+        active = Registry(redis_client(url), settings.key_prefix).active()
+        if active is not None:
+            print(f"{active} is active; not training (--unless-active)")
+            return 0
+    if args.movielens and args.or_synthetic:
+        found = [n for n in ("ratings.csv", "ratings.dat") if (Path(args.movielens) / n).is_file()]
+        if not found:
+            print(f"no MovieLens ratings in {args.movielens}: synthetic data (--or-synthetic)")
+            args.movielens = None
     args.dim = args.dim or PretrainConfig().dim  # the one default (also the trainer's)
     data, source = _load_data(args)
     config = TrainConfig(
@@ -286,12 +311,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         source=source,
         exact_index_max_items=settings.exact_index_max_items,
     )
-    print(f"model saved: {path}")
+    model = load_model(path)
+    location = ModelStores(settings).publish(path)  # an s3:// store: uploaded, manifest last
+    print(f"model saved: {location}")
     if args.register or args.activate:
         _, url = resolve_addresses(settings)
         registry = Registry(redis_client(url), settings.key_prefix)
-        model = load_model(path)
-        registry.register(model)
+        registry.register(model, location=location)
         if args.activate:
             registry.activate(model.version)
             print(f"activated {model.version}")
@@ -325,6 +351,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from ledrec.stream.artifact import load_model
+    from ledrec.stream.model_store import ModelStores
     from ledrec.stream.reencoder import read_progress
     from ledrec.stream.registry import Registry
     from ledrec.stream.swap import Swapper
@@ -358,13 +385,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         from ledrec.stream.prune import prune
 
         keep = settings.model_store_keep if args.keep is None else args.keep
-        removed = prune(registry, keep)
+        removed = prune(registry, keep, ModelStores(settings))
         print(f"pruned {len(removed)} version directories (kept the newest {keep} staged/retired)")
         return 0
     if args.action == "register":
         model = load_model(Path(args.version))
-        registry.register(model)
-        print(f"registered {model.version}")
+        location = ModelStores(settings).publish(Path(args.version))
+        registry.register(model, location=location)
+        print(f"registered {model.version} ({location})")
         return 0
     if args.action == "activate":
         report = swapper.activate(args.version, force=args.force, progress=print)
@@ -414,6 +442,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         min_events=args.min_events,
         force=args.force,
     )
+    _metrics(args.metrics_port, args.metrics_host)
     trainer = Retrainer(settings, bootstrap, redis_client(url), config, progress=print)
     if args.once:
         result = trainer.run_once()
@@ -460,7 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", help="state directory (stack record, models); env LEDREC_HOME")
     parser.add_argument("--kafka-bootstrap", help="Kafka bootstrap servers; env KAFKA_BOOTSTRAP")
     parser.add_argument("--redis-url", help="Redis URL (redis:// or rediss://); env REDIS_URL")
-    parser.add_argument("--model-store", help="model store directory; env LEDREC_MODEL_STORE")
+    parser.add_argument(
+        "--model-store",
+        help="model store: a directory or s3://bucket/prefix; env LEDREC_MODEL_STORE",
+    )
     parser.add_argument("--events-topic", help="events topic; env LEDREC_EVENTS_TOPIC")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -504,7 +536,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gateway", help="the HTTP gateway: recommendations, events, models")
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--metrics-port", type=int)
+    p.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
     p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("health", help="check a running service (consumer, scorer, gateway...)")
+    p.add_argument("role", choices=["consumer", "scorer", "gateway", "trainer"])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True, help="its metrics port (gateway: HTTP)")
+    p.add_argument("--max-age", type=float, default=60.0, help="consumer: last poll at most")
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("recommend", help="ask the running scorers for recommendations")
     p.add_argument("user", nargs="?")
@@ -537,6 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--register", action="store_true", help="register the version in Redis")
     train.add_argument("--activate", action="store_true", help="register and activate it")
     train.add_argument("--force", action="store_true", help="activate past the quality gate")
+    train.add_argument(
+        "--unless-active", action="store_true",
+        help="do nothing if a version is already active (a bootstrap run again)",
+    )  # fmt: skip
+    train.add_argument(
+        "--or-synthetic", action="store_true",
+        help="with --movielens: synthetic data when that directory holds no ratings file",
+    )  # fmt: skip
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--out", default="reports/evaluate")
 
@@ -569,6 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: train's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="activate past the quality gate")
+    p.add_argument("--metrics-port", type=int)
+    p.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
     p.set_defaults(func=cmd_trainer)
 
     p = sub.add_parser("demo", help="the whole system on one machine, end to end")

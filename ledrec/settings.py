@@ -32,7 +32,11 @@ class Settings(BaseSettings):
     kafka_config: dict[str, str] = Field(default_factory=dict)
 
     home: Path = Path(".ledrec")  # stack record, logs, default model store
-    model_store: Path | None = None  # default: <home>/models
+    # A directory, or s3://bucket/prefix (stream/model_store.py). Default: <home>/models.
+    model_store: str | None = None
+    # The S3-compatible server of an s3:// model store (MinIO...); unset: boto3's own
+    # resolution (AWS_ENDPOINT_URL, else AWS). Credentials: the standard AWS_* variables.
+    s3_endpoint_url: str | None = None
 
     events_topic: str = "ledrec.events"
     dead_letter_topic: str = "ledrec.events.dlq"
@@ -179,5 +183,14 @@ class Settings(BaseSettings):
         return Keyspace.of(client, self.key_prefix, self.request_queue, self.request_queues)
 
     @property
+    def model_store_url(self) -> str:
+        """The model store as given: a directory or an ``s3://bucket/prefix`` URL."""
+        return str(self.model_store_path) if not self.model_store else self.model_store
+
+    @property
     def model_store_path(self) -> Path:
-        return self.model_store if self.model_store is not None else self.home / "models"
+        """The local directory versions are written to: the store itself, or (with an
+        ``s3://`` store) where training writes a version before it is uploaded."""
+        if not self.model_store or self.model_store.startswith("s3://"):
+            return self.home / "models"
+        return Path(self.model_store)

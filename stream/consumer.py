@@ -46,6 +46,7 @@ from ledrec.stream.backoff import Backoff
 from ledrec.stream.events import EventCodec, EventError
 from ledrec.stream.incarnation import TopicIncarnations, slot, topic_id
 from ledrec.stream.kafka import client_config
+from ledrec.stream.model_store import ModelStores
 from ledrec.stream.recent import RecentValues
 from ledrec.stream.registry import ModelCache, Registry
 from ledrec.stream.state import (
@@ -75,6 +76,10 @@ FENCED = Counter(
 )
 DEAD_BY_REASON = Counter(
     "ledrec_dead_letters_total", "Events dead-lettered, by the kind of refusal", ["reason"]
+)
+LAST_POLL = Gauge(
+    "ledrec_consumer_last_poll_timestamp_seconds",
+    "When the consumer last polled the broker (Unix time): its liveness (`ledrec health`)",
 )
 LAG = Gauge("ledrec_consumer_lag", "Events in the assigned partitions not yet consumed")
 PARTITION_LAG = Gauge(
@@ -170,7 +175,7 @@ class StateUpdater:
         self.store = UserStateStore(
             redis_client, settings.key_prefix, settings.timeline_max, settings.user_ttl_seconds
         )
-        self.models = ModelCache(Registry(redis_client, settings.key_prefix))
+        self.models = ModelCache(Registry(redis_client, settings.key_prefix), ModelStores(settings))
         self.consumer = Consumer(
             client_config(
                 kafka_bootstrap,
@@ -255,6 +260,7 @@ class StateUpdater:
                 messages = self.consumer.consume(
                     self.settings.consume_batch_size, self.settings.consume_batch_timeout_s
                 )
+                LAST_POLL.set(time.time())
                 if messages:
                     self.process(messages)
                     last_message = self._progress_at = time.monotonic()

@@ -20,6 +20,10 @@ registry, a swap) run in FastAPI's thread pool while the RPC stays on the event 
   timeline), ``GET /v1/dead-letters`` (the newest, with their reasons), ``GET /v1/items?id=``
   (the catalog's titles).
 
+Metrics (``ledrec gateway --metrics-port``): ``ledrec_http_requests_total{route,status}``
+and ``ledrec_http_request_seconds{route}`` (route: the path template, so bounded), and the
+swap counters of ``stream.swap`` (activations and rollbacks through the admin endpoints).
+
 No ``from __future__ import annotations`` here: FastAPI reads the annotations at runtime,
 and some close over the settings (the deployment's limits are in the document).
 
@@ -29,6 +33,7 @@ Errors map to HTTP: bad input 400/422, ``Overloaded`` 429, ``Unavailable`` 503,
 
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -37,6 +42,7 @@ from typing import Annotated, Any
 from confluent_kafka import KafkaException
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ledrec.connect import REDIS_UNAVAILABLE, kafka_answers, redis_client, resolve_addresses
@@ -56,12 +62,47 @@ from ledrec.stream.producer import EventPublisher, PublishError
 from ledrec.stream.registry import Registry, RegistryError
 from ledrec.stream.state import UserStateStore
 from ledrec.stream.status import deployment_status
+from ledrec.stream.swap import Swapper
 from ledrec.stream.titles import titles_of
 
 __all__ = ["create_app"]
 
 MAX_EVENTS_PER_POST = 10_000
 DASHBOARD = resources.files("ledrec.stream") / "dashboard.html"
+
+HTTP_REQUESTS = Counter(
+    "ledrec_http_requests_total", "Gateway HTTP requests answered", ["route", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "ledrec_http_request_seconds",
+    "Gateway time per HTTP request, first byte in to response started",
+    ["route"],
+    buckets=(5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+class _Measured:
+    """ASGI middleware: each HTTP request counted and timed by its route's path template."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                route = getattr(scope.get("route"), "path", "unmatched")
+                HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
+                HTTP_REQUESTS.labels(route, str(status[0])).inc()
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 # -- the API's bodies ------------------------------------------------------------------------
@@ -208,6 +249,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="LED recommendations, events and model versions over HTTP",
         lifespan=lifespan,
     )
+    app.add_middleware(_Measured)
 
     @app.exception_handler(_HTTPError)
     async def _error(_: Request, exc: _HTTPError) -> JSONResponse:
@@ -295,8 +337,6 @@ def create_app(settings: Settings) -> FastAPI:
             raise _HTTPError(503, "unavailable", f"redis unreachable: {e}") from None
 
     def swap(run: str, version: str | None = None, force: bool = False) -> SwapOut:
-        from ledrec.stream.swap import Swapper
-
         swapper = Swapper(settings, state["redis"])
         try:
             report = swapper.activate(version, force=force) if version else swapper.rollback()

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
-from pathlib import Path
 
+from ledrec.stream.model_store import LocalStore, ModelStores
 from ledrec.stream.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -33,19 +32,20 @@ def prunable(registry: Registry, keep: int) -> list[str]:
     return [version for _, version in candidates[: max(0, len(candidates) - keep)]]
 
 
-def prune(registry: Registry, keep: int) -> list[Path]:
-    """Remove the directories of the prunable versions beyond the newest ``keep``."""
-    removed: list[Path] = []
+def prune(registry: Registry, keep: int, stores: ModelStores | None = None) -> list[str]:
+    """Remove the artifacts of the prunable versions beyond the newest ``keep`` (their
+    locations: directories, or ``s3://`` objects with ``stores``); returns the removed."""
+    removed: list[str] = []
     live = set(registry.live())
     for version in prunable(registry, keep):
         if version in live:  # changed state meanwhile: never remove a live version
             continue
         info = registry.info(version)
-        path = Path(info["path"])
-        if path.is_dir():
-            shutil.rmtree(path)
-            removed.append(path)
+        location = str(info["path"])
+        gone = stores.remove(location) if stores else LocalStore.remove_dir(location)
+        if gone:
+            removed.append(location)
         info["pruned_at"] = time.time()
         registry.client.hset(registry.keys.models("info"), version, json.dumps(info))
-        log.info("model version pruned", extra={"version": version, "path": str(path)})
+        log.info("model version pruned", extra={"version": version, "path": location})
     return removed

@@ -12,8 +12,9 @@ Lifecycle (``stream.swap`` drives it): staged → warming (live: consumers dual-
 re-encoder back-fills it, scorers load it) → active (pointer flip) → retained (still live,
 so a rollback is a flip) → retired (not live; its sums are dropped).
 
-A version's artifacts live in the model store (see ``stream.artifact``); the registry only
-names them.
+A version's artifacts live in the model store (``stream.artifact``, ``stream.model_store``);
+the registry only names them: ``path`` is the version's location, a directory or an
+``s3://`` URL (``ModelStores`` resolves either).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ledrec.errors import LedrecError
 from ledrec.keyspace import Keyspace
 from ledrec.stream.artifact import ArtifactError, Model, load_model
 from ledrec.stream.events import has_control_character
+from ledrec.stream.model_store import ModelStores
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +57,15 @@ class Registry:
     def channel(self) -> str:
         return self.keys.model_events
 
-    def register(self, model: Model, state: str = "staged") -> None:
-        """Record a saved model version (its directory must exist in the store)."""
+    def register(self, model: Model, state: str = "staged", location: str | None = None) -> None:
+        """Record a saved model version: its directory (``model.path``) or its ``location``
+        in the store it was published to (``ModelStores.publish``)."""
         if not model.version or has_control_character(model.version):
             # user states list versions joined by a control character (stream/state/schema.py)
             raise RegistryError(f"invalid model version name {model.version!r}")
         info = {
             "state": state,
-            "path": str(model.path),
+            "path": location or str(model.path),
             "metrics": model.metrics,
             "dim": model.dim,
             "n_items": model.n_items,
@@ -180,8 +183,13 @@ class Registry:
     def live(self) -> list[str]:
         return sorted(_s(v) for v in self.client.smembers(self._k("live")))
 
+    def location(self, version: str) -> str:
+        """Where the version's artifacts are: a directory or an ``s3://`` URL."""
+        return str(self.info(version)["path"])
+
     def path(self, version: str) -> Path:
-        return Path(self.info(version)["path"])
+        """The version's directory (a local store; ``location`` for any store)."""
+        return Path(self.location(version))
 
     # -- scorers -------------------------------------------------------------------------
     def report_scorer(
@@ -219,15 +227,17 @@ class Registry:
 class ModelCache:
     """Loads model versions from the store once and keeps them in memory."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, stores: ModelStores | None = None) -> None:
         self.registry = registry
+        self.stores = stores  # None: local directories only
         self._models: dict[str, Model] = {}
         self._refused: set[str] = set()
 
     def get(self, version: str) -> Model:
         model = self._models.get(version)
         if model is None:
-            model = load_model(self.registry.path(version))
+            location = self.registry.location(version)
+            model = self.stores.load(location) if self.stores else load_model(Path(location))
             self._models[version] = model
         return model
 

@@ -47,6 +47,7 @@ from ledrec.stream.artifact import ArtifactError
 from ledrec.stream.backoff import Backoff
 from ledrec.stream.intake import Intake, Taken
 from ledrec.stream.loaded_model import LoadedModel, Query
+from ledrec.stream.model_store import ModelStores
 from ledrec.stream.protocol import Limits, Request, RequestError
 from ledrec.stream.recent import RecentValues
 from ledrec.stream.registry import ModelCache, Registry
@@ -159,7 +160,7 @@ class RecommendServer:
         self._clock_at = -CLOCK_REFRESH_S
         self._depth_at = -QUEUE_DEPTH_EVERY_S
         self.registry = Registry(client, settings.key_prefix)
-        self.models = ModelCache(self.registry)
+        self.models = ModelCache(self.registry, ModelStores(settings))
         self.keys = settings.keyspace_of(client)
         self.cluster = is_cluster(client)
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

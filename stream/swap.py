@@ -17,6 +17,10 @@ Activating a version:
    and their sums are dropped.
 
 One activation at a time: a lock in Redis, held (and kept alive) for the whole call.
+
+Metrics (of the process that swaps: the trainer, the gateway): ``ledrec_model_swaps_total``
+(activations that flipped), ``ledrec_model_rollbacks_total``, and
+``ledrec_model_swaps_refused_total{reason}`` (gate, busy, scorers, artifact, other).
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from prometheus_client import Counter
 from redis.exceptions import LockError
 from redis.lock import Lock
 
 from ledrec.keyspace import Keyspace
 from ledrec.settings import Settings
-from ledrec.stream.artifact import load_model
+from ledrec.stream.artifact import ArtifactError
+from ledrec.stream.model_store import ModelStores
 from ledrec.stream.reencoder import BackfillProgress, Reencoder, clear_progress
 from ledrec.stream.registry import Registry, RegistryError
 from ledrec.stream.state import UserStateStore
@@ -44,6 +50,41 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 LOCK_TTL_S = 15.0
+
+SWAPS = Counter("ledrec_model_swaps_total", "Model versions activated (the pointer flipped)")
+ROLLBACKS = Counter("ledrec_model_rollbacks_total", "Rollbacks to a retained version")
+REFUSED = Counter(
+    "ledrec_model_swaps_refused_total",
+    "Activations or rollbacks that did not happen, by reason",
+    ["reason"],
+)
+REFUSAL_REASONS = ("gate", "busy", "scorers", "artifact", "other")
+for _reason in REFUSAL_REASONS:  # every series exists from the start (rate() sees the first)
+    REFUSED.labels(_reason)
+
+
+class GateRefused(RegistryError):
+    """The quality gate refused a candidate (worse than the active version)."""
+
+
+class SwapBusy(RegistryError):
+    """Another swap holds the lock."""
+
+
+class ScorersLagging(RegistryError):
+    """Scorers did not report the version prepared or serving in time."""
+
+
+def _refusal_reason(e: BaseException) -> str:
+    if isinstance(e, GateRefused):
+        return "gate"
+    if isinstance(e, SwapBusy):
+        return "busy"
+    if isinstance(e, ScorersLagging):
+        return "scorers"
+    if isinstance(e, ArtifactError):
+        return "artifact"
+    return "other"
 
 
 @dataclass
@@ -75,7 +116,7 @@ class SwapLock:
     def __enter__(self) -> SwapLock:
         if not self.lock.acquire(blocking=False, token=self.token):
             holder = self.lock.redis.get(self.lock.name)
-            raise RegistryError(f"another model swap is in progress ({holder!r}); try again")
+            raise SwapBusy(f"another model swap is in progress ({holder!r}); try again")
         return self
 
     def renew(self) -> None:
@@ -97,6 +138,7 @@ class Swapper:
         self.settings = settings
         self.client = client
         self.registry = Registry(client, settings.key_prefix)
+        self.stores = ModelStores(settings)
         self.store = UserStateStore(
             client, settings.key_prefix, settings.timeline_max, settings.user_ttl_seconds
         )
@@ -110,7 +152,7 @@ class Swapper:
     ) -> BackfillProgress:
         """Make ``version`` live (warming) and back-fill its sums; resumes an interrupted run."""
         info = self.registry.info(version)
-        model = load_model(self.registry.path(version))  # checksummed, validated
+        model = self.stores.load(self.registry.location(version))  # checksummed, validated
         if info["state"] in ("staged", "retired"):
             self.registry.set_state(version, "warming")
         last_report = [0.0]
@@ -131,6 +173,26 @@ class Swapper:
         self, version: str, force: bool = False, progress: Progress | None = None
     ) -> SwapReport:
         """Gate, warm, back-fill, wait for the scorers, flip, retire (see the module doc)."""
+        try:
+            report = self._activate(version, force, progress)
+        except Exception as e:
+            REFUSED.labels(_refusal_reason(e)).inc()
+            raise
+        if report.previous != report.version:
+            SWAPS.inc()
+        return report
+
+    def rollback(self, progress: Progress | None = None) -> SwapReport:
+        """Flip back to the most recently retained version (its sums are up to date)."""
+        try:
+            report = self._rollback(progress)
+        except Exception as e:
+            REFUSED.labels(_refusal_reason(e)).inc()
+            raise
+        ROLLBACKS.inc()
+        return report
+
+    def _activate(self, version: str, force: bool, progress: Progress | None) -> SwapReport:
         started = time.time()
         say = progress or (lambda _: None)
         with SwapLock(self.client, self.settings.key_prefix, f"activate {version}") as lock:
@@ -140,16 +202,18 @@ class Swapper:
                 say(f"{version} is already active")
                 return SwapReport(version, active, None, started, started, started, [])
             if not force:
-                self.registry.check_gate(
-                    version, self.settings.gate_metrics, self.settings.gate_tolerance
-                )
+                try:
+                    self.registry.check_gate(
+                        version, self.settings.gate_metrics, self.settings.gate_tolerance
+                    )
+                except RegistryError as e:
+                    raise GateRefused(str(e)) from None
             backfill = None
             if info["state"] != "retained":
                 backfill = self.backfill(version, say, lock=lock)
             return self._flip(version, started, backfill, lock, say)
 
-    def rollback(self, progress: Progress | None = None) -> SwapReport:
-        """Flip back to the most recently retained version (its sums are up to date)."""
+    def _rollback(self, progress: Progress | None) -> SwapReport:
         started = time.time()
         say = progress or (lambda _: None)
         with SwapLock(self.client, self.settings.key_prefix, "rollback") as lock:
@@ -220,7 +284,7 @@ class Swapper:
             if not lagging:
                 return
             if time.monotonic() > deadline:
-                raise RegistryError(
+                raise ScorersLagging(
                     f"scorers {', '.join(sorted(lagging))} did not report {version} {what} "
                     f"within {self.settings.scorer_ack_timeout_s:.0f}s (see their logs)"
                 )

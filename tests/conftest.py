@@ -196,6 +196,35 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         yield c
 
 
+S3_CREDENTIALS = {  # moto checks none; boto3 needs some
+    "AWS_ACCESS_KEY_ID": "ledrec",
+    "AWS_SECRET_ACCESS_KEY": "ledrec-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A local S3 server for the session (moto's ThreadedMotoServer, a real HTTP server on
+    a free loopback port): its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An ``s3://`` model store URL in a bucket of its own (the bucket not created: the
+    first publish creates it), with the credentials in this process's environment."""
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return f"s3://ledrec-{uuid.uuid4().hex[:12]}/models"
+
+
 @pytest.fixture
 def redis_kind(request: pytest.FixtureRequest) -> str:
     """``single`` (one redis-server) unless the test is marked ``both_redis``."""

@@ -9,6 +9,11 @@ Interactions, trains with ``training.jobs.run_train`` (the parent is the active 
 registers the new version and activates it with the full swap (``stream.swap``). A
 version the quality gate refuses stays ``staged``; any failure is logged and leaves the
 active version serving.
+
+Metrics (``ledrec trainer --metrics-port``): ``ledrec_trainer_cycles_total{outcome}``
+(activated, not_activated, skipped: too few events, failed),
+``ledrec_trainer_last_success_timestamp_seconds`` (the last cycle that activated a version)
+and ``ledrec_trainer_gate_refusals_total``; the swaps' own counters (``stream.swap``) too.
 """
 
 from __future__ import annotations
@@ -20,20 +25,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
+from prometheus_client import Counter, Gauge
 
 from ledrec.errors import LedrecError
 from ledrec.settings import Settings
 from ledrec.stream.artifact import ArtifactError, load_model
+from ledrec.stream.model_store import ModelStores
 from ledrec.stream.prune import prune
 from ledrec.stream.registry import Registry, RegistryError
 from ledrec.stream.replay import consumed_total, replay_events
-from ledrec.stream.swap import Swapper
+from ledrec.stream.swap import GateRefused, Swapper
 from ledrec.training.dataset import from_events
 from ledrec.training.jobs import TrainConfig, run_train
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+
+OUTCOMES = ("activated", "not_activated", "skipped", "failed")
+CYCLES = Counter("ledrec_trainer_cycles_total", "Retraining cycles, by outcome", ["outcome"])
+for _outcome in OUTCOMES:
+    CYCLES.labels(_outcome)
+LAST_SUCCESS = Gauge(
+    "ledrec_trainer_last_success_timestamp_seconds",
+    "When a retraining cycle last activated a new version (Unix time; 0: never)",
+)
+GATE_REFUSALS = Counter(
+    "ledrec_trainer_gate_refusals_total", "Trained versions the quality gate refused"
+)
 
 
 class RetrainError(LedrecError, RuntimeError):
@@ -54,6 +73,7 @@ class CycleResult:
     version: str | None  # the version trained (None: no training happened)
     activated: bool
     reason: str = ""  # why not activated
+    gate_refused: bool = False  # the quality gate refused it
 
 
 def parse_duration(text: str) -> float:
@@ -88,6 +108,7 @@ class Retrainer:
         self.config = config
         self.progress = progress
         self.registry = Registry(client, settings.key_prefix)
+        self.stores = ModelStores(settings)
         self.stop_event = threading.Event()
 
     def cycle(self) -> CycleResult:
@@ -103,7 +124,7 @@ class Retrainer:
         baseline = None
         if active is not None:
             try:
-                baseline = load_model(self.registry.path(active))
+                baseline = self.stores.load(self.registry.location(active))
             except ArtifactError as e:  # the gate then compares each on its own users
                 log.warning("active version unreadable", extra={"error": str(e)})
         path = run_train(
@@ -117,7 +138,8 @@ class Retrainer:
             baseline=baseline,
         )
         model = load_model(path)
-        self.registry.register(model)
+        location = self.stores.publish(path)  # an s3:// store: uploaded, manifest last
+        self.registry.register(model, location=location)
         try:
             Swapper(self.settings, self.client).activate(
                 model.version, force=self.config.force, progress=self.progress
@@ -126,7 +148,7 @@ class Retrainer:
             log.warning(
                 "new version not activated", extra={"version": model.version, "reason": str(e)}
             )
-            return CycleResult(model.version, False, str(e))
+            return CycleResult(model.version, False, str(e), isinstance(e, GateRefused))
         log.info("new version active", extra={"version": model.version, "metrics": model.metrics})
         return CycleResult(model.version, True)
 
@@ -136,17 +158,24 @@ class Retrainer:
         try:
             result = self.cycle()
         except Exception as e:
+            # too little data in the window: skipped (nothing to train yet); else failed
+            CYCLES.labels("skipped" if isinstance(e, RetrainError) else "failed").inc()
             log.exception(
                 "retraining failed; the active version keeps serving",
                 extra={"active": self.registry.active(), "error": str(e)},
             )
             return CycleResult(None, False, f"{type(e).__name__}: {e}")
+        CYCLES.labels("activated" if result.activated else "not_activated").inc()
+        if result.activated:
+            LAST_SUCCESS.set(time.time())
+        if result.gate_refused:
+            GATE_REFUSALS.inc()
         log.info(
             "retraining cycle done",
             extra={"seconds": time.perf_counter() - started, **vars(result)},
         )
         try:  # refused candidates and retired versions do not pile up in the store
-            prune(self.registry, self.settings.model_store_keep)
+            prune(self.registry, self.settings.model_store_keep, self.stores)
         except (OSError, redis.RedisError) as e:
             log.warning("model store not pruned", extra={"error": str(e)})
         return result

@@ -30,4 +30,4 @@ def test_train_saves_into_the_folder_the_flag_names(tmp_path: Path, flag: str) -
 def test_flags_are_validated_like_the_environment(tmp_path: Path) -> None:
     args = build_parser().parse_args(["--home", str(tmp_path), "--model-store", "m", "train"])
     settings = _settings(args)
-    assert settings.home == tmp_path and isinstance(settings.model_store, Path)
+    assert settings.home == tmp_path and settings.model_store_path == Path("m")
