@@ -133,9 +133,9 @@ class ServingVersions:
             self.heartbeat()  # loading a big index takes a while: stay visible meanwhile
             try:
                 scorer = self._load(version)
-            except ArtifactError:
+            except ArtifactError as e:  # refused by its checks: the reason is the message
                 self._unloadable.add(version)
-                log.exception("model version unusable", extra={"version": version})
+                log.error("model version unusable", extra={"version": version, "error": str(e)})
                 continue
             with self._lock:
                 self._prepared[version] = scorer

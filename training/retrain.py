@@ -159,10 +159,15 @@ class Retrainer:
             result = self.cycle()
         except Exception as e:
             # too little data in the window: skipped (nothing to train yet); else failed
-            CYCLES.labels("skipped" if isinstance(e, RetrainError) else "failed").inc()
-            log.exception(
+            expected = isinstance(e, RetrainError)
+            CYCLES.labels("skipped" if expected else "failed").inc()
+            # an expected refusal (too little data) is a warning with its reason; anything
+            # else is a bug or an outage, logged with its traceback
+            log.log(
+                logging.WARNING if expected else logging.ERROR,
                 "retraining failed; the active version keeps serving",
                 extra={"active": self.registry.active(), "error": str(e)},
+                exc_info=not expected,
             )
             return CycleResult(None, False, f"{type(e).__name__}: {e}")
         CYCLES.labels("activated" if result.activated else "not_activated").inc()

@@ -73,6 +73,7 @@ def test_trainer_cycles_replay_train_and_activate_and_failures_keep_the_active(
     assert failed.returncode == 1
     assert "retraining failed; the active version keeps serving" in failed.stderr
     assert '"error": "only 0 events in the window' in failed.stderr  # structured log line
+    assert '"level": "WARNING"' in failed.stderr and "Traceback" not in failed.stderr
     assert registry.active() == active
 
 
