@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +87,17 @@ def test_one_request_id_names_the_request_in_every_log(
             with pytest.raises(BadRequest):
                 rpc.request(user_id="alice", k=settings.max_k + 1, request_id="rpc-bad")
 
-            for request_id in ("gw-ok", fresh):
+            env = settings_env(settings)
+            cli = [sys.executable, "-m", "ledrec.cli", "recommend", "alice", "--json"]
+            run = subprocess.run([*cli, "--request-id", "cli-1"], env=env, capture_output=True,
+                                 text=True, timeout=60)  # fmt: skip
+            assert run.returncode == 0 and json.loads(run.stdout)["request_id"] == "cli-1", run
+            run = subprocess.run([*cli, "--request-id", "a b"], env=env, capture_output=True,
+                                 text=True, timeout=60)  # fmt: skip
+            assert run.returncode != 0 and "request_id must be" in run.stderr
+            assert "Traceback" not in run.stderr
+
+            for request_id in ("gw-ok", fresh, "cli-1"):
                 wait_until(
                     lambda rid=request_id: _with_id(log, "request answered", rid) is not None,
                     10, f"{request_id} in the scorer's log",
