@@ -243,11 +243,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     items = [i for i in args.items.split(",") if i] if args.items else None
     if (args.user is None) == (items is None):
         raise CliError("give a user id or --items, not both")
-    rec = client.request(user_id=args.user, items=items, k=args.k)
+    rec = client.request(user_id=args.user, items=items, k=args.k, request_id=args.request_id)
     if args.json:
-        print(json.dumps({"version": rec.version, "source": rec.source, "items": rec.items}))
+        print(json.dumps({"version": rec.version, "source": rec.source, "items": rec.items,
+                          "request_id": rec.request_id}))  # fmt: skip
     else:
-        print(f"# model {rec.version}, from {rec.source}")
+        print(f"# model {rec.version}, from {rec.source}, request {rec.request_id}")
         for rank, (item, score) in enumerate(rec.items, start=1):
             print(f"{rank:>3}  {item}  {score:.4f}")
     return 0
@@ -554,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--timeout", type=float, default=2.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--request-id", help="this call's id in the scorer's logs (default: fresh)")
     p.set_defaults(func=cmd_recommend)
 
     for name, func, helptext in (

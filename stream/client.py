@@ -6,6 +6,10 @@
 A call's timeout bounds all of it, connecting included (for clients built by
 ``from_settings`` / ``from_url``), and every failure is one of the documented errors:
 ``Timeout``, ``Overloaded``, ``BadRequest``, ``Unavailable``.
+
+Every call has a request id (``request(..., request_id=)``, else a fresh one): the scorer
+logs it, the reply carries it back (``Recommendations.request_id``) and every error names
+it (``RecommendError.request_id``), so one id follows a request through each log.
 """
 
 from __future__ import annotations
@@ -39,7 +43,11 @@ CLOCK_REFRESH_S = 60.0  # how often a client re-measures its clock against Redis
 
 
 class RecommendError(LedrecError, RuntimeError):
-    """Base class of the client's errors."""
+    """Base class of the client's errors; ``request_id`` names the call that failed."""
+
+    def __init__(self, message: str, request_id: str = "") -> None:
+        super().__init__(f"{message} (request {request_id})" if request_id else message)
+        self.request_id = request_id
 
 
 class Timeout(RecommendError):
@@ -63,28 +71,46 @@ class Recommendations:
     items: list[tuple[str, float]]
     version: str  # model version that answered
     source: str  # "state", "timeline" (encoded on the fly), "items" or "popularity"
+    request_id: str = ""  # as the scorer received and logged it
 
 
-def _result(raw: Any, timeout_s: float) -> Recommendations:
+def _result(raw: Any, timeout_s: float, request_id: str) -> Recommendations:
     if raw is None:
-        raise Timeout(f"no reply within {timeout_s:.3f}s")
+        raise Timeout(f"no reply within {timeout_s:.3f}s", request_id)
     return read_reply(raw[1])
 
 
 def read_reply(body: bytes) -> Recommendations:
     """The recommendations in a reply body, or its error raised as the documented exception."""
     reply = protocol.decode_reply(body)
+    request_id = str(reply.get("id", ""))
     if not reply.get("ok"):
         error = reply.get("error", {})
         code, message = error.get("code"), error.get("message", "")
         if code == protocol.BAD_REQUEST:
-            raise BadRequest(message)
+            raise BadRequest(message, request_id)
         if code == protocol.OVERLOADED:
-            raise Overloaded(message)
-        raise Unavailable(message)
+            raise Overloaded(message, request_id)
+        raise Unavailable(message, request_id)
     return Recommendations(
-        [(str(i), float(s)) for i, s in reply["items"]], reply["version"], reply["source"]
+        [(str(i), float(s)) for i, s in reply["items"]],
+        reply["version"],
+        reply["source"],
+        request_id,
     )
+
+
+def _redis_failure(error: BaseException, timeout_s: float, request_id: str) -> RecommendError:
+    """The documented error for what Redis (or the call's own timeout) did to a call."""
+    if isinstance(error, TimeoutError | redis.TimeoutError):
+        return Timeout(f"no reply within {timeout_s:.3f}s", request_id)
+    if isinstance(error, redis.AuthenticationError):  # a ConnectionError in redis-py
+        message = f"redis refused the credentials (AuthenticationError): {error}"
+    elif isinstance(error, redis.ConnectionError):
+        message = f"redis unreachable: {error}"
+    else:
+        message = f"redis refused the request: {error}"
+    return Unavailable(message, request_id)
 
 
 def _remaining(deadline: float) -> float:
@@ -155,6 +181,18 @@ class _ClientBase:
         self._offset = redis_now - (sent_at + self.clock()) / 2
         self._offset_at = time.monotonic()
 
+    @staticmethod
+    def _request_id(request_id: str | None) -> str:
+        """The caller's request id, checked, else a fresh one."""
+        if request_id is None:
+            return protocol.new_request_id()
+        if not protocol.valid_request_id(request_id):
+            raise BadRequest(
+                f"request_id must be 1 to {protocol.MAX_REQUEST_ID_LENGTH} visible ASCII "
+                f"characters, not {request_id!r:.60}"
+            )
+        return request_id
+
     def _prepare(
         self,
         user_id: str | None,
@@ -163,12 +201,13 @@ class _ClientBase:
         exclude_seen: bool,
         timeout: float,
         lane: int,
+        request_id: str,
     ) -> tuple[Request, list[bytes | int]]:
         """The request to queue ``lane`` (its deadline by Redis's clock, its reply key in the
         queue's slot) and the enqueue script's arguments."""
         now = self.clock() + (self._offset or 0.0)
         req = protocol.new_request(
-            self.prefix, k, timeout, user_id, items, exclude_seen, now, self.keys, lane
+            self.prefix, k, timeout, user_id, items, exclude_seen, now, self.keys, lane, request_id
         )
         return req, [protocol.encode_request(req), self._queue_bound]
 
@@ -176,8 +215,8 @@ class _ClientBase:
         """The queue the next request goes to."""
         return next(self._turn) % len(self.queues) if len(self.queues) > 1 else 0
 
-    def _queue_full(self) -> Overloaded:
-        return Overloaded(f"request queue is full ({self.max_queue_length} waiting)")
+    def _queue_full(self, request_id: str) -> Overloaded:
+        return Overloaded(f"request queue is full ({self.max_queue_length} waiting)", request_id)
 
 
 class RecommenderClient(_ClientBase):
@@ -260,10 +299,13 @@ class RecommenderClient(_ClientBase):
         k: int = 10,
         exclude_seen: bool = True,
         timeout_s: float | None = None,
+        request_id: str | None = None,
     ) -> Recommendations:
-        """The recommendations for a user (``user_id``) or a timeline (``items``)."""
+        """The recommendations for a user (``user_id``) or a timeline (``items``);
+        ``request_id``: the caller's id for this call (default: a fresh one)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
+        rid = self._request_id(request_id)
         lane = self._lane()
         queue = self.queues[lane]
         try:
@@ -274,7 +316,7 @@ class RecommenderClient(_ClientBase):
                     sent_at = self.clock()
                     conn.send_command("TIME")
                     self._set_clock(conn.read_response(timeout=_remaining(deadline)), sent_at)
-                req, args = self._prepare(user_id, items, k, exclude_seen, timeout, lane)
+                req, args = self._prepare(user_id, items, k, exclude_seen, timeout, lane, rid)
                 conn.send_command("EVALSHA", self._push.sha, 1, queue, *args)
                 try:
                     pushed = conn.read_response(timeout=_remaining(deadline))
@@ -284,7 +326,7 @@ class RecommenderClient(_ClientBase):
                     conn.send_command("EVALSHA", self._push.sha, 1, queue, *args)
                     pushed = conn.read_response(timeout=_remaining(deadline))
                 if pushed < 0:
-                    raise self._queue_full()
+                    raise self._queue_full(rid)
                 wait = _remaining(deadline)
                 conn.send_command("BLPOP", req.reply_to, f"{wait:.3f}")
                 raw = conn.read_response(timeout=wait + _READ_GRACE_S)
@@ -293,18 +335,15 @@ class RecommenderClient(_ClientBase):
                 raise
             finally:
                 pool.release(conn)
-        except redis.TimeoutError as e:
-            raise Timeout(f"no reply within {timeout:.3f}s") from e
-        except redis.AuthenticationError as e:  # a ConnectionError in redis-py
-            raise Unavailable(f"redis refused the credentials (AuthenticationError): {e}") from e
-        except redis.ConnectionError as e:
-            self._refresh_slots()
-            raise Unavailable(f"redis unreachable: {e}") from e
         except redis.RedisError as e:
-            if isinstance(e, redis.exceptions.AskError | redis.exceptions.ClusterError):
+            moved = isinstance(e, redis.exceptions.AskError | redis.exceptions.ClusterError)
+            lost = isinstance(e, redis.ConnectionError) and not isinstance(
+                e, redis.AuthenticationError
+            )
+            if moved or lost:
                 self._refresh_slots()  # a failover or resharding: the next call goes right
-            raise Unavailable(f"redis refused the request: {e}") from e
-        return _result(raw, timeout)
+            raise _redis_failure(e, timeout, rid) from e
+        return _result(raw, timeout, rid)
 
     def _refresh_slots(self) -> None:
         """On a cluster, re-read the slot map (best effort: the next call retries)."""
@@ -381,30 +420,27 @@ class AsyncRecommenderClient(_ClientBase):
         k: int = 10,
         exclude_seen: bool = True,
         timeout_s: float | None = None,
+        request_id: str | None = None,
     ) -> Recommendations:
-        """The recommendations for a user (``user_id``) or a timeline (``items``)."""
+        """The recommendations for a user (``user_id``) or a timeline (``items``);
+        ``request_id``: the caller's id for this call (default: a fresh one)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
+        rid = self._request_id(request_id)
         try:
             async with asyncio.timeout(timeout + _READ_GRACE_S):
                 if self._clock_stale():
                     sent_at = self.clock()
                     self._set_clock(await self.client.time(), sent_at)
                 lane = self._lane()
-                req, args = self._prepare(user_id, items, k, exclude_seen, timeout, lane)
+                req, args = self._prepare(user_id, items, k, exclude_seen, timeout, lane, rid)
                 if await self._push(keys=[self.queues[lane]], args=args) < 0:
-                    raise self._queue_full()
+                    raise self._queue_full(rid)
                 wait = _remaining(deadline)
                 raw = await self.client.blpop([req.reply_to], timeout=round(wait, 3))
-        except (TimeoutError, redis.TimeoutError) as e:
-            raise Timeout(f"no reply within {timeout:.3f}s") from e
-        except redis.AuthenticationError as e:  # a ConnectionError in redis-py
-            raise Unavailable(f"redis refused the credentials (AuthenticationError): {e}") from e
-        except redis.ConnectionError as e:
-            raise Unavailable(f"redis unreachable: {e}") from e
-        except redis.RedisError as e:
-            raise Unavailable(f"redis refused the request: {e}") from e
-        return _result(raw, timeout)
+        except (TimeoutError, redis.RedisError) as e:
+            raise _redis_failure(e, timeout, rid) from e
+        return _result(raw, timeout, rid)
 
     async def aclose(self) -> None:
         """Close the connections."""

@@ -96,6 +96,12 @@ FRESHNESS = Histogram(
 STALLS = Counter(
     "ledrec_consumer_stalls_total", "Times the consumer had lag but applied nothing for a while"
 )
+UNKNOWN_ITEMS = Counter(
+    "ledrec_unknown_item_events_total",
+    "Events consumed whose item a live model version does not know: kept in the timeline,"
+    " they count toward nothing until a version knows them (redeliveries count again)",
+    ["version"],
+)
 OFFSETS_BACKWARDS = Counter(
     "ledrec_offsets_backwards_total",
     "Offsets that went backwards on the same topic incarnation (the broker lost events)",
@@ -286,6 +292,7 @@ class StateUpdater:
         last_offsets: dict[tuple[str, int], int] = {}
         decode, weights = self.codec.decode_fields, self.settings.event_weights
         base, last_seen = self._slot_base, self._last_seen
+        items: list[str] = []
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -304,7 +311,12 @@ class StateUpdater:
                 self._dead_letter(msg, e.reason, e.code)
                 continue
             by_user[user_id].append(TimelineEvent(partition + base, offset, item_id, weights[kind]))
+            items.append(item_id)
         models = self._retrying(self._live_models)
+        for model in models:
+            unknown = len(items) - sum(map(model.row_of.__contains__, items))
+            if unknown:
+                UNKNOWN_ITEMS.labels(model.version).inc(unknown)
         try:
             settled = self.writer.submit(by_user, models)
         except REDIS_UNAVAILABLE as e:
@@ -556,6 +568,10 @@ class StateUpdater:
         if versions != self._gc_frozen_for:
             for model in models:
                 model.row_of  # noqa: B018  # built now, not by the first batch
+                UNKNOWN_ITEMS.labels(model.version)  # shown from 0
+            for gone in set(self._gc_frozen_for) - set(versions):  # bounded: live versions
+                with contextlib.suppress(KeyError):
+                    UNKNOWN_ITEMS.remove(gone)
             gc.freeze()
             self._gc_frozen_for = versions
         return models

@@ -29,13 +29,21 @@ and some close over the settings (the deployment's limits are in the document).
 
 Errors map to HTTP: bad input 400/422, ``Overloaded`` 429, ``Unavailable`` 503,
 ``Timeout`` 504; every error body is ``{"error": {"code", "message"}}``.
+
+Request ids: every answer has an ``X-Request-Id`` header, the caller's when it sent a valid
+one (1-128 visible ASCII characters; another is replaced, not refused), else a fresh one.
+A recommendation passes it to the scorer, which logs it, and its answer (``request_id``)
+and its failures, logged here as WARNING, name it: one id finds the request in the logs of
+the gateway and the scorer.
 """
 
 import hmac
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from importlib import resources
 from typing import Annotated, Any
 
@@ -59,6 +67,7 @@ from ledrec.stream.client import (
 from ledrec.stream.dead_letters import NoDeadLetterTopic, newest_dead_letters
 from ledrec.stream.events import EventError
 from ledrec.stream.producer import EventPublisher, PublishError
+from ledrec.stream.protocol import new_request_id, valid_request_id
 from ledrec.stream.registry import Registry, RegistryError
 from ledrec.stream.state import UserStateStore
 from ledrec.stream.status import deployment_status
@@ -66,6 +75,8 @@ from ledrec.stream.swap import Swapper
 from ledrec.stream.titles import titles_of
 
 __all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_POST = 10_000
 DASHBOARD = resources.files("ledrec.stream") / "dashboard.html"
@@ -79,6 +90,38 @@ HTTP_SECONDS = Histogram(
     ["route"],
     buckets=(5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+
+
+_REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
+
+
+class _RequestIds:
+    """ASGI middleware: each HTTP request's id (the caller's ``X-Request-Id`` when valid,
+    else a fresh one) set for its handler and sent back in the ``X-Request-Id`` header."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        request_id = given.decode("latin-1")
+        if not valid_request_id(request_id):
+            request_id = new_request_id()
+        header = (b"x-request-id", request_id.encode())
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        token = _REQUEST_ID.set(request_id)
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            _REQUEST_ID.reset(token)
 
 
 class _Measured:
@@ -115,6 +158,7 @@ class RecommendationsOut(BaseModel):
     items: list[ScoredItem]
     version: str = Field(description="the model version that answered")
     source: str = Field(description="state, timeline, items or popularity")
+    request_id: str = Field(description="as the scorer logged it (the X-Request-Id header)")
 
 
 class EventIn(BaseModel):
@@ -201,6 +245,12 @@ class _HTTPError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+_STATUS_OF: dict[type[RecommendError], tuple[int, str]] = {
+    BadRequest: (400, "bad_request"),
+    Overloaded: (429, "overloaded"),
+    Timeout: (504, "timeout"),
+    Unavailable: (503, "unavailable"),
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorOut} for status in (400, 401, 429, 503, 504)
 }
@@ -250,6 +300,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(_Measured)
+    app.add_middleware(_RequestIds)
 
     @app.exception_handler(_HTTPError)
     async def _error(_: Request, exc: _HTTPError) -> JSONResponse:
@@ -263,21 +314,24 @@ def create_app(settings: Settings) -> FastAPI:
             raise _HTTPError(401, "unauthorized", "a valid X-API-Key header is required")
 
     async def recommend(**request: Any) -> Recommendations:
+        request_id = _REQUEST_ID.get() or None
         try:
-            result: Recommendations = await state["rpc"].request(**request)
-        except BadRequest as e:
-            raise _HTTPError(400, "bad_request", str(e)) from None
-        except Overloaded as e:
-            raise _HTTPError(429, "overloaded", str(e)) from None
-        except Timeout as e:
-            raise _HTTPError(504, "timeout", str(e)) from None
-        except (Unavailable, RecommendError) as e:
-            raise _HTTPError(503, "unavailable", str(e)) from None
+            result: Recommendations = await state["rpc"].request(**request, request_id=request_id)
+        except RecommendError as e:
+            status, code = _STATUS_OF.get(type(e), (503, "unavailable"))
+            failed = {"request_id": e.request_id, "status": status, "error": str(e)}
+            log.warning("recommendation failed", extra=failed)
+            raise _HTTPError(status, code, str(e)) from None
         return result
 
     def out(result: Recommendations, exclude: set[str], k: int) -> RecommendationsOut:
         items = [ScoredItem(item_id=i, score=s) for i, s in result.items if i not in exclude]
-        return RecommendationsOut(items=items[:k], version=result.version, source=result.source)
+        return RecommendationsOut(
+            items=items[:k],
+            version=result.version,
+            source=result.source,
+            request_id=result.request_id,
+        )
 
     @app.get(
         "/v1/users/{user_id}/recommendations",

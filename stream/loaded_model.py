@@ -65,9 +65,19 @@ class LoadedModel:
         """``u = sum / weight``; zeros when the user has no known item."""
         return user_vector(total, weight, self.model.dim)
 
+    def timeline_sum(
+        self, timeline: Sequence[tuple[str, float]]
+    ) -> tuple[npt.NDArray[np.float64], float]:
+        """``(Σ w·v, Σ w)`` over the (item id, weight) pairs this version knows."""
+        return window_sum(self.model, timeline)
+
     def encode_timeline(self, timeline: Sequence[tuple[str, float]]) -> npt.NDArray[np.float32]:
-        total, weight = window_sum(self.model, timeline)
-        return self.encode_sum(total, weight)
+        return self.encode_sum(*self.timeline_sum(timeline))
+
+    def unknown_items(self, items: Sequence[str]) -> int:
+        """How many of ``items`` this version does not know (they count toward nothing)."""
+        row_of = self.model.row_of
+        return sum(1 for item in items if item not in row_of)
 
     def top_k(self, queries: Sequence[Query]) -> list[list[tuple[str, float]]]:
         """Top-k (item id, score) per query, best first, seen items excluded.

@@ -5,7 +5,10 @@ scorers pop requests in batches and LPUSH the reply (which expires if nobody tak
 
 Request: ``{"id", "reply_to", "deadline", "k", "user_id" | "items", "exclude_seen"}``; the
 deadline is in epoch seconds *by Redis's clock* (``TIME``), which clients and scorers both
-measure themselves against, so they need no clock sync between them.
+measure themselves against, so they need no clock sync between them. ``id`` is the request
+id: the caller's (an HTTP ``X-Request-Id``) or a fresh one; the scorer logs it and the
+reply carries it back, so one id finds a request in every log. It routes nothing: the reply
+key is always made of a fresh id, since a caller's need not be unique.
 Reply:   ``{"id", "ok": true, "items": [[item_id, score], ...], "version", "source"}`` or
          ``{"id", "ok": false, "error": {"code", "message"}}``
 
@@ -20,6 +23,7 @@ round trip of its own.
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -39,6 +43,9 @@ ENQUEUE_SCRIPT = """
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end
 return redis.call('LPUSH', KEYS[1], ARGV[1])
 """
+
+MAX_REQUEST_ID_LENGTH = 128
+_REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 
 BAD_REQUEST = "bad_request"
 OVERLOADED = "overloaded"
@@ -76,6 +83,16 @@ class Limits:
     max_reply_key: int = 512
 
 
+def valid_request_id(value: object) -> bool:
+    """A request id: 1 to ``MAX_REQUEST_ID_LENGTH`` visible ASCII characters (no space or
+    control character), so it goes into an HTTP header and a log line as it is."""
+    return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
 def new_request(
     prefix: str,
     k: int,
@@ -86,17 +103,20 @@ def new_request(
     now: float | None = None,
     keys: Keyspace | None = None,
     queue: int = 0,
+    request_id: str | None = None,
 ) -> Request:
-    """A request with a fresh id, its own reply key and a deadline ``timeout_s`` after
-    ``now`` (epoch seconds by Redis's clock; default: this machine's).
+    """A request with its own reply key and a deadline ``timeout_s`` after ``now`` (epoch
+    seconds by Redis's clock; default: this machine's).
 
     ``keys``/``queue``: the keyspace and the queue it is sent to (on a cluster the reply key
     shares the queue's hash tag, so the scorer's replies go to that queue's node).
+    ``request_id``: the caller's (``valid_request_id``); default: the fresh id of the reply
+    key.
     """
-    rid = uuid.uuid4().hex
+    token = new_request_id()
     return Request(
-        id=rid,
-        reply_to=(keys or Keyspace(prefix)).reply(rid, queue),
+        id=token if request_id is None else request_id,
+        reply_to=(keys or Keyspace(prefix)).reply(token, queue),
         deadline=(time.time() if now is None else now) + timeout_s,
         k=k,
         user_id=user_id,
@@ -129,11 +149,11 @@ def decode_request(raw: bytes, limits: Limits) -> Request:
         raise RequestError(str(e)) from None
     if not isinstance(body, dict):
         raise RequestError("request must be a map")
+    rid = body.get("id", "")
+    rid = rid if valid_request_id(rid) else ""  # still answered, under no id
     reply_to = body.get("reply_to")
     if not isinstance(reply_to, str) or not 0 < len(reply_to) <= limits.max_reply_key:
-        raise RequestError("reply_to must be a non-empty string")
-    rid = body.get("id", "")
-    rid = rid if isinstance(rid, str) and len(rid) <= limits.max_id_length else ""
+        raise RequestError("reply_to must be a non-empty string", request_id=rid)
 
     def bad(message: str) -> RequestError:
         return RequestError(message, reply_to, rid)

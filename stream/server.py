@@ -16,6 +16,10 @@ for whichever answers first (``select``), serves that batch and sends its replie
 lane's next take. On a cluster the take script reads no user state (their keys live in
 other slots): the states are read after it, one pipelined round trip to the nodes that
 own them (``stream._cluster``).
+
+Request ids (``protocol``): requests refused, shed past their deadline or answered
+"unavailable" are logged as WARNING, one line per batch and outcome naming their ids; at
+DEBUG every answered request is logged with its id, source and version.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import faiss
+import numpy as np
+import numpy.typing as npt
 import redis
 from prometheus_client import Counter, Gauge, Histogram
 from redis.crc import key_slot
@@ -58,6 +64,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _NO_MODEL_YET: tuple[type[Exception], ...] = (ArtifactError, *REDIS_UNAVAILABLE)
 CLOCK_REFRESH_S = 30.0  # how often the scorer re-measures its clock against Redis's
+LOGGED_IDS = 20  # request ids named per log line (the count says how many there were)
 
 
 REQUESTS = Counter("ledrec_requests_total", "Requests answered", ["outcome"])
@@ -69,7 +76,15 @@ REQUEST_SECONDS = Histogram(
     buckets=(1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5),
 )
 POPULARITY = Counter(
-    "ledrec_popularity_fallbacks_total", "Requests answered by popularity (no user state)"
+    "ledrec_popularity_fallbacks_total",
+    "Requests ranked by popularity (bias) alone: no_state (an unknown, expired or empty user),"
+    " no_known_item (a timeline of items the serving version does not know)",
+    ["reason"],
+)
+_NO_STATE, _NO_KNOWN_ITEM = POPULARITY.labels("no_state"), POPULARITY.labels("no_known_item")
+UNKNOWN_REQUEST_ITEMS = Counter(
+    "ledrec_request_unknown_items_total",
+    "Items of explicit request timelines the serving version does not know (ignored)",
 )
 QUEUE_DEPTH = Gauge("ledrec_request_queue_depth", "Requests waiting in a queue", ["queue"])
 QUEUE_DEPTH_EVERY_S = 1.0
@@ -485,12 +500,15 @@ class RecommendServer:
         replies: list[tuple[str, bytes]] = []
         requests: list[Request] = []
         read: list[list[Any] | None] = []
+        refused: list[RequestError] = []
+        shed: list[Request] = []
         for t in taken:
             try:
                 req = protocol.decode_request(t.payload, self.limits)
             except RequestError as e:
                 self.totals.errors += 1
                 REQUESTS.labels("bad_request").inc()
+                refused.append(e)
                 if e.reply_to is not None:
                     replies.append(
                         (
@@ -502,9 +520,17 @@ class RecommendServer:
             if req.deadline < now:
                 self.totals.shed += 1
                 SHED.inc()
+                shed.append(req)
                 continue
             requests.append(req)
             read.append(t.state)
+        if refused:
+            no_reply = sum(e.reply_to is None for e in refused)  # dropped: no reply key
+            ids = [e.request_id for e in refused]
+            _log_requests("bad requests", ids, reason=str(refused[0]), unanswerable=no_reply)
+        if shed:
+            late_s = round(now - min(req.deadline for req in shed), 4)
+            _log_requests("requests shed past their deadline", [r.id for r in shed], late_s=late_s)
         scorer = self.scorer
         if requests and scorer is None:
             for req in requests:
@@ -514,6 +540,7 @@ class RecommendServer:
                         protocol.encode_error(req.id, protocol.UNAVAILABLE, "no active model"),
                     )
                 )
+            _log_requests("no active model: answered unavailable", [r.id for r in requests])
             requests = []
         if requests and scorer is not None:
             states = self._clock.time("read", self._states, requests, read, read_version)
@@ -546,36 +573,52 @@ class RecommendServer:
         states = iter(user_states)
         queries: list[Query] = []
         sources: list[str] = []
+        version = scorer.version
         for req in requests:
             seen_ids: Sequence[str]
+            total: npt.NDArray[np.float64] | None
             if req.items is not None:
                 seen_ids, source = req.items, "items"
-                vector = scorer.encode_timeline([(i, 1.0) for i in req.items])
+                total, weight = scorer.timeline_sum([(i, 1.0) for i in req.items])
+                unknown = scorer.unknown_items(req.items)
+                if unknown:
+                    UNKNOWN_REQUEST_ITEMS.inc(unknown)
             else:
                 # Only ids are needed unless the sum must be computed: the packed timeline
                 # is not unpacked into (id, weight) pairs on the common path.
                 state = next(states)
                 if state is None or not state.size:
-                    seen_ids, vector, source = (), scorer.encode_sum(None, 0.0), "popularity"
-                    POPULARITY.inc()
-                elif scorer.version in state.sums:
+                    seen_ids, total, weight, source = (), None, 0.0, "popularity"
+                elif version in state.sums:
                     seen_ids, source = state.items, "state"
-                    vector = scorer.encode_sum(
-                        state.sums[scorer.version], state.weights[scorer.version]
-                    )
+                    total, weight = state.sums[version], state.weights[version]
                 else:  # this version's sum is not back-filled yet: encode on the fly
                     seen_ids, source = state.items, "timeline"
-                    vector = scorer.encode_timeline(state.timeline)
+                    total, weight = scorer.timeline_sum(state.timeline)
+            if weight <= 0:  # nothing this version knows: u = 0, ranked by bias alone
+                (_NO_STATE if source == "popularity" else _NO_KNOWN_ITEM).inc()
+                source = "popularity"
             seen = frozenset(seen_ids) if req.exclude_seen else frozenset()
-            queries.append(Query(vector, seen, req.k))
+            queries.append(Query(scorer.encode_sum(total, weight), seen, req.k))
             sources.append(source)
         results = self._clock.time("search", scorer.top_k, queries)
         self.totals.answered += len(requests)
         _ANSWERED.inc(len(requests))
+        if log.isEnabledFor(logging.DEBUG):
+            for req, items, source in zip(requests, results, sources, strict=True):
+                extra: dict[str, Any] = {"request_id": req.id, "user_id": req.user_id}
+                extra |= {"source": source, "version": version, "returned": len(items)}
+                log.debug("request answered", extra=extra)
         return [
             (req.reply_to, protocol.encode_reply(req.id, items, scorer.version, source))
             for req, items, source in zip(requests, results, sources, strict=True)
         ]
+
+
+def _log_requests(message: str, ids: list[str], **extra: Any) -> None:
+    """One WARNING for a batch's requests of one outcome, naming (the first of) their ids."""
+    named = [rid for rid in ids if rid]
+    log.warning(message, extra={"count": len(ids), "request_ids": named[:LOGGED_IDS], **extra})
 
 
 @functools.lru_cache(maxsize=16)

@@ -4,6 +4,7 @@ same documented errors, against a real Redis and a real scorer."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -76,6 +77,32 @@ def test_answers_with_items_scores_and_version(
         recs = make_client(settings).request(items=[model.item_ids[0]], k=5)
     assert recs.version == "v1" and recs.source == "items" and len(recs.items) == 5
     assert model.item_ids[0] not in [item for item, _ in recs.items]  # seen items excluded
+
+
+def test_a_request_id_goes_to_the_scorer_and_comes_back(
+    settings: Settings, redis_client: redis.Redis, make_client: Callable[..., Client]
+) -> None:
+    publish_model(settings, redis_client, random_model(version="v1"))
+    client = make_client(settings)
+    with running_server(settings, redis_client):
+        given = client.request(user_id="alice", request_id="trace-42")
+        fresh = [client.request(items=["i1"]).request_id for _ in range(2)]
+        with pytest.raises(BadRequest) as refused:  # the scorer's error reply names it too
+            client.request(user_id="alice", k=settings.max_k + 1, request_id="trace-43")
+    assert given.request_id == "trace-42" and given.version == "v1"
+    assert all(re.fullmatch("[0-9a-f]{32}", rid) for rid in fresh) and fresh[0] != fresh[1]
+    assert refused.value.request_id == "trace-43" and "(request trace-43)" in str(refused.value)
+
+
+def test_every_error_names_its_request_id(
+    settings: Settings, make_client: Callable[..., Client]
+) -> None:
+    client = make_client(settings, timeout_s=0.3)
+    with pytest.raises(Timeout) as late:  # no scorer
+        client.request(user_id="alice", request_id="trace-44")
+    assert late.value.request_id == "trace-44" and "trace-44" in str(late.value)
+    with pytest.raises(BadRequest, match="request_id must be"):  # refused before it is sent
+        client.request(user_id="alice", request_id="two words")
 
 
 def test_no_scorer_is_a_timeout_within_the_timeout(
