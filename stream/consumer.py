@@ -81,6 +81,7 @@ LAST_POLL = Gauge(
     "ledrec_consumer_last_poll_timestamp_seconds",
     "When the consumer last polled the broker (Unix time): its liveness (`ledrec health`)",
 )
+_IDLE_STATUS_EVERY_S = 60.0  # well inside the status key's 300 s expiry
 LAG = Gauge("ledrec_consumer_lag", "Events in the assigned partitions not yet consumed")
 PARTITION_LAG = Gauge(
     "ledrec_consumer_partition_lag",
@@ -460,7 +461,11 @@ class StateUpdater:
         if lag is None:
             return
         LAG.set(lag)
-        self._last_lag = lag
+        changed, self._last_lag = lag != self._last_lag, lag
+        # An idle consumer reports too: its lag as it changes, and often enough that its
+        # status (which expires) stays visible to `ledrec status` while nothing arrives.
+        if changed or time.monotonic() - self._reported_at >= _IDLE_STATUS_EVERY_S:
+            self.report_status()
         stall_s = self.settings.consumer_stall_s
         idle = now - self._progress_at
         if lag > 0 and idle >= stall_s and now - self._stall_reported_at >= stall_s:
