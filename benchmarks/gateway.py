@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import signal
@@ -204,6 +205,38 @@ def _ratios(bare: dict[str, Any], gateway: dict[str, Any]) -> dict[str, float | 
     }
 
 
+class _LeanHTTP:
+    """A minimal keep-alive HTTP/1.1 GET client on asyncio streams (a pool of connections,
+    one request in flight on each): the gateway's cost without most of httpx's own CPU,
+    which on a shared 2-core machine is taken from the gateway it measures."""
+
+    def __init__(self, port: int, timeout_s: float) -> None:
+        self.port, self.timeout_s = port, timeout_s
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """(status, body) of ``GET path``; a failed connection is dropped, not reused."""
+        async with asyncio.timeout(self.timeout_s):
+            if self.idle:
+                reader, writer = self.idle.pop()
+            else:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            writer.write(b"GET %b HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path.encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            body = await reader.readexactly(length)
+        self.idle.append((reader, writer))
+        return int(head[9:12]), body
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+
+
 def _start_gateway(env: dict[str, str], port: int, log: Path, args: argparse.Namespace) -> Any:
     """``ledrec gateway`` on ``port`` (under pyinstrument with ``--profile``)."""
     cli = ["-m", "ledrec.cli", "--log-level", args.gateway_log_level, "gateway",
@@ -212,7 +245,7 @@ def _start_gateway(env: dict[str, str], port: int, log: Path, args: argparse.Nam
         profile = args.out / "profiles" / f"{NAME}_gateway_process.txt"
         profile.parent.mkdir(parents=True, exist_ok=True)
         cli = ["-m", "pyinstrument", "--interval", "0.001", "-r", "text", "--no-color",
-               "-o", str(profile), *cli]  # fmt: skip
+               "--show-all", "-o", str(profile), *cli]  # fmt: skip
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, *cli], env=env, stdout=out, stderr=out)
 
@@ -262,7 +295,18 @@ async def _load_points(
             return f"HTTP {response.status_code}", ""
         return None, str(response.json()["source"])
 
-    calls: dict[str, Call] = {"bare": bare, "gateway": gateway}
+    lean = _LeanHTTP(port, settings.request_timeout_s + 1.0)
+
+    async def gateway_lean(user: str) -> tuple[str | None, str]:
+        try:
+            status, body = await lean.get(f"/v1/users/{user}/recommendations?k=10")
+        except (OSError, EOFError, TimeoutError, ValueError) as e:
+            return type(e).__name__, ""
+        if status != 200:
+            return f"HTTP {status}", ""
+        return None, str(json.loads(body)["source"])
+
+    calls: dict[str, Call] = {"bare": bare, "gateway": gateway, "gateway_lean": gateway_lean}
     result: dict[str, Any] = {}
     try:
         for call in calls.values():  # connections opened and code paths warm before any point
@@ -276,10 +320,14 @@ async def _load_points(
                 )
                 for name, call in calls.items()
             }
-            ratios = _ratios(points["bare"], points["gateway"])
-            result[key] = {**points, "gateway_over_bare": ratios}
+            ratios = {
+                f"{name}_over_bare": _ratios(points["bare"], points[name])
+                for name in ("gateway", "gateway_lean")
+            }
+            result[key] = {**points, **ratios}
     finally:
         await http.aclose()
+        lean.close()
         await rpc.aclose()
     return result
 
