@@ -237,6 +237,15 @@ class _LeanHTTP:
             writer.close()
 
 
+def _http_error(status: int, body: bytes) -> str:
+    """An error answer's name: its status and the start of the gateway's message."""
+    try:
+        message = str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        message = body[:60].decode(errors="replace")
+    return f"HTTP {status}: {message[:60]}"
+
+
 def _start_gateway(env: dict[str, str], port: int, log: Path, args: argparse.Namespace) -> Any:
     """``ledrec gateway`` on ``port`` (under pyinstrument with ``--profile``)."""
     cli = ["-m", "ledrec.cli", "--log-level", args.gateway_log_level, "gateway",
@@ -283,7 +292,7 @@ async def _load_points(
         try:
             rec = await rpc.request(user_id=user, k=10)
         except Exception as e:  # every failure is counted by its type, none stops the run
-            return type(e).__name__, ""
+            return f"{type(e).__name__}: {str(e)[:60]}", ""
         return None, rec.source
 
     async def gateway(user: str) -> tuple[str | None, str]:
@@ -292,7 +301,7 @@ async def _load_points(
         except httpx.HTTPError as e:
             return type(e).__name__, ""
         if response.status_code != 200:
-            return f"HTTP {response.status_code}", ""
+            return _http_error(response.status_code, response.content), ""
         return None, str(response.json()["source"])
 
     lean = _LeanHTTP(port, settings.request_timeout_s + 1.0)
@@ -303,7 +312,7 @@ async def _load_points(
         except (OSError, EOFError, TimeoutError, ValueError) as e:
             return type(e).__name__, ""
         if status != 200:
-            return f"HTTP {status}", ""
+            return _http_error(status, body), ""
         return None, str(json.loads(body)["source"])
 
     calls: dict[str, Call] = {"bare": bare, "gateway": gateway, "gateway_lean": gateway_lean}
