@@ -50,6 +50,7 @@ from benchmarks.common import (
 from benchmarks.serving import _populate
 
 NAME = "gateway"
+SETTLE_S = 1.0  # idle between load points: what one left queued is not the next one's
 GATEWAY_LIBRARIES = ("fastapi", "starlette", "uvicorn", "h11", "httptools", "uvloop", "httpx")
 
 # One request: the user asked for, and back the error's name (None: answered) and the
@@ -215,20 +216,32 @@ class _LeanHTTP:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def get(self, path: str) -> tuple[int, bytes]:
-        """(status, body) of ``GET path``; a failed connection is dropped, not reused."""
+        """(status, body) of ``GET path``. A kept-alive connection the server has closed
+        meanwhile (uvicorn closes one idle for 5 s) is dropped and the request sent on the
+        next, or a new one, as httpx does; any other failure is the caller's."""
         async with asyncio.timeout(self.timeout_s):
-            if self.idle:
+            while self.idle:
                 reader, writer = self.idle.pop()
-            else:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            writer.write(b"GET %b HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path.encode())
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.lower() == b"content-length":
-                    length = int(value)
-            body = await reader.readexactly(length)
+                try:
+                    return await self._exchange(reader, writer, path)
+                except (asyncio.IncompleteReadError, ConnectionError) as e:
+                    writer.close()
+                    if isinstance(e, asyncio.IncompleteReadError) and e.partial:
+                        raise  # the server had started answering: a real failure
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            return await self._exchange(reader, writer, path)
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+    ) -> tuple[int, bytes]:
+        writer.write(b"GET %b HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path.encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        body = await reader.readexactly(length)
         self.idle.append((reader, writer))
         return int(head[9:12]), body
 
@@ -315,7 +328,8 @@ async def _load_points(
             return _http_error(status, body), ""
         return None, str(json.loads(body)["source"])
 
-    calls: dict[str, Call] = {"bare": bare, "gateway": gateway, "gateway_lean": gateway_lean}
+    # httpx last: when it falls behind it can take seconds to drain (see NOTES.md)
+    calls: dict[str, Call] = {"bare": bare, "gateway_lean": gateway_lean, "gateway": gateway}
     result: dict[str, Any] = {}
     try:
         for call in calls.values():  # connections opened and code paths warm before any point
@@ -323,12 +337,12 @@ async def _load_points(
         loads = [("closed", float(args.clients))] + [("open", float(r)) for r in args.rate]
         for mode, amount in loads:
             key = f"closed_{int(amount)}_clients" if mode == "closed" else f"open_{amount:g}_per_s"
-            points = {
-                name: await _measure(
+            points = {}
+            for name, call in calls.items():
+                await asyncio.sleep(SETTLE_S)
+                points[name] = await _measure(
                     name, call, users, mode, amount, args.warmup, args.seconds, meter
                 )
-                for name, call in calls.items()
-            }
             ratios = {
                 f"{name}_over_bare": _ratios(points["bare"], points[name])
                 for name in ("gateway", "gateway_lean")
