@@ -424,8 +424,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f" on uvicorn, one worker, log level {args.gateway_log_level}); this process as"
             " the load generator (one asyncio loop): bare = stream.client."
             "AsyncRecommenderClient.request(user_id, k=10), gateway = httpx.AsyncClient GET"
-            " /v1/users/{id}/recommendations?k=10 (keep-alive pool, JSON parsed) — all on"
-            " this machine's cores, shared with other work"
+            " /v1/users/{id}/recommendations?k=10 (keep-alive pool, JSON parsed),"
+            " gateway_lean = the same GET from a minimal keep-alive HTTP/1.1 client on"
+            " asyncio streams (JSON parsed) — all on this machine's cores, shared with other"
+            " work"
         ),
         "config": {
             "items": args.items,
