@@ -14,13 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import freshness, ingest, serving
+from benchmarks import freshness, gateway, ingest, serving
 from benchmarks.common import RESULTS, machine
 
 PARTS: dict[str, Callable[[list[str] | None], dict[str, Any]]] = {
     "ingest": ingest.main,
     "serving": serving.main,
     "freshness": freshness.main,
+    "gateway": gateway.main,
 }
 QUICK: dict[str, list[str]] = {
     "ingest": ["--items", "2000", "--events", "5000"],
@@ -29,6 +30,10 @@ QUICK: dict[str, list[str]] = {
         "--clients", "2", "--rate", "200", "--nprobes", "1", "4", "--spin-us", "500",
     ],
     "freshness": ["--probes", "5", "--items", "1000", "--batch-timeouts", "0.01"],
+    "gateway": [
+        "--items", "2000", "--users", "100", "--seconds", "1", "--warmup", "0.2",
+        "--clients", "2", "--rate", "50",
+    ],
 }  # fmt: skip
 # make bench: the default sizes, no profiler (it would tax what it measures); the profiles
 # in results/profiles/ come from separate runs with --profile (see NOTES.md)
@@ -39,6 +44,7 @@ FULL: dict[str, list[str]] = {
     "ingest": [],
     "serving": ["--pin", "scorer-alone", "--spin-us", "2000"],
     "freshness": [],
+    "gateway": [],
 }
 
 
@@ -84,7 +90,7 @@ def write_summary(out: Path) -> Path:
         " cores, and other work ran on the machine at the same time (1-minute load average"
         " is in each JSON): read the ratios to the floors measured in the same run before"
         " the absolute figures. Regenerate with `make bench`; one part with"
-        " `ledrec bench ingest|serving|freshness`.",
+        " `ledrec bench ingest|serving|freshness|gateway`.",
         "",
     ]
     if "ingest" in results:
@@ -221,12 +227,61 @@ def write_summary(out: Path) -> Path:
                 f" | {_ms(fl['p50_us'])} | {_met(run['target_met'])} |"
             )
         lines.append("")
+    if "gateway" in results:
+        lines += _gateway_summary(results["gateway"])
     notes = out / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
     path = out / "SUMMARY.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _gateway_summary(r: dict[str, Any]) -> list[str]:
+    """The gateway's rows beside the bare RPC's, same run, and their ratios."""
+    c = r["config"]
+    lines = [
+        "## Gateway (HTTP through `ledrec gateway` vs the bare RPC, same scorer, same run)",
+        "",
+        r["processes"] + f"; {c['items']:,} items, {c['users_with_state']:,} users with a"
+        f" state, {c['seconds_per_point']:g} s per point.",
+        "",
+        "| load | client | answered/s | p50 | p99 | CPU µs/request: load generator, gateway,"
+        " scorer, redis-server | errors | gateway / bare: answered/s, p50, p99 |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for point in r["points"].values():
+        for name in ("bare", "gateway", "gateway_lean"):
+            p = point[name]
+            lat = p["latency"]
+            load = (
+                f"closed, {p['concurrency']} clients"
+                if p["mode"] == "closed"
+                else f"open (Poisson), {p['offered_per_s']:g}/s"
+            )
+            cpu = ", ".join(
+                f"{v:,.0f}" if v is not None else "–" for v in p["cpu_us_per_request"].values()
+            )
+            ratio = point.get(f"{name}_over_bare")
+            ratios = (
+                f"{ratio['answered_per_s']}, {ratio['p50']}, {ratio['p99']}"
+                if ratio and ratio["p50"] is not None
+                else ""
+            )
+            latency = f"{_ms(lat['p50_us'])} | {_ms(lat['p99_us'])}" if lat.get("n") else "– | –"
+            lines.append(
+                f"| {load} | {_GATEWAY_CLIENTS[name]} | {p['answered_per_s']:,} | {latency} |"
+                f" {cpu} | {p['errors'] or ''} | {ratios} |"
+            )
+    lines.append("")
+    return lines
+
+
+_GATEWAY_CLIENTS = {
+    "bare": "bare RPC (AsyncRecommenderClient)",
+    "gateway": "gateway, httpx.AsyncClient",
+    "gateway_lean": "gateway, lean asyncio HTTP client",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -634,10 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        help="speed benchmarks (ingest, serving, freshness) on a private stack",
+        help="speed benchmarks (ingest, serving, freshness, gateway) on a private stack",
         description="Extra arguments go to the part, e.g. `ledrec bench serving --items 100000`.",
     )
-    p.add_argument("part", choices=["ingest", "serving", "freshness", "all"])
+    p.add_argument("part", choices=["ingest", "serving", "freshness", "gateway", "all"])
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="flags passed to the benchmark")
     p.set_defaults(func=cmd_bench)

@@ -12,7 +12,8 @@ from benchmarks import run_all, stalls
 
 
 def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_results(tmp_path: Path) -> None:
-    results = run_all.run(list(run_all.PARTS), quick=True, out=tmp_path)
+    parts = [part for part in run_all.PARTS if part != "gateway"]  # its own test, marked
+    results = run_all.run(parts, quick=True, out=tmp_path)
 
     assert set(results) == {"ingest", "serving", "freshness"}
     for result in results.values():
@@ -30,6 +31,21 @@ def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_results(tmp_path: Pa
     summary = (tmp_path / "SUMMARY.md").read_text()
     assert "Ingest" in summary and "Serving" in summary and "Freshness" in summary
     assert json.loads((tmp_path / "serving.json").read_text())["benchmark"] == "serving"
+
+
+@pytest.mark.gateway
+def test_the_gateway_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    results = run_all.run(["gateway"], quick=True, out=tmp_path)
+
+    points = results["gateway"]["points"]
+    assert set(points) == {"closed_2_clients", "open_50_per_s"}
+    for point in points.values():
+        for name in ("bare", "gateway", "gateway_lean"):
+            assert point[name]["answered"] > 0, point[name]["errors"]
+            assert point[name]["sources"].get("state", 0) > 0  # users' states were read
+        for ratio in (point["gateway_over_bare"], point["gateway_lean_over_bare"]):
+            assert ratio["answered_per_s"] and ratio["p50"] and ratio["p99"]
+    assert "Gateway" in (tmp_path / "SUMMARY.md").read_text()
 
 
 def test_the_stall_probe_times_sleeps_on_every_cpu() -> None:
