@@ -59,7 +59,8 @@ class BadRequest(RecommendError):
 
 
 class Overloaded(RecommendError):
-    """The request queue is over its bound: shed load instead of queueing without end."""
+    """The request queue is over its bound, or every connection of the client's pool is in
+    a call: shed load instead of queueing without end."""
 
 
 class Unavailable(RecommendError):
@@ -104,6 +105,9 @@ def _redis_failure(error: BaseException, timeout_s: float, request_id: str) -> R
     """The documented error for what Redis (or the call's own timeout) did to a call."""
     if isinstance(error, TimeoutError | redis.TimeoutError):
         return Timeout(f"no reply within {timeout_s:.3f}s", request_id)
+    if isinstance(error, redis.exceptions.MaxConnectionsError):  # a ConnectionError too
+        # every connection of this client's pool is in a call: too many calls at once
+        return Overloaded(f"every connection of the client is busy ({error})", request_id)
     if isinstance(error, redis.AuthenticationError):  # a ConnectionError in redis-py
         message = f"redis refused the credentials (AuthenticationError): {error}"
     elif isinstance(error, redis.ConnectionError):

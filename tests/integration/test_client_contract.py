@@ -168,3 +168,40 @@ def test_a_client_whose_clock_is_off_still_gets_answers(
     with running_server(settings, redis_client):
         for _ in range(3):
             assert client.request(user_id="alice").version == "v1"
+
+
+def test_more_calls_than_connections_are_overloaded_not_unreachable(
+    settings: Settings,
+) -> None:
+    """A client whose every connection is in a call sheds the next calls as ``Overloaded``
+    (the gateway's 429), not ``Unavailable`` ("Too many connections" is no outage)."""
+    import concurrent.futures
+
+    import redis.asyncio as aredis
+
+    async def five_async() -> list[BaseException | Recommendations]:
+        pool = aredis.Redis.from_url(settings.redis_url, max_connections=2)
+        client = AsyncRecommenderClient(pool, settings.request_queue, settings.key_prefix, 1.0)
+        try:
+            calls = [client.request(user_id=f"u{n}") for n in range(5)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await client.aclose()
+
+    def five_sync() -> list[BaseException | Recommendations]:
+        pool = redis.Redis.from_url(settings.redis_url, max_connections=2)
+        client = RecommenderClient(pool, settings.request_queue, settings.key_prefix, 1.0)
+
+        def call(n: int) -> BaseException | Recommendations:
+            try:
+                return client.request(user_id=f"u{n}")
+            except Exception as e:
+                return e
+
+        with client, concurrent.futures.ThreadPoolExecutor(5) as threads:
+            return list(threads.map(call, range(5)))
+
+    for outcomes in (asyncio.run(five_async()), five_sync()):  # no scorer: nobody answers
+        kinds = sorted(type(o).__name__ for o in outcomes)
+        assert set(kinds) <= {"Overloaded", "Timeout"}, kinds
+        assert kinds.count("Overloaded") == 3, kinds  # 2 connections: 2 calls wait
