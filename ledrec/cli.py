@@ -270,6 +270,21 @@ def _load_data(args: argparse.Namespace) -> tuple[Any, str]:
     return synthetic_interactions(config), f"synthetic:{config}"
 
 
+def _n_heldout(args: argparse.Namespace, data: Any) -> int:
+    """``--n-heldout``, or the default for this data; one line if the data is too small."""
+    from ledrec.training.split import default_n_heldout, eligible_users
+
+    if args.n_heldout is None:
+        return default_n_heldout(data)
+    eligible = eligible_users(data)
+    if args.n_heldout < 1 or 2 * args.n_heldout >= eligible:
+        raise CliError(
+            f"--n-heldout {args.n_heldout}: the data has {eligible} users with >= 5 clicks; "
+            f"hold out between 1 and {max(0, (eligible - 1) // 2)} (2 x N must stay below it)"
+        )
+    return int(args.n_heldout)
+
+
 def _finetune_config(args: argparse.Namespace) -> Any:
     if args.svd_only:
         return None
@@ -302,7 +317,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.dim = args.dim or PretrainConfig().dim  # the one default (also the trainer's)
     data, source = _load_data(args)
     config = TrainConfig(
-        pretrain=PretrainConfig(dim=args.dim), finetune=_finetune_config(args), seed=args.seed
+        pretrain=PretrainConfig(dim=args.dim),
+        finetune=_finetune_config(args),
+        n_heldout=_n_heldout(args, data),
+        seed=args.seed,
     )
     path = run_train(
         data,
@@ -342,6 +360,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         [] if args.svd_only else default_finetune_configs(args.dim, args.seed, **overrides),
         [] if args.svd_only else default_scarce_configs(args.dim, args.seed, **overrides),
         pretrain=PretrainConfig(dim=args.dim),
+        n_heldout=_n_heldout(args, data),
         seed=args.seed,
         source=source,
         progress=print,
@@ -574,6 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dim", type=int, help="embedding dimension (default 256)")
         p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the config's)")
         p.add_argument("--svd-only", action="store_true", help="pre-training only, no fine-tuning")
+        p.add_argument(
+            "--n-heldout", type=int, metavar="N",
+            help="strong protocol: N validation and N test users left out of training "
+            "(default: 600, or 10%% of the users with >= 5 clicks on smaller data)",
+        )  # fmt: skip
         p.set_defaults(func=func)
     train = sub.choices["train"]
     train.add_argument("--loss", default="css", choices=["bpr", "ns", "css", "mult"])

@@ -58,6 +58,20 @@ def fold_in_split(
     )
 
 
+DEFAULT_N_HELDOUT = 600  # the Mult-VAE protocol's figure on MovieLens-1M
+
+
+def eligible_users(data: Interactions, min_positives: int = 5) -> int:
+    """How many users have enough clicks to be held out."""
+    return int((np.diff(data.clicks.indptr) >= min_positives).sum())
+
+
+def default_n_heldout(data: Interactions, min_positives: int = 5) -> int:
+    """Validation (and test) users when none is asked for: the protocol's 600, or 10% of
+    the eligible users on smaller data, so that at least 80% of the users still train."""
+    return max(1, min(DEFAULT_N_HELDOUT, eligible_users(data, min_positives) // 10))
+
+
 def strong_generalization_split(
     data: Interactions,
     n_heldout: int = 600,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ledrec.cli import _settings, build_parser
+from ledrec.cli import _settings, build_parser, main
 
 
 def _train(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -31,3 +31,13 @@ def test_flags_are_validated_like_the_environment(tmp_path: Path) -> None:
     args = build_parser().parse_args(["--home", str(tmp_path), "--model-store", "m", "train"])
     settings = _settings(args)
     assert settings.home == tmp_path and settings.model_store_path == Path("m")
+
+
+def test_n_heldout_too_large_for_the_data_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--home", str(tmp_path), "train", "--svd-only", "--dim", "8"]
+    argv += ["--synthetic-users", "3000", "--synthetic-items", "200", "--n-heldout", "2000"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--n-heldout 2000" in err and len(err.strip().splitlines()) == 1

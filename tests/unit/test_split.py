@@ -3,7 +3,11 @@ import pytest
 import scipy.sparse as sp
 
 from ledrec.training.dataset import Interactions
-from ledrec.training.split import strong_generalization_split
+from ledrec.training.split import (
+    default_n_heldout,
+    eligible_users,
+    strong_generalization_split,
+)
 
 
 def _data(n_users: int = 300, n_items: int = 80, seed: int = 1) -> Interactions:
@@ -73,3 +77,11 @@ def test_seed_reproducible() -> None:
 def test_too_few_users() -> None:
     with pytest.raises(ValueError, match="too few"):
         strong_generalization_split(_data(n_users=50), n_heldout=30)
+
+
+def test_default_n_heldout_is_600_or_a_tenth_of_the_eligible_users() -> None:
+    small = _data(n_users=300)
+    assert default_n_heldout(small) == eligible_users(small) // 10
+    s = strong_generalization_split(small, n_heldout=default_n_heldout(small))
+    assert s.train_clicks.shape[0] >= 0.8 * small.n_users
+    assert default_n_heldout(_data(n_users=7000)) == 600
