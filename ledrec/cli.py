@@ -23,6 +23,10 @@ from ledrec.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# ledrec.training.formats.FORMATS, spelled out: the parser must not import numpy/scipy
+DATA_FORMATS = ("lines", "udata", "dat", "csv", "events")
+
+
 class CliError(LedrecError):
     """A user-facing failure, printed as one line."""
 
@@ -262,6 +266,11 @@ def _load_data(args: argparse.Namespace) -> tuple[Any, str]:
         return dataset.load_movielens(Path(args.movielens)), f"movielens:{args.movielens}"
     if args.events:
         return dataset.load_events_file(Path(args.events)), f"events:{args.events}"
+    if getattr(args, "data", None):
+        from ledrec.training.formats import detect_format, read_interactions
+
+        fmt = args.format or detect_format(Path(args.data))
+        return read_interactions(Path(args.data), fmt), f"{fmt}:{args.data}"
     from ledrec.training.synthetic import SyntheticConfig, synthetic_interactions
 
     config = SyntheticConfig(
@@ -587,6 +596,15 @@ def build_parser() -> argparse.ArgumentParser:
         src.add_argument(
             "--events", help="events file: CSV (user_id,item_id,type header) or .parquet"
         )
+        src.add_argument(
+            "--data", metavar="FILE",
+            help="interactions in a common format: `u i1 i2 ...` lines, u.data, ratings.dat, "
+            "ratings.csv, user,item[,rating][,ts] CSV (ratings >= 4 are clicks)",
+        )  # fmt: skip
+        p.add_argument(
+            "--format", choices=DATA_FORMATS,
+            help="format of --data/--train/--test/--valid (default: from the name or first line)",
+        )  # fmt: skip
         p.add_argument("--synthetic-users", type=int, default=10_000)
         p.add_argument("--synthetic-items", type=int, default=2_000)
         p.add_argument("--seed", type=int, default=0)
