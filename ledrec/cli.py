@@ -361,6 +361,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
 
     args.dim = args.dim or PretrainConfig().dim
+    if args.protocol == "weak":
+        return _evaluate_weak(args)
+    if args.train or args.test or args.valid:
+        raise CliError("--train/--test/--valid are the weak protocol's: add --protocol weak")
     data, source = _load_data(args)
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
     run_evaluate(
@@ -370,6 +374,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         [] if args.svd_only else default_scarce_configs(args.dim, args.seed, **overrides),
         pretrain=PretrainConfig(dim=args.dim),
         n_heldout=_n_heldout(args, data),
+        seed=args.seed,
+        source=source,
+        progress=print,
+    )
+    print(f"report written to {args.out}/report.md and {args.out}/report.json")
+    return 0
+
+
+def _evaluate_weak(args: argparse.Namespace) -> int:
+    """``evaluate --protocol weak``: train/test files, or a seeded 80/20 split of one source."""
+    from ledrec.training.jobs import PretrainConfig
+    from ledrec.training.weak_protocol import run_weak_evaluate, split_from_files, split_one_source
+
+    if args.train or args.test or args.valid:
+        if not (args.train and args.test):
+            raise CliError(
+                "the weak protocol takes --train FILE and --test FILE (--valid optional)"
+            )
+        if args.movielens or args.events or args.data:
+            raise CliError("give --train/--test files or one source to split, not both")
+        from ledrec.training.formats import read_ratings
+
+        parts = [read_ratings(Path(f), args.format) if f else None
+                 for f in (args.train, args.test, args.valid)]  # fmt: skip
+        assert parts[0] is not None and parts[1] is not None
+        split = split_from_files(parts[0], parts[1], parts[2], args.n_heldout, args.seed)
+        source = f"train:{args.train} test:{args.test}" + (
+            f" valid:{args.valid}" if args.valid else ""
+        )
+    else:
+        data, source = _load_data(args)
+        split = split_one_source(data, seed=args.seed, n_val=args.n_heldout)
+        source += f" (per-user 80/20 split of the clicks, seed {args.seed})"
+    finetune = None
+    if not args.svd_only:
+        from ledrec.training.finetune import FinetuneConfig
+
+        overrides = {} if args.epochs is None else {"epochs": args.epochs}
+        finetune = FinetuneConfig(dim=args.dim, seed=args.seed, **overrides)
+    run_weak_evaluate(
+        split,
+        Path(args.out),
+        finetune,
+        pretrain=PretrainConfig(dim=args.dim),
         seed=args.seed,
         source=source,
         progress=print,
@@ -633,6 +681,18 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--out", default="reports/evaluate")
+    evaluate.add_argument(
+        "--protocol", choices=["strong", "weak"], default="strong",
+        help="strong: held-out users (Mult-VAE, the paper's Table 2); weak: every user "
+        "trains, Recall/NDCG@20 on each user's test items (LightGCN's protocol)",
+    )  # fmt: skip
+    evaluate.add_argument("--train", metavar="FILE", help="weak: the train interactions")
+    evaluate.add_argument("--test", metavar="FILE", help="weak: the test interactions")
+    evaluate.add_argument(
+        "--valid", metavar="FILE",
+        help="weak: validation interactions for model selection (default: 20%% of the "
+        "train clicks of --n-heldout users)",
+    )  # fmt: skip
 
     p = sub.add_parser("models", help="list, register, activate, roll back model versions")
     p.add_argument(

@@ -23,6 +23,7 @@ from ledrec.stream.artifact import Model, save_model
 from ledrec.training.baselines import EASE_LAMBDAS, ease_score_fn, popularity_score_fn, tune_ease
 from ledrec.training.dataset import Interactions
 from ledrec.training.evaluate import evaluate_scores, led_score_fn
+from ledrec.training.item_knn import tune_item_knn
 from ledrec.training.pretrain import popularity_biases, pretrain_embeddings
 from ledrec.training.split import Split, strong_generalization_split
 
@@ -246,6 +247,12 @@ def run_evaluate(
         )
     )
     del ease  # (I, I) dense: free it before training
+    with clock.stage("item-knn"):
+        knn = tune_item_knn(split.train_clicks, split.val_in, split.val_out)
+    rows.append(
+        _row("Item-kNN", "", "", "", clock.seconds["item-knn"], **test(knn.score_fn), k=knn.k)
+    )
+    del knn
     with clock.stage("pretrain"):
         svd = pretrain_embeddings(
             split.train_views, pre.dim, seed, pre.min_count, pre.smoothing, pre.n_iter
@@ -347,7 +354,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{d['train_users']} training users, {d['val_users']} validation and {d['test_users']} "
         f"test users, {d['items_kept']} items. Metrics on the test users; held-out users are "
         "encoded from their fold-in clicks. EASE λ = "
-        f"{report['ease_lambda']:g}; SVD-only dot-product scale = {report['zero_shot_scale']:g}; "
+        f"{report['ease_lambda']:g}; item-kNN: cosine, k chosen on validation; "
+        f"SVD-only dot-product scale = {report['zero_shot_scale']:g}; "
         f"d = {report['pretrain']['dim']}. Train s = pre-training (SVD init) + fine-tuning "
         "seconds (EASE: fitting every λ of the grid).",
         "",
