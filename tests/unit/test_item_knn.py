@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -41,3 +43,16 @@ def test_tune_keeps_a_k_of_the_grid() -> None:
     fit = tune_item_knn(x[:250], val_in, val_out, ks=(2, 5))
     assert fit.k in (2, 5) and set(fit.by_k) == {2, 5}
     assert fit.similarity.getnnz(axis=1).max() <= fit.k
+
+
+def test_strong_table_has_popularity_and_item_knn(tmp_path: Path) -> None:
+    from ledrec.training.jobs import PretrainConfig, run_evaluate
+    from ledrec.training.synthetic import SyntheticConfig, synthetic_interactions
+
+    data = synthetic_interactions(SyntheticConfig(n_users=600, n_items=100, seed=0))
+    report = run_evaluate(
+        data, tmp_path, [], [], pretrain=PretrainConfig(dim=8, min_count=1), n_heldout=50
+    )
+    assert [r["model"] for r in report["rows"][:3]] == ["Popularity", "EASE", "Item-kNN"]
+    assert report["rows"][1]["recall@20 / EASE"] == 1.0
+    assert "| Item-kNN |" in (tmp_path / "report.md").read_text()
