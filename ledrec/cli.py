@@ -661,8 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--svd-only", action="store_true", help="pre-training only, no fine-tuning")
         p.add_argument(
             "--n-heldout", type=int, metavar="N",
-            help="strong protocol: N validation and N test users left out of training "
-            "(default: 600, or 10%% of the users with >= 5 clicks on smaller data)",
+            help="N validation and N test users left out of training (evaluate --protocol "
+            "weak: N validation users lend 20%% of their train clicks); default 600, or 10%% "
+            "of the users with >= 5 clicks on smaller data",
         )  # fmt: skip
         p.set_defaults(func=func)
     train = sub.choices["train"]
