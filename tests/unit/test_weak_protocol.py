@@ -92,3 +92,17 @@ def test_cli_weak_files_need_both(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "--test" in capsys.readouterr().err
     assert main(["evaluate", "--train", str(train), "--test", str(train)]) == 1
     assert "--protocol weak" in capsys.readouterr().err
+
+
+def test_cli_weak_protocol_on_lightgcn_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    lines = [(u, rng.permutation(30)[:12]) for u in range(40)]
+    train.write_text("".join(f"{u} {' '.join(map(str, i[:9]))}\n" for u, i in lines))
+    test.write_text("".join(f"{u} {' '.join(map(str, i[9:]))}\n" for u, i in lines))
+    out = tmp_path / "weak"
+    argv = ["evaluate", "--protocol", "weak", "--train", str(train), "--test", str(test)]
+    argv += ["--svd-only", "--dim", "4", "--n-heldout", "5", "--out", str(out)]
+    assert main(argv) == 0
+    report = (out / "report.md").read_text()
+    assert "40 test users with 120 test items" in report and "5 validation users" in report
