@@ -34,6 +34,7 @@ from ledrec.errors import LedrecError
 from ledrec.keyspace import Keyspace
 from ledrec.settings import Settings
 from ledrec.stream import protocol
+from ledrec.stream._resp import resp_command
 from ledrec.stream.protocol import Request
 
 # A blocking read is given this much longer than the reply's server-side wait (BLPOP's
@@ -83,7 +84,11 @@ def _result(raw: Any, timeout_s: float, request_id: str) -> Recommendations:
 
 def read_reply(body: bytes) -> Recommendations:
     """The recommendations in a reply body, or its error raised as the documented exception."""
-    reply = protocol.decode_reply(body)
+    return _recommendations(protocol.decode_reply(body))
+
+
+def _recommendations(reply: dict[str, Any]) -> Recommendations:
+    """The recommendations in a decoded reply, or its error raised as the documented one."""
     request_id = str(reply.get("id", ""))
     if not reply.get("ok"):
         error = reply.get("error", {})
@@ -206,13 +211,15 @@ class _ClientBase:
         timeout: float,
         lane: int,
         request_id: str,
+        reply_to: str | None = None,
     ) -> tuple[Request, list[bytes | int]]:
         """The request to queue ``lane`` (its deadline by Redis's clock, its reply key in the
         queue's slot) and the enqueue script's arguments."""
         now = self.clock() + (self._offset or 0.0)
         req = protocol.new_request(
-            self.prefix, k, timeout, user_id, items, exclude_seen, now, self.keys, lane, request_id
-        )
+            self.prefix, k, timeout, user_id, items, exclude_seen, now, self.keys, lane,
+            request_id, reply_to,
+        )  # fmt: skip
         return req, [protocol.encode_request(req), self._queue_bound]
 
     def _lane(self) -> int:
@@ -241,13 +248,17 @@ class RecommenderClient(_ClientBase):
         self._push = client.register_script(protocol.ENQUEUE_SCRIPT)
 
     @classmethod
-    def from_url(cls, url: str, timeout_s: float = 2.0, **kwargs: Any) -> Self:
+    def from_url(
+        cls, url: str, timeout_s: float = 2.0, max_connections: int = 64, **kwargs: Any
+    ) -> Self:
         """A client for the Redis at ``url`` (``redis+cluster://``: a Redis Cluster),
-        connecting within ``timeout_s``."""
+        connecting within ``timeout_s``; ``max_connections``: its pool (per node on a
+        cluster), i.e. calls at once: one more is ``Overloaded``."""
         options: dict[str, Any] = {
             "socket_connect_timeout": timeout_s,
             "socket_timeout": timeout_s + _READ_GRACE_S,
             "retry": Retry(NoBackoff(), 0),  # the call's timeout, not retries, bounds it
+            "max_connections": max_connections,
         }
         client: Any = (
             redis.RedisCluster.from_url(plain_url(url), **options)
@@ -356,8 +367,137 @@ class RecommenderClient(_ClientBase):
                 self.client.nodes_manager.initialize()  # type: ignore[attr-defined]
 
 
+# A caller's request id stays reserved this long past its deadline after a call that got no
+# reply: a scorer that took it just in time may still answer, and that late reply must not
+# be taken for the answer to a new call with the same id.
+_LATE_REPLY_S = 10.0
+_LISTEN_S = 1  # the reply listener's BLMPOP timeout (seconds): how often it looks up
+_TAKE_REPLIES = 256  # replies the listener takes per round trip, at most
+
+
+class _Multiplexer:
+    """One asyncio client's requests over two connections of its own (one Redis only).
+
+    A sender task writes every enqueue script call that came in since its last write in
+    one write (a pipeline) and hands each caller its reply; a listener task takes the
+    replies to every request from the client's one reply key (``BLMPOP ... COUNT``) and
+    gives each to the call waiting for its ``id``. A call only awaits futures: its timeout
+    or cancellation never interrupts a command on a connection, so no connection is ever
+    left half-read, and the connections held stay two whatever the load.
+    """
+
+    def __init__(self, client: aredis.Redis, reply_key: str) -> None:
+        self.pool = client.connection_pool
+        self.reply_key = reply_key
+        self.outbox: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self.waiting: dict[str, asyncio.Future[Any]] = {}  # wire id -> its call
+        self.reserved: dict[str, float] = {}  # caller ids a late reply may still come for
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def busy(self, request_id: str) -> bool:
+        """Whether a reply to ``request_id`` may still come (it cannot be told apart)."""
+        if request_id in self.waiting:
+            return True
+        until = self.reserved.get(request_id)
+        return until is not None and until > time.monotonic()
+
+    def reserve(self, request_id: str, until: float) -> None:
+        if len(self.reserved) > 4096:  # drop the expired ones now and then
+            now = time.monotonic()
+            self.reserved = {r: t for r, t in self.reserved.items() if t > now}
+        self.reserved[request_id] = until
+
+    def submit(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue a packed command; the future gets its reply (or the error, as a value)."""
+        if not self._tasks or any(t.done() for t in self._tasks):
+            self._start()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.outbox.append((command, future))
+        self._ready.set()
+        return future
+
+    def _start(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = [asyncio.create_task(self._send()), asyncio.create_task(self._listen())]
+
+    async def _send(self) -> None:
+        conn = self.pool.make_connection()  # type: ignore[no-untyped-call]
+        batch: list[tuple[bytes, asyncio.Future[Any]]] = []
+        try:
+            await conn.connect()
+            await conn.send_command("SCRIPT", "LOAD", protocol.ENQUEUE_SCRIPT)
+            await conn.read_response()
+            while True:
+                if not self.outbox:
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                batch, self.outbox = self.outbox, []
+                await conn.send_packed_command([c for c, _ in batch], check_health=False)
+                for _, future in batch:
+                    try:
+                        result: Any = await conn.read_response()
+                    except redis.ResponseError as e:  # this command's error, not the link's
+                        result = e
+                    if not future.done():
+                        future.set_result(result)
+                batch = []
+        except (redis.RedisError, OSError) as e:
+            self._fail([*batch, *self.outbox], e)
+            self.outbox = []
+        finally:
+            await conn.disconnect(nowait=True)
+
+    async def _listen(self) -> None:
+        conn = self.pool.make_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.connect()
+            while True:
+                await conn.send_command(
+                    "BLMPOP", _LISTEN_S, 1, self.reply_key, "RIGHT", "COUNT", _TAKE_REPLIES
+                )
+                taken = await conn.read_response(timeout=_LISTEN_S + _READ_GRACE_S)
+                for body in taken[1] if taken else ():
+                    reply = protocol.decode_reply(body)
+                    future = self.waiting.pop(str(reply.get("id", "")), None)
+                    if future is not None and not future.done():
+                        future.set_result(reply)
+        except (redis.RedisError, OSError) as e:
+            self._fail([("", f) for f in self.waiting.values()], e)
+        finally:
+            await conn.disconnect(nowait=True)
+
+    def _fail(self, calls: list[tuple[Any, asyncio.Future[Any]]], error: BaseException) -> None:
+        """Hand the calls the error of the connection they were on (and restart next time)."""
+        for _, future in calls:
+            if not future.done():
+                future.set_result(error)
+        self._tasks = [t for t in self._tasks if not t.done() and t is not asyncio.current_task()]
+        for task in self._tasks:
+            task.cancel()  # the other half starts afresh with it
+        self._tasks = []
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:  # bounded: a read being cancelled inside redis-py may linger
+            await asyncio.wait(self._tasks, timeout=_LISTEN_S + _READ_GRACE_S)
+        self._tasks = []
+
+
 class AsyncRecommenderClient(_ClientBase):
-    """asyncio client with the same surface as ``RecommenderClient``."""
+    """asyncio client with the same surface as ``RecommenderClient``.
+
+    On one Redis its calls are multiplexed (``_Multiplexer``): every request is sent on one
+    shared connection, pipelined with the others, and its reply comes to the client's own
+    reply key, ``<prefix>:rpc:reply:<client token>``, which one listener connection takes
+    them all from, by request id. A call whose id is still in use by another of its calls
+    (a caller's id given twice) and every call on a Redis Cluster take the per-call path
+    instead: a connection of the pool (``max_connections`` at most; a call that finds
+    them all busy is ``Overloaded``) for the enqueue and a ``BLPOP`` on its own reply key.
+    """
 
     def __init__(
         self,
@@ -372,14 +512,21 @@ class AsyncRecommenderClient(_ClientBase):
         super().__init__(client, queue, prefix, timeout_s, max_queue_length, clock, queues)
         self.client = client
         self._push = client.register_script(protocol.ENQUEUE_SCRIPT)
+        self._mux: _Multiplexer | None = None
+        if not self.keys.cluster:
+            self._mux = _Multiplexer(client, self.keys.reply(f"c{protocol.new_request_id()}"))
 
     @classmethod
-    def from_url(cls, url: str, timeout_s: float = 2.0, **kwargs: Any) -> Self:
+    def from_url(
+        cls, url: str, timeout_s: float = 2.0, max_connections: int = 16, **kwargs: Any
+    ) -> Self:
         """A client for the Redis at ``url`` (``redis+cluster://``: a Redis Cluster),
-        connecting within ``timeout_s``."""
+        connecting within ``timeout_s``; ``max_connections``: the per-call path's pool
+        (per node on a cluster), two more on one Redis for the multiplexed calls."""
         options: dict[str, Any] = {
             "socket_connect_timeout": timeout_s,
             "socket_timeout": timeout_s + _READ_GRACE_S,
+            "max_connections": max_connections,
         }
         client: Any = (
             aredis.RedisCluster.from_url(plain_url(url), **options)
@@ -429,8 +576,71 @@ class AsyncRecommenderClient(_ClientBase):
         """The recommendations for a user (``user_id``) or a timeline (``items``);
         ``request_id``: the caller's id for this call (default: a fresh one)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + timeout
         rid = self._request_id(request_id)
+        if self._mux is not None and not self._mux.busy(rid):
+            return await self._multiplexed(self._mux, user_id, items, k, exclude_seen, timeout, rid)
+        return await self._alone(user_id, items, k, exclude_seen, timeout, rid)
+
+    async def _multiplexed(
+        self,
+        mux: _Multiplexer,
+        user_id: str | None,
+        items: list[str] | None,
+        k: int,
+        exclude_seen: bool,
+        timeout: float,
+        rid: str,
+    ) -> Recommendations:
+        """A call through the client's shared connections (``_Multiplexer``)."""
+        deadline = time.monotonic() + timeout
+        reply: Any = None
+        mux.waiting[rid] = answer = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                if self._clock_stale():
+                    sent_at = self.clock()
+                    self._set_clock(await self.client.time(), sent_at)
+                lane = self._lane()
+                for attempt in (1, 2):
+                    _, args = self._prepare(
+                        user_id, items, k, exclude_seen, timeout, lane, rid, mux.reply_key
+                    )
+                    pushed = await mux.submit(
+                        resp_command(b"EVALSHA", self._push.sha.encode(), b"1",
+                                     self.queues[lane].encode(), *(_arg(a) for a in args))
+                    )  # fmt: skip
+                    if not isinstance(pushed, redis.exceptions.NoScriptError) or attempt == 2:
+                        break
+                    await self.client.script_load(protocol.ENQUEUE_SCRIPT)  # flushed: reload
+                if isinstance(pushed, BaseException):
+                    raise pushed
+                if pushed < 0:
+                    raise self._queue_full(rid)
+                reply = await answer
+                if isinstance(reply, BaseException):
+                    raise reply
+        except (TimeoutError, redis.RedisError, OSError) as e:
+            if isinstance(e, OSError) and not isinstance(e, TimeoutError):
+                e = redis.ConnectionError(str(e))
+            raise _redis_failure(e, timeout, rid) from e
+        finally:
+            if mux.waiting.get(rid) is answer:
+                del mux.waiting[rid]
+            if reply is None:  # no reply yet: one may still come, under this id
+                mux.reserve(rid, deadline + _LATE_REPLY_S)
+        return _recommendations(reply)
+
+    async def _alone(
+        self,
+        user_id: str | None,
+        items: list[str] | None,
+        k: int,
+        exclude_seen: bool,
+        timeout: float,
+        rid: str,
+    ) -> Recommendations:
+        """A call on a connection of the pool, with a reply key of its own."""
+        deadline = time.monotonic() + timeout
         try:
             async with asyncio.timeout(timeout + _READ_GRACE_S):
                 if self._clock_stale():
@@ -448,4 +658,10 @@ class AsyncRecommenderClient(_ClientBase):
 
     async def aclose(self) -> None:
         """Close the connections."""
+        if self._mux is not None:
+            await self._mux.aclose()
         await self.client.aclose()
+
+
+def _arg(value: bytes | int) -> bytes:
+    return value if isinstance(value, bytes) else b"%d" % value

@@ -104,6 +104,7 @@ def new_request(
     keys: Keyspace | None = None,
     queue: int = 0,
     request_id: str | None = None,
+    reply_to: str | None = None,
 ) -> Request:
     """A request with its own reply key and a deadline ``timeout_s`` after ``now`` (epoch
     seconds by Redis's clock; default: this machine's).
@@ -111,12 +112,12 @@ def new_request(
     ``keys``/``queue``: the keyspace and the queue it is sent to (on a cluster the reply key
     shares the queue's hash tag, so the scorer's replies go to that queue's node).
     ``request_id``: the caller's (``valid_request_id``); default: the fresh id of the reply
-    key.
+    key. ``reply_to``: a reply key of the caller's (default: one of its own for this request).
     """
     token = new_request_id()
     return Request(
         id=token if request_id is None else request_id,
-        reply_to=(keys or Keyspace(prefix)).reply(token, queue),
+        reply_to=reply_to or (keys or Keyspace(prefix)).reply(token, queue),
         deadline=(time.time() if now is None else now) + timeout_s,
         k=k,
         user_id=user_id,
