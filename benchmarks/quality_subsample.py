@@ -31,6 +31,7 @@ from ledrec.training.dataset import Interactions, load_movielens  # noqa: E402
 from ledrec.training.evaluate import evaluate_scores  # noqa: E402
 from ledrec.training.finetune import FinetuneConfig  # noqa: E402
 from ledrec.training.jobs import TrainConfig, run_train  # noqa: E402
+from ledrec.training.selection import DEFAULT_MIN_STEPS  # noqa: E402
 from ledrec.training.split import default_n_heldout, strong_generalization_split  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "quality_subsample.json"
@@ -46,10 +47,12 @@ def subsample_users(data: Interactions, share: float, seed: int) -> Interactions
     )
 
 
-def one_seed(data: Interactions, share: float, seed: int) -> dict[str, Any]:
+def one_seed(data: Interactions, share: float, seed: int, min_steps: int) -> dict[str, Any]:
     sample = subsample_users(data, share, seed)
     n_heldout = default_n_heldout(sample)
-    config = TrainConfig(finetune=FinetuneConfig(seed=seed), n_heldout=n_heldout, seed=seed)
+    config = TrainConfig(
+        finetune=FinetuneConfig(seed=seed), n_heldout=n_heldout, seed=seed, min_steps=min_steps
+    )
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as store:
         model = load_model(run_train(sample, Path(store), config))
@@ -81,6 +84,8 @@ def one_seed(data: Interactions, share: float, seed: int) -> dict[str, Any]:
         "finetuned_test_recall@20": tuned["test"]["recall@20"],
         "finetuned_best_epoch": tuned["best_epoch"],
         "finetuned_epochs_run": tuned["epochs_run"],
+        "finetuned_epochs": tuned["epochs"],
+        "finetuned_patience": tuned["patience"],
         "chosen": chosen,
         "reason": selection["reason"],
         "chosen_test_recall@20": model.metrics["test_recall@20"],
@@ -100,13 +105,14 @@ def main() -> None:
     parser.add_argument("--movielens", default="/work/shared/data/ml-1m")
     parser.add_argument("--share", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--min-steps", type=int, default=DEFAULT_MIN_STEPS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     data = load_movielens(Path(args.movielens))
     rows = []
     for seed in args.seeds:
-        row = one_seed(data, args.share, seed)
+        row = one_seed(data, args.share, seed, args.min_steps)
         print(json.dumps(row), flush=True)
         rows.append(row)
     keys = [k for k, v in rows[0].items() if isinstance(v, float) and k != "seed"]
@@ -115,6 +121,7 @@ def main() -> None:
         "default (selection between SVD-only and css/train/svd on validation NDCG@100) vs EASE",
         "source": f"movielens:{args.movielens}",
         "share": args.share,
+        "min_steps": args.min_steps,
         "seeds": args.seeds,
         "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys},
         "std": {k: float(np.std([r[k] for r in rows])) for k in keys},

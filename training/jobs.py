@@ -25,7 +25,7 @@ from ledrec.training.dataset import Interactions
 from ledrec.training.evaluate import evaluate_scores, led_score_fn
 from ledrec.training.item_knn import tune_item_knn
 from ledrec.training.pretrain import popularity_biases, pretrain_embeddings
-from ledrec.training.selection import Candidate, choose, selection_record
+from ledrec.training.selection import Candidate, choose, selection_record, step_floor
 from ledrec.training.split import Split, strong_generalization_split
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ class TrainConfig:
     # more fine-tuning candidates (e.g. the Proj variant), judged beside SVD-only and
     # ``finetune`` on the same validation users; ignored when ``finetune`` is None
     extra_candidates: tuple[FinetuneConfig, ...] = ()
+    # fine-tuning takes at least this many optimizer steps (epochs and patience scaled up on
+    # small data, ``selection.step_floor``); 0: the configs' epochs as given
+    min_steps: int = 0
 
 
 class Stopwatch:
@@ -422,7 +425,14 @@ def run_train(
     if config.finetune is not None:
         from ledrec.training.finetune import finetune
 
-        for tuning in (config.finetune, *config.extra_candidates):
+        n_train = split.train_clicks.shape[0]
+        for given in (config.finetune, *config.extra_candidates):
+            tuning = step_floor(given, n_train, config.min_steps)
+            if tuning.epochs != given.epochs:
+                clock.say(
+                    f"{n_train} training users: {tuning.epochs} epochs (patience "
+                    f"{tuning.patience}) for >= {config.min_steps} optimizer steps"
+                )
             if tuning.dim != pre.dim:
                 raise ValueError(f"finetune dim {tuning.dim} != pretrain dim {pre.dim}")
             name = f"{tuning.loss}/{tuning.variant}/{tuning.init}"
@@ -436,7 +446,8 @@ def run_train(
                 Candidate(
                     name, result.embeddings, result.biases, result.val_metrics,
                     {"epochs_run": len(result.history) - 1,
-                     "best_epoch": int(best_epoch.get("epoch", 0))},
+                     "best_epoch": int(best_epoch.get("epoch", 0)),
+                     "epochs": tuning.epochs, "patience": tuning.patience},
                 )
             )  # fmt: skip
     with clock.stage("test"):  # every candidate's, for the record; the choice is on validation

@@ -8,12 +8,16 @@ choice uses validation users only; test figures are recorded beside it, never co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from ledrec.training.finetune import FinetuneConfig
 
 Array = npt.NDArray[np.float32]
 
@@ -73,3 +77,19 @@ def selection_record(
             for c in candidates
         },
     }
+
+
+# ML-1M's default schedule in optimizer steps: ~4,840 training users / batch 512 = 10 steps
+# an epoch, 40 epochs. Below that, an epoch of a small dataset is one step.
+DEFAULT_MIN_STEPS = 400
+
+
+def step_floor(config: FinetuneConfig, n_train_users: int, min_steps: int) -> FinetuneConfig:
+    """``config`` with epochs and patience scaled by one factor so that training may take at
+    least ``min_steps`` optimizer steps (and stops after as many stale steps as it would at
+    that size); unchanged when it already does."""
+    steps_per_epoch = max(1, math.ceil(n_train_users / config.batch_size))
+    factor = math.ceil(min_steps / (config.epochs * steps_per_epoch))
+    if factor <= 1:
+        return config
+    return replace(config, epochs=config.epochs * factor, patience=config.patience * factor)

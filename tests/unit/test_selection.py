@@ -14,7 +14,7 @@ from ledrec.stream.artifact import load_model
 from ledrec.training.evaluate import evaluate_scores, led_score_fn
 from ledrec.training.finetune import FinetuneConfig, FinetuneResult
 from ledrec.training.jobs import PretrainConfig, TrainConfig, run_train
-from ledrec.training.selection import Candidate, choose, selection_record
+from ledrec.training.selection import Candidate, choose, selection_record, step_floor
 from ledrec.training.split import Split
 from ledrec.training.synthetic import SyntheticConfig, synthetic_interactions
 
@@ -66,3 +66,11 @@ def test_run_train_publishes_svd_only_when_it_validates_better(
     assert model.metrics["test_recall@20"] == pytest.approx(svd["test"]["recall@20"])
     assert svd["scale"] == model.provenance["zero_shot_scale"]
     assert any("s  selected svd_only: best validation ndcg@100" in line for line in lines)
+
+
+def test_step_floor_scales_epochs_and_patience_only_on_small_data() -> None:
+    config = FinetuneConfig()  # 40 epochs, patience 4, batch 512
+    assert step_floor(config, 4840, 400) == config  # ML-1M: 10 steps an epoch already
+    small = step_floor(config, 484, 400)  # one step an epoch
+    assert (small.epochs, small.patience) == (400, 40)
+    assert step_floor(config, 484, 0) == config
