@@ -305,6 +305,13 @@ def _finetune_config(args: argparse.Namespace) -> Any:
     )
 
 
+def _min_steps(args: argparse.Namespace) -> int:
+    """The small-data step floor unless ``--epochs`` fixes the schedule."""
+    from ledrec.training.selection import DEFAULT_MIN_STEPS
+
+    return DEFAULT_MIN_STEPS if args.epochs is None else 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ledrec.stream.artifact import load_model
     from ledrec.stream.model_store import ModelStores
@@ -330,6 +337,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         finetune=_finetune_config(args),
         n_heldout=_n_heldout(args, data),
         seed=args.seed,
+        min_steps=_min_steps(args),
     )
     path = run_train(
         data,
@@ -513,6 +521,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
             finetune=finetune,
             n_heldout=args.n_heldout,
             seed=args.seed,
+            min_steps=_min_steps(args),
         ),
         window_s=parse_duration(args.window) if args.window else None,
         max_per_partition=args.max_per_partition,
@@ -657,7 +666,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--synthetic-items", type=int, default=2_000)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--dim", type=int, help="embedding dimension (default 256)")
-        p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the config's)")
+        p.add_argument(
+            "--epochs", type=int,
+            help="fine-tuning epochs (default: the config's, scaled up on small data to at "
+            "least 400 optimizer steps)",
+        )  # fmt: skip
         p.add_argument("--svd-only", action="store_true", help="pre-training only, no fine-tuning")
         p.add_argument(
             "--n-heldout", type=int, metavar="N",

@@ -25,6 +25,7 @@ from ledrec.training.dataset import Interactions
 from ledrec.training.evaluate import evaluate_scores, led_score_fn
 from ledrec.training.item_knn import tune_item_knn
 from ledrec.training.pretrain import popularity_biases, pretrain_embeddings
+from ledrec.training.selection import Candidate, choose, selection_record, step_floor
 from ledrec.training.split import Split, strong_generalization_split
 
 if TYPE_CHECKING:
@@ -55,6 +56,12 @@ class TrainConfig:
     finetune: FinetuneConfig | None = None
     n_heldout: int = 600
     seed: int = 0
+    # more fine-tuning candidates (e.g. the Proj variant), judged beside SVD-only and
+    # ``finetune`` on the same validation users; ignored when ``finetune`` is None
+    extra_candidates: tuple[FinetuneConfig, ...] = ()
+    # fine-tuning takes at least this many optimizer steps (epochs and patience scaled up on
+    # small data, ``selection.step_floor``); 0: the configs' epochs as given
+    min_steps: int = 0
 
 
 class Stopwatch:
@@ -412,22 +419,50 @@ def run_train(
         )
     with clock.stage("zero-shot"):
         zero = zero_shot(split, svd, pre.zero_shot_scales)
-    embeddings, biases, val_metrics = zero.embeddings, zero.biases, zero.val_metrics
+    candidates = [
+        Candidate("svd_only", zero.embeddings, zero.biases, zero.val_metrics, {"scale": zero.scale})
+    ]
     if config.finetune is not None:
         from ledrec.training.finetune import finetune
 
-        if config.finetune.dim != pre.dim:
-            raise ValueError(f"finetune dim {config.finetune.dim} != pretrain dim {pre.dim}")
-        with clock.stage("finetune"):
-            result = finetune(
-                split,
-                config.finetune,
-                _finetune_init(config.finetune, zero, config.seed),
-                clock.say,
+        n_train = split.train_clicks.shape[0]
+        for given in (config.finetune, *config.extra_candidates):
+            tuning = step_floor(given, n_train, config.min_steps)
+            if tuning.epochs != given.epochs:
+                clock.say(
+                    f"{n_train} training users: {tuning.epochs} epochs (patience "
+                    f"{tuning.patience}) for >= {config.min_steps} optimizer steps"
+                )
+            if tuning.dim != pre.dim:
+                raise ValueError(f"finetune dim {tuning.dim} != pretrain dim {pre.dim}")
+            name = f"{tuning.loss}/{tuning.variant}/{tuning.init}"
+            with clock.stage(f"finetune {name}"):
+                result = finetune(
+                    split, tuning, _finetune_init(tuning, zero, config.seed), clock.say
+                )
+            # epoch 0 is the initial model: "best_epoch" 0 means fine-tuning never helped
+            best_epoch = max(result.history, key=lambda h: h["ndcg@100"], default={})
+            candidates.append(
+                Candidate(
+                    name, result.embeddings, result.biases, result.val_metrics,
+                    {"epochs_run": len(result.history) - 1,
+                     "best_epoch": int(best_epoch.get("epoch", 0)),
+                     "epochs": tuning.epochs, "patience": tuning.patience},
+                )
+            )  # fmt: skip
+    with clock.stage("test"):  # every candidate's, for the record; the choice is on validation
+        tests = {
+            c.name: evaluate_scores(
+                led_score_fn(c.embeddings, c.biases), split.test_in, split.test_out
             )
-        embeddings, biases, val_metrics = result.embeddings, result.biases, result.val_metrics
-    with clock.stage("test"):
-        test = evaluate_scores(led_score_fn(embeddings, biases), split.test_in, split.test_out)
+            for c in candidates
+        }
+    chosen = choose(candidates)
+    selection = selection_record(chosen, candidates, tests)
+    clock.say(f"selected {chosen.name}: {selection['reason']}")
+    embeddings, biases, val_metrics, test = (
+        chosen.embeddings, chosen.biases, chosen.val_metrics, tests[chosen.name]
+    )  # fmt: skip
     metrics = {**val_metrics, **{f"test_{k}": v for k, v in test.items()}}
     gate = None
     if baseline is not None:
@@ -447,6 +482,7 @@ def run_train(
             "counts": _counts(data, split),
             "config": asdict(config),
             "zero_shot_scale": zero.scale,
+            "selection": selection,
             "stage_seconds": clock.seconds,
             "metrics_on": "validation users (test_* on test users)",
             **({"gate": gate} if gate is not None else {}),
