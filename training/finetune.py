@@ -7,13 +7,12 @@ pair ``s(u, i) = <u, v_i> + b_i``; the negatives are drawn per user (shared by a
 targets) with the user's input items masked out, as at evaluation time. The loss weighs
 every positive pair equally (``training.losses``).
 
-A step's cost follows the batch, never the catalog. The batch draws one pool of
-``negative_pool`` candidates from the negatives' distribution, and each user's
-``n_negatives`` are drawn from that pool (with its multiplicities, so each negative still
-follows the distribution). One (B, K) BLAS product then scores every user against the K
-distinct candidates, and the positives are gathered: O(B·K·d + P·d + nnz·d) per step.
-Only the rows a batch touches are gathered and updated (lazy Adam). ``loss="mult"``
-scores every item (its pool is the catalog).
+A step's cost follows the batch, never the catalog. Each user's ``n_negatives`` are
+drawn among K ≤ ``negative_pool`` candidates (``_Negatives``: the whole catalog when it
+is that small, otherwise a stratified pool drawn per batch), and one (B, K) BLAS product
+scores every user against every candidate; the positives are gathered. A step costs
+O(B·K·d + P·d + nnz·d), and only the rows it touches are gathered and updated (lazy Adam).
+``loss="mult"`` scores every item.
 
 Validation during training is sampled (``training.sampled_eval``): each epoch ranks the
 validation users' held-out items against the same ``val_negatives`` items, and picks the
@@ -108,27 +107,20 @@ def _split_timelines(
 def _sample_batch(
     clicks: sparse.csr_matrix,
     dropout: float,
-    negative_sampler: Callable[[int], Array] | None,
-    n_negatives: int,
-    pool_size: int,
+    negatives: _Negatives | None,
     rng: np.random.Generator,
 ) -> Batch:
-    """Split the users' timelines and draw their negatives from one pool of ``pool_size``
-    draws of ``negative_sampler`` (no sampler: every item is every user's negative)."""
+    """Split the users' timelines and draw their negatives (no sampler: every item is every
+    user's negative)."""
     n_users, n_items = clicks.shape
     user, item, is_target = _split_timelines(clicks, dropout, rng)
-    if negative_sampler is None:
-        pool, picks = np.arange(n_items), None  # Mult: every item, once
+    if negatives is None:  # Mult
+        pool = np.arange(n_items)
+        picks = np.broadcast_to(np.arange(n_items), (n_users, n_items))
     else:
-        pool = negative_sampler(pool_size)  # (M,) catalog ids
-        picks = rng.integers(0, pool_size, size=(n_users, n_negatives))  # (B, N) into pool
-    distinct, pool_index = np.unique(pool, return_inverse=True)  # (K,), (M,) into distinct
-    items = np.union1d(item, distinct)  # sorted: catalog id -> local id by searchsorted
-    local, candidates = np.searchsorted(items, item), np.searchsorted(items, distinct)
-    if picks is None:
-        negatives = np.broadcast_to(np.arange(len(distinct)), (n_users, len(distinct)))
-    else:
-        negatives = pool_index[picks]
+        pool, picks = negatives(n_users)  # (K,) catalog ids, (B, N) indices into them
+    items = np.union1d(item, pool)  # sorted: catalog id -> local id by searchsorted
+    local, candidates = np.searchsorted(items, item), np.searchsorted(items, pool)
     inputs_user, inputs_local = user[~is_target], local[~is_target]
     n_inputs = np.bincount(inputs_user, minlength=n_users)
     inputs = sparse.csr_matrix(
@@ -143,9 +135,9 @@ def _sample_batch(
     column = candidate_of[inputs_local]
     is_input = np.zeros((n_users, len(candidates)), dtype=bool)
     is_input[inputs_user[column >= 0], column[column >= 0]] = True
-    valid = ~np.take_along_axis(is_input, negatives, axis=1)  # (B, N)
+    valid = ~np.take_along_axis(is_input, picks, axis=1)  # (B, N)
     valid[~valid.any(axis=1)] = True  # a user whose every negative is an input keeps them all
-    return Batch(items, inputs, user[is_target], local[is_target], candidates, negatives, valid)
+    return Batch(items, inputs, user[is_target], local[is_target], candidates, picks, valid)
 
 
 def _item_vectors(params: Params, base: Array | None, items: Array) -> Array:
@@ -220,19 +212,68 @@ class _Adam:
             params[name][index] -= step.astype(params[name].dtype)
 
 
+class _Negatives:
+    """Each batch's candidate items, and each user's negatives as indices among them.
+
+    A catalog of at most ``pool_size`` items is every batch's candidates, and each user
+    draws its negatives independently from the distribution (uniform, or ``weights``).
+    A larger catalog gives each batch a pool of ``pool_size`` stratified draws: systematic
+    sampling along a random order of the catalog, fixed for the run, so that item i is in
+    the pool ⌊M·p_i⌋ or ⌈M·p_i⌉ times rather than a Poisson number of times (a noisier
+    pool made worse models on ML-1M). Each user then draws its negatives among the pool's
+    entries: every negative still follows the distribution, and a batch scores at most
+    ``pool_size`` candidates whatever the catalog size.
+    """
+
+    def __init__(
+        self,
+        weights: Array | None,
+        n_items: int,
+        n_negatives: int,
+        pool_size: int,
+        rng: np.random.Generator,
+    ) -> None:
+        self.n_items, self.n_negatives, self.pool_size, self.rng = (
+            n_items, n_negatives, pool_size, rng,
+        )  # fmt: skip
+        self.cdf = None if weights is None else np.cumsum(weights)  # catalog order
+        self.order = rng.permutation(n_items)  # the pool's strata
+        self.order_cdf = np.cumsum(np.ones(n_items) if weights is None else weights[self.order])
+
+    def __call__(self, n_users: int) -> tuple[Array, Array]:
+        """(K,) sorted candidate catalog ids, (B, N) each user's negatives among them."""
+        shape = (n_users, self.n_negatives)
+        if self.n_items <= self.pool_size:
+            return np.arange(self.n_items), self._draw(shape)
+        strata = np.arange(self.pool_size) + self.rng.random()  # one offset, M evenly spaced
+        spots = strata * (self.order_cdf[-1] / self.pool_size)
+        rank = np.minimum(np.searchsorted(self.order_cdf, spots, "right"), self.n_items - 1)
+        candidates, entry = np.unique(self.order[rank], return_inverse=True)
+        return candidates, entry[self.rng.integers(0, self.pool_size, size=shape)]
+
+    def _draw(self, shape: tuple[int, int]) -> Array:
+        """Independent draws of catalog ids."""
+        if self.cdf is None:
+            return self.rng.integers(0, self.n_items, size=shape)
+        spots = self.rng.random(shape) * self.cdf[-1]
+        drawn: Array = np.minimum(np.searchsorted(self.cdf, spots, "right"), self.n_items - 1)
+        return drawn
+
+
 def _negative_sampler(
     config: FinetuneConfig, clicks: sparse.csr_matrix, rng: np.random.Generator
-) -> Callable[[int], Array] | None:
-    """Draws n catalog ids: uniform, or in proportion to click counts; None for Mult."""
+) -> _Negatives | None:
+    """Uniform negatives, or in proportion to click counts (add-one); None for Mult."""
     if config.loss == "mult":
         return None
-    n_items = clicks.shape[1]
     if config.negatives == "uniform":
-        return lambda n: rng.integers(0, n_items, size=n)
-    if config.negatives == "popularity":
-        cdf = np.cumsum(np.asarray(clicks.sum(axis=0)).ravel() + 1.0)
-        return lambda n: np.searchsorted(cdf, rng.random(n) * cdf[-1], "right")
-    raise ValueError(f"unknown negatives {config.negatives!r}")
+        weights = None
+    elif config.negatives == "popularity":
+        weights = np.asarray(clicks.sum(axis=0), dtype=np.float64).ravel() + 1.0
+    else:
+        raise ValueError(f"unknown negatives {config.negatives!r}")
+    pool_size = max(config.negative_pool, config.n_negatives)
+    return _Negatives(weights, clicks.shape[1], config.n_negatives, pool_size, rng)
 
 
 def _initial_params(
@@ -292,7 +333,6 @@ def finetune(
     clicks = clicks[np.diff(clicks.indptr) >= 2]  # a timeline needs an input and a target
     loss = make_loss(config.loss, clicks.shape[1])
     sampler = _negative_sampler(config, clicks, rng)
-    pool_size = max(config.negative_pool, config.n_negatives)
     adam = _Adam(params, config.lr)
     sampled = SampledValidation(
         split.val_in, split.val_out, config.val_negatives, config.val_users, config.seed
@@ -335,9 +375,8 @@ def finetune(
             order = rng.permutation(clicks.shape[0])
             for first in range(0, len(order), config.batch_size):
                 batch = _sample_batch(
-                    clicks[order[first : first + config.batch_size]],
-                    config.dropout, sampler, config.n_negatives, pool_size, rng,
-                )  # fmt: skip
+                    clicks[order[first : first + config.batch_size]], config.dropout, sampler, rng
+                )
                 value, grads = _gradients(params, base, batch, loss)
                 adam.step(params, grads, batch.items)
                 total += value * len(batch.owner)

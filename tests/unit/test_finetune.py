@@ -3,6 +3,8 @@ and a step whose cost follows the batch, not the catalog."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -62,11 +64,11 @@ def _full_gradient(
 def _batch(
     clicks: sp.csr_matrix, config: FinetuneConfig, rng: np.random.Generator, pool: int
 ) -> Batch:
-    sampler = _negative_sampler(config, clicks, rng)
-    return _sample_batch(clicks, 0.5, sampler, config.n_negatives, pool, rng)
+    sampler = _negative_sampler(replace(config, negative_pool=pool), clicks, rng)
+    return _sample_batch(clicks, 0.5, sampler, rng)
 
 
-@pytest.mark.parametrize("pool", [12, 4096], ids=["pool<catalog", "pool>catalog"])
+@pytest.mark.parametrize("pool", [12, 4096], ids=["pool<catalog", "catalog<=pool"])
 @pytest.mark.parametrize("loss_name", ["bpr", "ns", "css", "mult"])
 @pytest.mark.parametrize("variant", ["train", "proj"])
 def test_chain_gradient_matches_finite_differences(
@@ -185,16 +187,37 @@ def test_initial_biases_are_log_popularity_relative_to_uniform(split: Split) -> 
     assert np.argmax(params["biases"]) == np.argmax(clicks)
 
 
-def test_popularity_negatives_follow_click_counts(split: Split) -> None:
-    # each user's negatives come from the batch's pool with its multiplicities, so that
-    # they keep the sampler's distribution
+@pytest.mark.parametrize("pool", [16, 4096], ids=["pool<catalog", "catalog<=pool"])
+def test_popularity_negatives_follow_click_counts(split: Split, pool: int) -> None:
+    # with a pool, each user's negatives come from its entries (with their multiplicities),
+    # so that they keep the sampler's distribution
     rng = np.random.default_rng(5)
-    config = FinetuneConfig(negatives="popularity", n_negatives=500)
+    config = FinetuneConfig(negatives="popularity", n_negatives=500, negative_pool=pool)
     sampler = _negative_sampler(config, split.train_clicks, rng)
     drawn = np.zeros(N_ITEMS)
-    for _ in range(20):
-        batch = _sample_batch(split.train_clicks[:50], 0.5, sampler, 500, 4096, rng)
+    for _ in range(400):
+        batch = _sample_batch(split.train_clicks[:5], 0.5, sampler, rng)
         negatives = batch.items[batch.candidates[batch.negatives]]
-        drawn += np.bincount(negatives.ravel(), minlength=N_ITEMS) / negatives.size / 20
+        drawn += np.bincount(negatives.ravel(), minlength=N_ITEMS) / negatives.size / 400
     clicks = np.asarray(split.train_clicks.sum(axis=0)).ravel() + 1.0
     np.testing.assert_allclose(drawn, clicks / clicks.sum(), atol=0.005)
+
+
+def test_a_small_catalog_is_every_batchs_pool(split: Split) -> None:
+    # at most negative_pool items: every user draws from the whole catalog, independently
+    batch = _batch(
+        split.train_clicks[:50], FinetuneConfig(n_negatives=20), np.random.default_rng(6), 40
+    )
+    assert np.array_equal(batch.items[batch.candidates], np.arange(N_ITEMS))
+
+
+def test_a_uniform_pool_is_stratified() -> None:
+    # a pool smaller than the catalog holds pool-size distinct items (systematic sampling),
+    # not a Poisson number of copies of each
+    rng = np.random.default_rng(7)
+    sampler = _negative_sampler(
+        FinetuneConfig(n_negatives=100, negative_pool=300), sp.csr_matrix((1, 10_000)), rng
+    )
+    assert sampler is not None
+    candidates, negatives = sampler(8)
+    assert len(candidates) == 300 and negatives.shape == (8, 100)
