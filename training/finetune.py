@@ -237,8 +237,9 @@ class _Negatives:
             n_items, n_negatives, pool_size, rng,
         )  # fmt: skip
         self.cdf = None if weights is None else np.cumsum(weights)  # catalog order
-        self.order = rng.permutation(n_items)  # the pool's strata
-        self.order_cdf = np.cumsum(np.ones(n_items) if weights is None else weights[self.order])
+        if n_items > pool_size:  # (a small catalog leaves rng as before pools existed)
+            self.order = rng.permutation(n_items)  # the pool's strata
+            self.order_cdf = np.cumsum(np.ones(n_items) if weights is None else weights[self.order])
 
     def __call__(self, n_users: int) -> tuple[Array, Array]:
         """(K,) sorted candidate catalog ids, (B, N) each user's negatives among them."""
@@ -254,7 +255,7 @@ class _Negatives:
     def _draw(self, shape: tuple[int, int]) -> Array:
         """Independent draws of catalog ids."""
         if self.cdf is None:
-            return self.rng.integers(0, self.n_items, size=shape)
+            return self.rng.integers(0, self.n_items, size=shape, dtype=np.int32)
         spots = self.rng.random(shape) * self.cdf[-1]
         drawn: Array = np.minimum(np.searchsorted(self.cdf, spots, "right"), self.n_items - 1)
         return drawn
