@@ -6,11 +6,22 @@ the stage) and the process's ru_maxrss after the stage (high-water mark so far).
 
     python benchmarks/train_scale.py --max-events 1000000
     python benchmarks/train_scale.py               # up to 10^7 events, 10^6 users, 10^5 items
+    python benchmarks/train_scale.py --items 10000 100000 1000000   # the catalog sweep
+
+``--items`` is the catalog sweep (#16): the same events and users, growing catalogs, and
+one default fine-tuning epoch (+ its validation) timed on its own. Its world clicks every
+view, with flat popularity, so that nearly every generated item gets a training click and
+stays in the catalog (with the default funnel, 10^6 events keep at most ~10^5 items). It
+fine-tunes from random embeddings: at fixed events a large catalog has almost no item
+viewed by ``min_count`` users, so the PMI is empty. ``--profile DIR`` writes a
+pyinstrument profile of each size's fine-tuning there. The results go to the
+``items_sweep`` section of the same JSON file; each sweep keeps the other's section.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import resource
@@ -86,6 +97,97 @@ def run_size(
     return report
 
 
+ITEMS_WORLD = dict(zipf_exponent=0.0, click_in_taste=1.0, click_off_taste=1.0)
+
+
+def run_items(
+    items: int, users: int, events: int, dim: int, epochs: int, seed: int, profile: Path | None
+) -> dict[str, Any]:
+    """One catalog size of the items sweep, in this process: generate, split, fine-tune."""
+    from ledrec.training.finetune import FinetuneConfig, finetune
+    from ledrec.training.split import strong_generalization_split
+    from ledrec.training.synthetic import SyntheticConfig, synthetic_interactions
+
+    report: dict[str, Any] = {"users": users, "items": items, "target_events": events, "stages": {}}
+    world = SyntheticConfig(n_users=users, n_items=items, n_events=events, seed=seed, **ITEMS_WORLD)
+    data = _stage(report, "generate", lambda: synthetic_interactions(world))
+    split = _stage(
+        report,
+        "split",
+        lambda: strong_generalization_split(data, n_heldout=600, seed=seed, min_positives=3),
+    )
+    config = FinetuneConfig(init="random", dim=dim, epochs=epochs, patience=epochs + 1, seed=seed)
+    profiler = None
+    if profile is not None:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.005)
+        profiler.start()
+    # wall and CPU clocks at each epoch's end (its validation line), to time epochs apart
+    # from the run's setup and final evaluation; CPU time is steadier on a shared machine
+    marks: list[tuple[float, float]] = [(time.perf_counter(), time.process_time())]
+
+    def mark(line: str) -> None:
+        if line.startswith("epoch "):
+            marks.append((time.perf_counter(), time.process_time()))
+
+    result = _stage(report, "finetune", lambda: finetune(split, config, None, mark))
+    done = time.perf_counter()
+    if profiler is not None and profile is not None:
+        profiler.stop()
+        profile.mkdir(parents=True, exist_ok=True)
+        path = profile / f"finetune_items_{items}.txt"
+        path.write_text(profiler.output_text(unicode=True, color=False))
+        print(f"  profile written to {path}", flush=True)
+    report.update(
+        views=int(data.views.nnz),
+        clicks=int(data.clicks.nnz),
+        train_clicks=int(split.train_clicks.nnz),
+        items_kept=int(split.item_ids.shape[0]),
+        dim=config.dim,
+        loss=config.loss,
+        n_negatives=config.n_negatives,
+        finetune_epochs=epochs,
+        setup_and_initial_validation_seconds=round(marks[1][0] - marks[0][0], 2),
+        epoch_seconds=[round(b[0] - a[0], 2) for a, b in itertools.pairwise(marks[1:])],
+        epoch_cpu_seconds=[round(b[1] - a[1], 2) for a, b in itertools.pairwise(marks[1:])],
+        final_evaluation_seconds=round(done - marks[-1][0], 2),
+        val_metrics=result.val_metrics,
+    )
+    print(
+        f"  epoch (training + validation): {report['epoch_seconds']} s, "
+        f"CPU {report['epoch_cpu_seconds']} s",
+        flush=True,
+    )
+    return report
+
+
+def _write(out: Path, section: str, rows: list[dict[str, Any]]) -> None:
+    """Write one sweep's rows to ``out``, keeping the other sweep's section."""
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    machine = {
+        "python": platform.python_version(),
+        "cpus": len(__import__("os").sched_getaffinity(0)),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**previous, "machine": machine, section: rows}, indent=2) + "\n")
+    print(f"written {out}")
+
+
+def _items_child(args: argparse.Namespace, items: int) -> dict[str, Any]:
+    """One size of the items sweep in a subprocess of its own (its own memory high-water)."""
+    print(f"{args.items_users} users, {items} items, {args.items_events} events", flush=True)
+    cmd = [sys.executable, __file__, "--one-items", str(items), "--epochs", str(args.epochs)]
+    cmd += ["--items-users", str(args.items_users), "--items-events", str(args.items_events)]
+    cmd += ["--dim", str(args.dim), "--seed", str(args.seed)]
+    cmd += ["--profile", str(args.profile)] if args.profile else []
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    *lines, last = proc.stdout.rstrip().splitlines()
+    print("\n".join(lines), flush=True)
+    report: dict[str, Any] = json.loads(last)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--max-events", type=int, default=10_000_000)
@@ -93,8 +195,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/train_scale.json")
+    parser.add_argument("--items", nargs="+", type=int, help="catalog sweep: these item counts")
+    parser.add_argument("--items-users", type=int, default=200_000)
+    parser.add_argument("--items-events", type=int, default=4_000_000)
+    parser.add_argument("--profile", type=Path, help="catalog sweep: pyinstrument profiles here")
     parser.add_argument("--one", nargs=3, type=int, help=argparse.SUPPRESS)  # child: U I E
+    parser.add_argument("--one-items", type=int, help=argparse.SUPPRESS)  # child of --items
     args = parser.parse_args()
+    if args.one_items:
+        report = run_items(
+            args.one_items, args.items_users, args.items_events, args.dim, args.epochs,
+            args.seed, args.profile,
+        )  # fmt: skip
+        print(json.dumps(report))
+        return
+    if args.items:
+        _write(args.out, "items_sweep", [_items_child(args, items) for items in args.items])
+        return
     if args.one:
         print(
             json.dumps(
@@ -113,13 +230,7 @@ def main() -> None:
         *lines, last = proc.stdout.rstrip().splitlines()
         print("\n".join(lines), flush=True)
         results.append(json.loads(last))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {
-        "python": platform.python_version(),
-        "cpus": len(__import__("os").sched_getaffinity(0)),
-    }
-    args.out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
-    print(f"written {args.out}")
+    _write(args.out, "results", results)
 
 
 if __name__ == "__main__":

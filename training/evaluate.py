@@ -17,6 +17,7 @@ import scipy.sparse as sp
 ScoreFn = Callable[[sp.csr_matrix], npt.NDArray[np.floating]]  # (n, I) inputs → (n, I) scores
 
 METRICS = {"recall@20": ("recall", 20), "recall@50": ("recall", 50), "ndcg@100": ("ndcg", 100)}
+SCORES_PER_BATCH = 1 << 24  # a batch of users holds at most this many scores (128 MB float64)
 
 
 def _top_k(scores: npt.NDArray[np.floating], k: int) -> npt.NDArray[np.intp]:
@@ -75,9 +76,11 @@ def evaluate_scores(
     """{"recall@20", "recall@50", "ndcg@100"} of ``score_fn`` on held-out users.
 
     ``inputs`` (n, I) are the fold-in items: fed to ``score_fn`` and excluded from the
-    ranking. Users are scored in batches so memory stays at batch_size × I.
+    ranking. Users are scored in batches of at most ``batch_size`` and of at most
+    ``SCORES_PER_BATCH`` scores, so memory stays bounded whatever the catalog size.
     """
     inputs, heldout = inputs.tocsr(), heldout.tocsr()
+    batch_size = max(1, min(batch_size, SCORES_PER_BATCH // max(1, inputs.shape[1])))
     per_user: dict[str, list[npt.NDArray[np.float64]]] = {name: [] for name in METRICS}
     for start in range(0, inputs.shape[0], batch_size):
         batch_in = inputs[start : start + batch_size]

@@ -5,12 +5,19 @@ input items (kept with probability ``1 - dropout``) and target items (the rest).
 vector is the mean of the input embeddings, ``u = (1/T) Σ v_in``; every target is a positive
 pair ``s(u, i) = <u, v_i> + b_i``; the negatives are drawn per user (shared by all of its
 targets) with the user's input items masked out, as at evaluation time. The loss weighs
-every positive pair equally (``training.losses``). Only the items a batch touches are
-gathered, scored and updated (lazy Adam), so a step of a sampled loss costs
-O(B·N·d + P·d + nnz·d), whatever the catalog size; ``loss="mult"`` scores every item.
-When the R items a batch touches are few next to its N negatives per user (R ≤ 16·N, the
-case on MovieLens), one (B, R) BLAS product scores all the pairs at once, within the
-same bound and much faster than gathering B·N vectors.
+every positive pair equally (``training.losses``).
+
+A step's cost follows the batch, never the catalog. Each user's ``n_negatives`` are
+drawn among K ≤ ``negative_pool`` candidates (``_Negatives``: the whole catalog when it
+is that small, otherwise a stratified pool drawn per batch), and one (B, K) BLAS product
+scores every user against every candidate; the positives are gathered. A step costs
+O(B·K·d + P·d + nnz·d), and only the rows it touches are gathered and updated (lazy Adam).
+``loss="mult"`` scores every item.
+
+Validation during training is sampled (``training.sampled_eval``): each epoch ranks the
+validation users' held-out items against the same ``val_negatives`` items, and picks the
+epoch to keep. The kept model is then measured on the full protocol (every item), and
+that is the ``val_metrics`` returned.
 
 Variants (LED paper, Table 3): ``"train"`` learns every embedding and bias; ``"proj"``
 learns a projection ``P`` (d×d) and the biases, ``v_i = P · v_i^RSVD``.
@@ -28,6 +35,7 @@ from scipy import sparse
 from ledrec.training.evaluate import evaluate_scores, led_score_fn
 from ledrec.training.losses import Loss, make_loss
 from ledrec.training.pretrain import popularity_biases
+from ledrec.training.sampled_eval import SampledValidation
 from ledrec.training.split import Split
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
@@ -50,8 +58,11 @@ class FinetuneConfig:
     batch_size: int = 512
     n_negatives: int = 1000  # per user, shared by its targets
     negatives: str = "uniform"  # "uniform" | "popularity"
+    negative_pool: int = 4096  # candidates per batch the users' negatives are drawn from
     dropout: float = 0.5  # timeline dropout on input items during training
-    patience: int = 4  # early stopping on validation NDCG@100
+    patience: int = 4  # early stopping on (sampled) validation NDCG@100
+    val_negatives: int = 10_000  # items each epoch's validation ranks the held-out ones among
+    val_users: int = 10_000  # at most this many validation users per epoch
     seed: int = 0
 
 
@@ -59,10 +70,10 @@ class FinetuneConfig:
 class FinetuneResult:
     embeddings: Array  # (I, d) float32, projection folded in
     biases: Array  # (I,) float32
-    val_metrics: dict[str, float]
+    val_metrics: dict[str, float]  # of the kept model, on the full protocol (every item)
     seconds: float
-    # one record per epoch: epoch, validation metrics, seconds, and "loss" (the epoch's mean
-    # training loss; epoch 0, the initial model, has none)
+    # one record per epoch: epoch, sampled validation metrics, seconds, and "loss" (the
+    # epoch's mean training loss; epoch 0, the initial model, has none)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -70,11 +81,12 @@ class FinetuneResult:
 class Batch:
     """A minibatch of training users, over the R items it touches (local ids 0..R-1)."""
 
-    items: Array  # (R,) catalog id of each local item
+    items: Array  # (R,) catalog id of each local item, sorted
     inputs: sparse.csr_matrix  # (B, R) row-normalised input items: u = inputs @ V_R
     owner: Array  # (P,) user of each positive pair
     targets: Array  # (P,) local id of each positive pair's item
-    negatives: Array  # (B, N) local ids of each user's negatives (Mult: every item)
+    candidates: Array  # (K,) local ids of the negative pool's distinct items
+    negatives: Array  # (B, N) each user's negatives, as indices into ``candidates``
     valid: Array  # (B, N) the negative is not one of the user's input items
 
 
@@ -95,33 +107,37 @@ def _split_timelines(
 def _sample_batch(
     clicks: sparse.csr_matrix,
     dropout: float,
-    negative_sampler: Callable[[int], Array] | None,
+    negatives: _Negatives | None,
     rng: np.random.Generator,
 ) -> Batch:
-    """Split the users' timelines and draw their negatives (all items if no sampler)."""
+    """Split the users' timelines and draw their negatives (no sampler: every item is every
+    user's negative)."""
     n_users, n_items = clicks.shape
     user, item, is_target = _split_timelines(clicks, dropout, rng)
-    if negative_sampler is None:
-        items = np.arange(n_items)
-        sampled = np.broadcast_to(items, (n_users, n_items))  # Mult: every item
+    if negatives is None:  # Mult
+        pool = np.arange(n_items)
+        picks = np.broadcast_to(np.arange(n_items), (n_users, n_items))
     else:
-        sampled = negative_sampler(n_users)  # (B, N) catalog ids
-        items = np.unique(np.concatenate([item, sampled.ravel()]))
-    position = np.empty(n_items, dtype=np.int32)  # catalog id -> local id, set on touched ids
-    position[items] = np.arange(len(items))
-    local, negatives = position[item], position[sampled]
-    n_inputs = np.bincount(user[~is_target], minlength=n_users)
+        pool, picks = negatives(n_users)  # (K,) catalog ids, (B, N) indices into them
+    items = np.union1d(item, pool)  # sorted: catalog id -> local id by searchsorted
+    local, candidates = np.searchsorted(items, item), np.searchsorted(items, pool)
+    inputs_user, inputs_local = user[~is_target], local[~is_target]
+    n_inputs = np.bincount(inputs_user, minlength=n_users)
     inputs = sparse.csr_matrix(
-        (1.0 / n_inputs[user[~is_target]], (user[~is_target], local[~is_target])),
+        (1.0 / n_inputs[inputs_user], (inputs_user, inputs_local)),
         shape=(n_users, len(items)),
         dtype=np.float32,
     )
-    # A negative is valid unless it is one of its user's inputs (keys user·R + item).
-    input_keys = user[~is_target] * len(items) + local[~is_target]
-    negative_keys = np.arange(n_users)[:, None] * len(items) + negatives
-    valid = ~np.isin(negative_keys, input_keys)  # (B, N)
+    # A negative is valid unless it is one of its user's inputs: mark the inputs that are
+    # candidates in a (B, K) table, then read it at each user's negatives.
+    candidate_of = np.full(len(items), -1)  # local id -> index into candidates
+    candidate_of[candidates] = np.arange(len(candidates))
+    column = candidate_of[inputs_local]
+    is_input = np.zeros((n_users, len(candidates)), dtype=bool)
+    is_input[inputs_user[column >= 0], column[column >= 0]] = True
+    valid = ~np.take_along_axis(is_input, picks, axis=1)  # (B, N)
     valid[~valid.any(axis=1)] = True  # a user whose every negative is an input keeps them all
-    return Batch(items, inputs, user[is_target], local[is_target], negatives, valid)
+    return Batch(items, inputs, user[is_target], local[is_target], candidates, picks, valid)
 
 
 def _item_vectors(params: Params, base: Array | None, items: Array) -> Array:
@@ -137,13 +153,33 @@ def _item_vectors(params: Params, base: Array | None, items: Array) -> Array:
 def _gradients(
     params: Params, base: Array | None, batch: Batch, loss: Loss
 ) -> tuple[float, dict[str, Array]]:
-    """Loss on a batch and its gradients (row parameters: only the batch's rows, R first)."""
+    """Loss on a batch and its gradients (row parameters: only the batch's rows, R first).
+
+    Positives are gathered, O(P·d); negatives come from one (B, K) product of every user
+    with every candidate, O(B·K·d), then each user's own N are read from it.
+    """
     vectors = _item_vectors(params, base, batch.items)  # (R, d)
     biases = params["biases"][batch.items]  # (R,)
     users = batch.inputs @ vectors  # (B, d)
-    scorer: Scorer = _dense_scores if _dense_is_cheaper(batch) else _gathered_scores
-    value, dusers, dvectors, dbiases = scorer(users, vectors, biases, batch, loss)
-    dvectors += batch.inputs.T @ dusers  # through u = inputs @ V_R
+    n_users, n_items = batch.inputs.shape
+    n_candidates = len(batch.candidates)
+    pos = np.einsum("pd,pd->p", users[batch.owner], vectors[batch.targets])
+    pos += biases[batch.targets]  # (P,)
+    pool = vectors[batch.candidates]  # (K, d)
+    scores = users @ pool.T + biases[batch.candidates]  # (B, K)
+    flat = (np.arange(n_users)[:, None] * n_candidates + batch.negatives).ravel()  # (B·N,)
+    neg = scores.ravel()[flat].reshape(batch.negatives.shape)  # (B, N)
+    value, dpos, dneg = loss(pos, neg, batch.owner, batch.valid)
+    dscores = np.bincount(flat, dneg.ravel(), n_users * n_candidates).astype(users.dtype)
+    dscores = dscores.reshape(n_users, n_candidates)  # dL/dscores, duplicates summed
+    dpairs = sparse.csr_matrix(  # (B, R) dL/ds of the positive pairs
+        (dpos.astype(users.dtype), (batch.owner, batch.targets)), shape=(n_users, n_items)
+    )
+    dusers = dscores @ pool + dpairs @ vectors  # (B, d)
+    dvectors = np.asarray(dpairs.T @ users + batch.inputs.T @ dusers)  # (R, d)
+    dvectors[batch.candidates] += dscores.T @ users
+    dbiases = np.asarray(dpairs.sum(axis=0)).ravel()
+    dbiases[batch.candidates] += dscores.sum(axis=0)
     grads = {"biases": dbiases}
     if "projection" in params:
         assert base is not None
@@ -151,66 +187,6 @@ def _gradients(
     else:
         grads["embeddings"] = dvectors
     return value, grads
-
-
-# (users, vectors, biases, batch, loss) -> loss, dL/du (B, d), dL/dV_R (R, d), dL/db_R (R,)
-Scorer = Callable[[Array, Array, Array, Batch, Loss], tuple[float, Array, Array, Array]]
-_DENSE_RATIO = 16  # rough throughput of a BLAS product over numpy gathers of the same size
-_GATHER_FLOATS = 1 << 24  # memory bound of one gather of negative vectors (64 MB float32)
-
-
-def _dense_is_cheaper(batch: Batch) -> bool:
-    """One (B, R) product beats gathering B·N vectors unless R ≫ N."""
-    return bool(len(batch.items) <= _DENSE_RATIO * batch.negatives.shape[1])
-
-
-def _dense_scores(
-    users: Array, vectors: Array, biases: Array, batch: Batch, loss: Loss
-) -> tuple[float, Array, Array, Array]:
-    """Scores of every (user, batch item) pair at once; loss, dL/du, dL/dV_R, dL/db_R."""
-    n_users, n_items = len(users), len(vectors)
-    scores = users @ vectors.T + biases  # (B, R)
-    pos = scores[batch.owner, batch.targets]  # (P,)
-    neg = np.take_along_axis(scores, batch.negatives, axis=1)  # (B, N)
-    value, dpos, dneg = loss(pos, neg, batch.owner, batch.valid)
-    flat = np.concatenate([batch.owner * n_items + batch.targets, _flat_negatives(batch)])
-    weights = np.concatenate([dpos, dneg.ravel()])
-    dscores = np.bincount(flat, weights, n_users * n_items).astype(users.dtype)
-    dscores = dscores.reshape(n_users, n_items)
-    return value, dscores @ vectors, dscores.T @ users, dscores.sum(axis=0)
-
-
-def _gathered_scores(
-    users: Array, vectors: Array, biases: Array, batch: Batch, loss: Loss
-) -> tuple[float, Array, Array, Array]:
-    """Scores of the scored pairs only, O((P + B·N)·d); same outputs as ``_dense_scores``."""
-    n_users, n_items = len(users), len(vectors)
-    pos = np.einsum("pd,pd->p", users[batch.owner], vectors[batch.targets])
-    pos += biases[batch.targets]  # (P,)
-    chunk = max(1, _GATHER_FLOATS // (batch.negatives.shape[1] * vectors.shape[1]))  # users
-    neg = np.concatenate(
-        [
-            np.einsum("bd,bnd->bn", users[s : s + chunk], vectors[batch.negatives[s : s + chunk]])
-            for s in range(0, n_users, chunk)
-        ]
-    )
-    neg += biases[batch.negatives]  # (B, N)
-    value, dpos, dneg = loss(pos, neg, batch.owner, batch.valid)
-    flat = np.concatenate([batch.owner * n_items + batch.targets, _flat_negatives(batch)])
-    dscores = sparse.csr_matrix(  # (B, R), summing duplicate pairs
-        (np.concatenate([dpos, dneg.ravel()]), np.divmod(flat, n_items)),
-        shape=(n_users, n_items),
-    )
-    dbiases = np.asarray(dscores.sum(axis=0)).ravel()
-    return value, np.asarray(dscores @ vectors), np.asarray(dscores.T @ users), dbiases
-
-
-def _flat_negatives(batch: Batch) -> Array:
-    """(B·N,) flat index user·R + item of every negative."""
-    n_users, n_negatives = batch.negatives.shape
-    rows = np.repeat(np.arange(n_users) * len(batch.items), n_negatives)
-    flat: Array = rows + batch.negatives.ravel()
-    return flat
 
 
 class _Adam:
@@ -236,19 +212,69 @@ class _Adam:
             params[name][index] -= step.astype(params[name].dtype)
 
 
+class _Negatives:
+    """Each batch's candidate items, and each user's negatives as indices among them.
+
+    A catalog of at most ``pool_size`` items is every batch's candidates, and each user
+    draws its negatives independently from the distribution (uniform, or ``weights``).
+    A larger catalog gives each batch a pool of ``pool_size`` stratified draws: systematic
+    sampling along a random order of the catalog, fixed for the run, so that item i is in
+    the pool ⌊M·p_i⌋ or ⌈M·p_i⌉ times rather than a Poisson number of times (a noisier
+    pool made worse models on ML-1M). Each user then draws its negatives among the pool's
+    entries: every negative still follows the distribution, and a batch scores at most
+    ``pool_size`` candidates whatever the catalog size.
+    """
+
+    def __init__(
+        self,
+        weights: Array | None,
+        n_items: int,
+        n_negatives: int,
+        pool_size: int,
+        rng: np.random.Generator,
+    ) -> None:
+        self.n_items, self.n_negatives, self.pool_size, self.rng = (
+            n_items, n_negatives, pool_size, rng,
+        )  # fmt: skip
+        self.cdf = None if weights is None else np.cumsum(weights)  # catalog order
+        if n_items > pool_size:  # (a small catalog leaves rng as before pools existed)
+            self.order = rng.permutation(n_items)  # the pool's strata
+            self.order_cdf = np.cumsum(np.ones(n_items) if weights is None else weights[self.order])
+
+    def __call__(self, n_users: int) -> tuple[Array, Array]:
+        """(K,) sorted candidate catalog ids, (B, N) each user's negatives among them."""
+        shape = (n_users, self.n_negatives)
+        if self.n_items <= self.pool_size:
+            return np.arange(self.n_items), self._draw(shape)
+        strata = np.arange(self.pool_size) + self.rng.random()  # one offset, M evenly spaced
+        spots = strata * (self.order_cdf[-1] / self.pool_size)
+        rank = np.minimum(np.searchsorted(self.order_cdf, spots, "right"), self.n_items - 1)
+        candidates, entry = np.unique(self.order[rank], return_inverse=True)
+        return candidates, entry[self.rng.integers(0, self.pool_size, size=shape)]
+
+    def _draw(self, shape: tuple[int, int]) -> Array:
+        """Independent draws of catalog ids."""
+        if self.cdf is None:
+            return self.rng.integers(0, self.n_items, size=shape, dtype=np.int32)
+        spots = self.rng.random(shape) * self.cdf[-1]
+        drawn: Array = np.minimum(np.searchsorted(self.cdf, spots, "right"), self.n_items - 1)
+        return drawn
+
+
 def _negative_sampler(
     config: FinetuneConfig, clicks: sparse.csr_matrix, rng: np.random.Generator
-) -> Callable[[int], Array] | None:
-    """Draws (B, N) catalog ids: uniform, or in proportion to click counts; None for Mult."""
+) -> _Negatives | None:
+    """Uniform negatives, or in proportion to click counts (add-one); None for Mult."""
     if config.loss == "mult":
         return None
-    n_items, n = clicks.shape[1], config.n_negatives
     if config.negatives == "uniform":
-        return lambda n_users: rng.integers(0, n_items, size=(n_users, n), dtype=np.int32)
-    if config.negatives == "popularity":
-        cdf = np.cumsum(np.asarray(clicks.sum(axis=0)).ravel() + 1.0)
-        return lambda n_users: np.searchsorted(cdf, rng.random((n_users, n)) * cdf[-1], "right")
-    raise ValueError(f"unknown negatives {config.negatives!r}")
+        weights = None
+    elif config.negatives == "popularity":
+        weights = np.asarray(clicks.sum(axis=0), dtype=np.float64).ravel() + 1.0
+    else:
+        raise ValueError(f"unknown negatives {config.negatives!r}")
+    pool_size = max(config.negative_pool, config.n_negatives)
+    return _Negatives(weights, clicks.shape[1], config.n_negatives, pool_size, rng)
 
 
 def _initial_params(
@@ -276,6 +302,11 @@ def _initial_params(
     return params
 
 
+def _copy(params: Params) -> Params:
+    """A snapshot of the parameters (Proj: only P and the biases, not the frozen base)."""
+    return {name: value.copy() for name, value in params.items()}
+
+
 def _export(params: Params, base: Array | None) -> tuple[Array, Array]:
     """(embeddings (I, d), biases (I,)) as float32 copies, projection folded in."""
     n_items = len(params["biases"])
@@ -289,7 +320,8 @@ def finetune(
     init: Array | None,
     progress: Callable[[str], None] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune on ``split.train_clicks``; keep the epoch with the best validation NDCG@100.
+    """Fine-tune on ``split.train_clicks``; keep the epoch with the best (sampled)
+    validation NDCG@100, and measure it on the full protocol.
 
     ``init``: pretrained embeddings (I, d), for init="svd" or variant="proj". Epoch 0 is the
     initial model. Ctrl-C (KeyboardInterrupt) stops training and returns the best so far.
@@ -303,12 +335,24 @@ def finetune(
     loss = make_loss(config.loss, clicks.shape[1])
     sampler = _negative_sampler(config, clicks, rng)
     adam = _Adam(params, config.lr)
+    sampled = SampledValidation(
+        split.val_in, split.val_out, config.val_negatives, config.val_users, config.seed
+    )
+    if progress is not None and sampled.n_sampled < clicks.shape[1]:
+        progress(
+            f"validation each epoch: {sampled.n_users} users, their held-out items ranked "
+            f"among {sampled.n_sampled} sampled items"
+        )
+
+    def item_vectors(items: Array) -> tuple[Array, Array]:
+        return _item_vectors(params, base, items), params["biases"][items]
 
     def validate(epoch: int, epoch_loss: float | None) -> dict[str, float]:
-        """Validation metrics of the current parameters, recorded and reported. Epoch 0 is
-        the initial model, before any step: it has no training loss (``epoch_loss`` None),
-        so its record has no "loss" and its line says "initial model" instead."""
-        metrics = evaluate_scores(led_score_fn(*_export(params, base)), split.val_in, split.val_out)
+        """Sampled validation metrics of the current parameters, recorded and reported.
+        Epoch 0 is the initial model, before any step: it has no training loss
+        (``epoch_loss`` None), so its record has no "loss" and its line says "initial
+        model" instead."""
+        metrics = sampled(item_vectors)
         seconds = time.perf_counter() - start
         record = {"epoch": float(epoch), **metrics, "seconds": seconds}
         if epoch_loss is not None:
@@ -324,7 +368,7 @@ def finetune(
 
     history: list[dict[str, float]] = []
     best_metrics = validate(0, None)
-    best = _export(params, base)
+    best_epoch, best = 0, _copy(params)
     stale = 0
     try:
         for epoch in range(1, config.epochs + 1):
@@ -340,7 +384,7 @@ def finetune(
                 n_pairs += len(batch.owner)
             metrics = validate(epoch, total / n_pairs if n_pairs else None)
             if metrics["ndcg@100"] > best_metrics["ndcg@100"]:
-                best_metrics, best, stale = metrics, _export(params, base), 0
+                best_metrics, best_epoch, best, stale = metrics, epoch, _copy(params), 0
             else:
                 stale += 1
                 if stale >= config.patience:
@@ -348,5 +392,9 @@ def finetune(
     except KeyboardInterrupt:
         if progress is not None:
             progress("interrupted: keeping the best epoch so far")
-    embeddings, biases = best
-    return FinetuneResult(embeddings, biases, best_metrics, time.perf_counter() - start, history)
+    embeddings, biases = _export(best, base)
+    val_metrics = evaluate_scores(led_score_fn(embeddings, biases), split.val_in, split.val_out)
+    if progress is not None:
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items())
+        progress(f"kept epoch {best_epoch}: validation on every item {figures}")
+    return FinetuneResult(embeddings, biases, val_metrics, time.perf_counter() - start, history)

@@ -1,15 +1,18 @@
-"""LED fine-tuning: the chain gradient, learning on a tiny problem, clean interruption."""
+"""LED fine-tuning: the chain gradient, learning on a tiny problem, clean interruption,
+and a step whose cost follows the batch, not the catalog."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import ledrec.training.finetune as finetune_module
 from ledrec.training.dataset import binary_matrix
 from ledrec.training.evaluate import evaluate_scores, led_score_fn
 from ledrec.training.finetune import (
+    Batch,
     FinetuneConfig,
     _gradients,
     _initial_params,
@@ -58,18 +61,23 @@ def _full_gradient(
     return full
 
 
-@pytest.mark.parametrize("dense_ratio", [0, 10**9], ids=["gathered", "dense"])
+def _batch(
+    clicks: sp.csr_matrix, config: FinetuneConfig, rng: np.random.Generator, pool: int
+) -> Batch:
+    sampler = _negative_sampler(replace(config, negative_pool=pool), clicks, rng)
+    return _sample_batch(clicks, 0.5, sampler, rng)
+
+
+@pytest.mark.parametrize("pool", [12, 4096], ids=["pool<catalog", "catalog<=pool"])
 @pytest.mark.parametrize("loss_name", ["bpr", "ns", "css", "mult"])
 @pytest.mark.parametrize("variant", ["train", "proj"])
 def test_chain_gradient_matches_finite_differences(
-    split: Split, loss_name: str, variant: str, dense_ratio: int, monkeypatch: pytest.MonkeyPatch
+    split: Split, loss_name: str, variant: str, pool: int
 ) -> None:
-    monkeypatch.setattr(finetune_module, "_DENSE_RATIO", dense_ratio)
     rng = np.random.default_rng(1)
     dim = 5
     config = FinetuneConfig(loss=loss_name, n_negatives=7, dim=dim)
-    clicks = split.train_clicks[:6]
-    batch = _sample_batch(clicks, 0.5, _negative_sampler(config, clicks, rng), rng)
+    batch = _batch(split.train_clicks[:6], config, rng, pool)
     base = rng.normal(0.0, 0.5, (N_ITEMS, dim))
     params = {"biases": rng.normal(0.0, 0.5, N_ITEMS)}
     if variant == "proj":
@@ -95,10 +103,9 @@ def test_chain_gradient_matches_finite_differences(
 
 def test_negatives_never_include_an_input_item(split: Split) -> None:
     rng = np.random.default_rng(2)
-    clicks = split.train_clicks[:50]
-    sampler = _negative_sampler(FinetuneConfig(n_negatives=20), clicks, rng)
-    batch = _sample_batch(clicks, 0.5, sampler, rng)
-    is_input = np.take_along_axis(batch.inputs.toarray() > 0, batch.negatives, axis=1)
+    batch = _batch(split.train_clicks[:50], FinetuneConfig(n_negatives=20), rng, 30)
+    negatives = batch.candidates[batch.negatives]  # local ids
+    is_input = np.take_along_axis(batch.inputs.toarray() > 0, negatives, axis=1)
     assert not np.any(is_input & batch.valid)
     assert batch.valid.mean() > 0.5
     # every user has at least one input and one target, disjoint
@@ -129,7 +136,8 @@ def test_finetune_improves_validation_ndcg(split: Split, loss_name: str, variant
     assert result.val_metrics["ndcg@100"] > initial + 0.05
     assert result.embeddings.shape == (N_ITEMS, 8) and result.embeddings.dtype == np.float32
     assert result.biases.shape == (N_ITEMS,) and result.biases.dtype == np.float32
-    assert len(lines) == len(result.history) and lines[1].startswith("epoch   1")
+    assert len(lines) == len(result.history) + 1 and lines[1].startswith("epoch   1")
+    assert lines[-1].startswith("kept epoch ")
     # the returned model is the one whose validation metrics are reported
     scored = evaluate_scores(
         led_score_fn(result.embeddings, result.biases), split.val_in, split.val_out
@@ -156,22 +164,19 @@ def test_proj_needs_pretrained_embeddings(split: Split) -> None:
         finetune(split, _tiny_config(variant="proj"), None)
 
 
-def test_dense_and_gathered_scoring_agree(split: Split, monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(4)
-    clicks = split.train_clicks[:64]
-    batch = _sample_batch(
-        clicks, 0.5, _negative_sampler(FinetuneConfig(n_negatives=9), clicks, rng), rng
-    )
-    params = {"embeddings": rng.normal(size=(N_ITEMS, 6)), "biases": rng.normal(size=N_ITEMS)}
-    monkeypatch.setattr(finetune_module, "_GATHER_FLOATS", 100)  # gathers in several chunks
-    results = []
-    for dense_ratio in (0, 10**9):
-        monkeypatch.setattr(finetune_module, "_DENSE_RATIO", dense_ratio)
-        results.append(_gradients(params, None, batch, make_loss("css", N_ITEMS)))
-    (gathered, gathered_grads), (dense, dense_grads) = results
-    assert gathered == pytest.approx(dense)
-    for name in gathered_grads:
-        np.testing.assert_allclose(gathered_grads[name], dense_grads[name], atol=1e-12)
+def test_a_batch_follows_the_pool_not_the_catalog() -> None:
+    # The catalog is 10^6 items; what a batch touches, scores and updates is bounded by its
+    # clicks and its pool (#16: a step's cost must not grow with the catalog).
+    rng = np.random.default_rng(3)
+    n_users, n_items = 64, 1_000_000
+    rows = np.repeat(np.arange(n_users), 5)
+    clicks = binary_matrix(rows, rng.integers(0, n_items, len(rows)), (n_users, n_items))
+    batch = _batch(clicks, FinetuneConfig(n_negatives=50), rng, 200)
+    assert len(batch.candidates) <= 200 and len(batch.items) <= 200 + clicks.nnz
+    assert batch.negatives.shape == (n_users, 50) and batch.negatives.max() < 200
+    params = {"embeddings": rng.normal(size=(n_items, 4)), "biases": np.zeros(n_items)}
+    _, grads = _gradients(params, None, batch, make_loss("css", n_items))
+    assert grads["embeddings"].shape == (len(batch.items), 4)
 
 
 def test_initial_biases_are_log_popularity_relative_to_uniform(split: Split) -> None:
@@ -182,13 +187,37 @@ def test_initial_biases_are_log_popularity_relative_to_uniform(split: Split) -> 
     assert np.argmax(params["biases"]) == np.argmax(clicks)
 
 
-def test_popularity_negatives_follow_click_counts(split: Split) -> None:
-    sampler = _negative_sampler(
-        FinetuneConfig(negatives="popularity", n_negatives=500),
-        split.train_clicks,
-        np.random.default_rng(5),
-    )
-    assert sampler is not None
-    drawn = np.bincount(sampler(200).ravel(), minlength=N_ITEMS) / 100_000
+@pytest.mark.parametrize("pool", [16, 4096], ids=["pool<catalog", "catalog<=pool"])
+def test_popularity_negatives_follow_click_counts(split: Split, pool: int) -> None:
+    # with a pool, each user's negatives come from its entries (with their multiplicities),
+    # so that they keep the sampler's distribution
+    rng = np.random.default_rng(5)
+    config = FinetuneConfig(negatives="popularity", n_negatives=500, negative_pool=pool)
+    sampler = _negative_sampler(config, split.train_clicks, rng)
+    drawn = np.zeros(N_ITEMS)
+    for _ in range(400):
+        batch = _sample_batch(split.train_clicks[:5], 0.5, sampler, rng)
+        negatives = batch.items[batch.candidates[batch.negatives]]
+        drawn += np.bincount(negatives.ravel(), minlength=N_ITEMS) / negatives.size / 400
     clicks = np.asarray(split.train_clicks.sum(axis=0)).ravel() + 1.0
     np.testing.assert_allclose(drawn, clicks / clicks.sum(), atol=0.005)
+
+
+def test_a_small_catalog_is_every_batchs_pool(split: Split) -> None:
+    # at most negative_pool items: every user draws from the whole catalog, independently
+    batch = _batch(
+        split.train_clicks[:50], FinetuneConfig(n_negatives=20), np.random.default_rng(6), 40
+    )
+    assert np.array_equal(batch.items[batch.candidates], np.arange(N_ITEMS))
+
+
+def test_a_uniform_pool_is_stratified() -> None:
+    # a pool smaller than the catalog holds pool-size distinct items (systematic sampling),
+    # not a Poisson number of copies of each
+    rng = np.random.default_rng(7)
+    sampler = _negative_sampler(
+        FinetuneConfig(n_negatives=100, negative_pool=300), sp.csr_matrix((1, 10_000)), rng
+    )
+    assert sampler is not None
+    candidates, negatives = sampler(8)
+    assert len(candidates) == 300 and negatives.shape == (8, 100)
