@@ -7,7 +7,8 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -280,6 +281,32 @@ def _finetune_config(args: argparse.Namespace) -> Any:
     )
 
 
+@contextmanager
+def _pretrainer(args: argparse.Namespace) -> Iterator[Any]:
+    """The ``--engine``'s pre-trainer (None: numpy, run_train's default). Spark's reads the
+    same events (``--movielens`` / ``--events``; synthetic data: the views matrix) on a
+    SparkSession on ``--spark-master``, stopped at the end."""
+    if args.engine == "numpy":
+        yield None
+        return
+    try:
+        from ledrec.training.spark import events
+        from ledrec.training.spark.pretrain import SparkPretrainer
+        from ledrec.training.spark.session import spark_session
+    except ImportError as e:
+        raise CliError(f"--engine spark needs pyspark: pip install 'ledrec[spark]' ({e})") from e
+    spark = spark_session(args.spark_master)
+    try:
+        frame = None
+        if args.movielens:
+            frame = events.read_movielens(spark, args.movielens)
+        elif args.events:
+            frame = events.read_events(spark, args.events)
+        yield SparkPretrainer(spark, frame)
+    finally:
+        spark.stop()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ledrec.stream.artifact import load_model
     from ledrec.stream.model_store import ModelStores
@@ -303,14 +330,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         pretrain=PretrainConfig(dim=args.dim), finetune=_finetune_config(args), seed=args.seed
     )
-    path = run_train(
-        data,
-        settings.model_store_path,
-        config,
-        progress=print,
-        source=source,
-        exact_index_max_items=settings.exact_index_max_items,
-    )
+    with _pretrainer(args) as pretrainer:
+        path = run_train(
+            data,
+            settings.model_store_path,
+            config,
+            progress=print,
+            source=source,
+            exact_index_max_items=settings.exact_index_max_items,
+            pretrainer=pretrainer,
+        )
     model = load_model(path)
     location = ModelStores(settings).publish(path)  # an s3:// store: uploaded, manifest last
     print(f"model saved: {location}")
@@ -335,16 +364,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     args.dim = args.dim or PretrainConfig().dim
     data, source = _load_data(args)
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
-    run_evaluate(
-        data,
-        Path(args.out),
-        [] if args.svd_only else default_finetune_configs(args.dim, args.seed, **overrides),
-        [] if args.svd_only else default_scarce_configs(args.dim, args.seed, **overrides),
-        pretrain=PretrainConfig(dim=args.dim),
-        seed=args.seed,
-        source=source,
-        progress=print,
-    )
+    with _pretrainer(args) as pretrainer:
+        run_evaluate(
+            data,
+            Path(args.out),
+            [] if args.svd_only else default_finetune_configs(args.dim, args.seed, **overrides),
+            [] if args.svd_only else default_scarce_configs(args.dim, args.seed, **overrides),
+            pretrain=PretrainConfig(dim=args.dim),
+            seed=args.seed,
+            source=source,
+            progress=print,
+            pretrainer=pretrainer,
+        )
     print(f"report written to {args.out}/report.md and {args.out}/report.json")
     return 0
 
@@ -572,6 +603,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dim", type=int, help="embedding dimension (default 256)")
         p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the config's)")
         p.add_argument("--svd-only", action="store_true", help="pre-training only, no fine-tuning")
+        p.add_argument(
+            "--engine", choices=["numpy", "spark"], default="numpy",
+            help="pre-training (PMI + SVD): in this process, or on Spark (ledrec[spark])",
+        )  # fmt: skip
+        p.add_argument(
+            "--spark-master", default="local[2]",
+            help="--engine spark: local[N] or a cluster URL (spark://..., yarn, k8s://...)",
+        )  # fmt: skip
         p.set_defaults(func=func)
     train = sub.choices["train"]
     train.add_argument("--loss", default="css", choices=["bpr", "ns", "css", "mult"])
