@@ -285,7 +285,7 @@ def _finetune_config(args: argparse.Namespace) -> Any:
 def _pretrainer(args: argparse.Namespace) -> Iterator[Any]:
     """The ``--engine``'s pre-trainer (None: numpy, run_train's default). Spark's reads the
     same events (``--movielens`` / ``--events``; synthetic data: the views matrix) on a
-    SparkSession on ``--spark-master``, stopped at the end."""
+    SparkSession on ``--spark-master``, stopped at the end if this command started it."""
     if args.engine == "numpy":
         yield None
         return
@@ -295,6 +295,9 @@ def _pretrainer(args: argparse.Namespace) -> Iterator[Any]:
         from ledrec.training.spark.session import spark_session
     except ImportError as e:
         raise CliError(f"--engine spark needs pyspark: pip install 'ledrec[spark]' ({e})") from e
+    from pyspark.sql import SparkSession
+
+    ours = SparkSession.getActiveSession() is None  # a caller's session is the caller's to stop
     spark = spark_session(args.spark_master)
     try:
         frame = None
@@ -304,7 +307,8 @@ def _pretrainer(args: argparse.Namespace) -> Iterator[Any]:
             frame = events.read_events(spark, args.events)
         yield SparkPretrainer(spark, frame)
     finally:
-        spark.stop()
+        if ours:
+            spark.stop()
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """Item co-occurrence and PMI with Spark shuffles: ``pretrain.pmi_matrix`` distributed.
 
 The co-occurrence is a self-join of the views on the user (each user's timeline pairs up
-with itself: Σ_u n_u² rows, the numpy engine's ``V^T V`` cost) followed by a count per
+with itself: Σ_u n_u² / 2 rows, the numpy engine's ``V^T V`` cost) followed by a count per
 item pair; the marginals are one more aggregation. Nothing but one scalar (Σ_k c_k^α)
 reaches the driver.
 """
@@ -21,8 +21,10 @@ def cooccurrence(views: DataFrame, min_count: int = 10) -> DataFrame:
     kept = views.join(frequent, "item", "left_semi")
     left = kept.select("user_id", F.col("item").alias("i"))
     right = kept.select("user_id", F.col("item").alias("j"))
-    pairs = left.join(right, "user_id").where(F.col("i") != F.col("j"))
-    return pairs.groupBy("i", "j").agg(F.count(F.lit(1)).alias("count"))
+    # C is symmetric: count each pair once (i < j), half the rows to shuffle, then mirror
+    upper = left.join(right, "user_id").where(F.col("i") < F.col("j"))
+    counts = upper.groupBy("i", "j").agg(F.count(F.lit(1)).alias("count"))
+    return counts.unionByName(counts.select(F.col("j").alias("i"), F.col("i").alias("j"), "count"))
 
 
 def pmi_entries(views: DataFrame, min_count: int = 10, smoothing: float = 0.75) -> DataFrame:

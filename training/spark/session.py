@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pyspark.sql import SparkSession
 
 DEFAULT_MASTER = "local[2]"
+LOCAL_DRIVER_MEMORY = "4g"  # ``conf={"spark.driver.memory": ...}`` overrides it
 
 
 def default_shuffle_partitions(master: str) -> int | None:
@@ -45,6 +46,9 @@ def spark_session(
     if master.startswith("local"):
         # PySpark starts its workers with $PYSPARK_PYTHON, else whatever python3 is on PATH
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # local mode runs every task in the driver's JVM: Spark's 1g default runs out of heap
+        # in the co-occurrence aggregation at MovieLens-1M's size
+        builder = builder.config("spark.driver.memory", LOCAL_DRIVER_MEMORY)
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
