@@ -22,6 +22,7 @@ from ledrec.training.split import strong_generalization_split
 from ledrec.training.synthetic import SyntheticConfig, iter_events, synthetic_interactions
 
 pyspark_sql = pytest.importorskip("pyspark.sql", reason="the spark extra is not installed")
+from pyspark import RDD  # noqa: E402
 
 from ledrec.training.spark.events import (  # noqa: E402
     read_events,
@@ -29,7 +30,7 @@ from ledrec.training.spark.events import (  # noqa: E402
     training_views,
     views_from_matrix,
 )
-from ledrec.training.spark.pmi import pmi_entries  # noqa: E402
+from ledrec.training.spark.pmi import Tile, pmi_tiles  # noqa: E402
 from ledrec.training.spark.pretrain import SparkPretrainer, spark_pretrain_embeddings  # noqa: E402
 from ledrec.training.spark.rsvd import block_matrix, randomized_svd  # noqa: E402
 from ledrec.training.spark.session import spark_session  # noqa: E402
@@ -44,10 +45,22 @@ def spark() -> Iterator[pyspark_sql.SparkSession]:
     session.stop()
 
 
-def _matrix(frame: pyspark_sql.DataFrame, shape: tuple[int, int]) -> sp.csr_matrix:
-    rows = frame.collect()
-    i, j, v = (np.array([r[k] for r in rows]) for k in range(3))
-    return sp.csr_matrix((v.astype(np.float32), (i, j)), shape=shape)
+def _assemble(tiles: list[Tile], shape: tuple[int, int], block: int) -> sp.csr_matrix:
+    """Tiles collected to one matrix (tests only: the engine never does this)."""
+    out = sp.lil_matrix(shape, dtype=np.float32)
+    for (r, c), tile in tiles:
+        out[r * block : r * block + tile.shape[0], c * block : c * block + tile.shape[1]] = tile
+    return out.tocsr()
+
+
+def _tiled(spark: pyspark_sql.SparkSession, matrix: sp.spmatrix, block: int) -> RDD[Tile]:
+    m = sp.csr_matrix(matrix)
+    tiles = [
+        ((r, c), m[r * block : (r + 1) * block, c * block : (c + 1) * block])
+        for r in range(-(-m.shape[0] // block))
+        for c in range(-(-m.shape[1] // block))
+    ]
+    return spark.sparkContext.parallelize([t for t in tiles if t[1].nnz], 3)
 
 
 def _write_events(path: Path, config: SyntheticConfig) -> None:
@@ -107,9 +120,9 @@ def test_spark_pmi_equals_numpy_entry_for_entry(spark: pyspark_sql.SparkSession)
     expected = pmi_matrix(views, min_count=10, smoothing=0.75)
     assert 0 < expected.nnz < 60 * 59  # some entries clipped, some items cut
     assert (np.diff(expected.indptr) == 0).any()
-    entries = pmi_entries(views_from_matrix(spark, views), min_count=10, smoothing=0.75)
-    got = _matrix(entries, expected.shape)
-    entries.unpersist()
+    tiles = pmi_tiles(views_from_matrix(spark, views), 60, block=16, min_count=10, smoothing=0.75)
+    got = _assemble(tiles.collect(), expected.shape, block=16)
+    tiles.unpersist()
     assert got.nnz == expected.nnz and ((got > 0) != (expected > 0)).nnz == 0
     np.testing.assert_allclose(got.toarray(), expected.toarray(), rtol=1e-6, atol=0)
 
@@ -128,11 +141,7 @@ def _low_rank(n: int, rank: int, seed: int) -> sp.coo_matrix:
 def test_spark_svd_spans_the_exact_subspace_reproducibly(spark: pyspark_sql.SparkSession) -> None:
     n, k = 90, 6
     a = _low_rank(n, k, seed=0)
-    entries = spark.createDataFrame(
-        [(int(i), int(j), float(v)) for i, j, v in zip(a.row, a.col, a.data, strict=True)],
-        "i int, j int, value double",
-    )
-    matrix = block_matrix(entries, (n, n), block=25)  # 4 × 4 tiles, the last ones ragged
+    matrix = block_matrix(_tiled(spark, a, 25), (n, n), block=25)  # 4 × 4, the last ragged
     blocks, s = randomized_svd(matrix, k, n_iter=2, seed=7)
     again, _ = randomized_svd(matrix, k, n_iter=2, seed=7)
     matrix.unpersist()

@@ -2,24 +2,27 @@
 scaled and normalised exactly as the numpy engine's (``pretrain.embeddings_from_svd``).
 
 What reaches the driver: the catalog (O(items) ids), the held-out users (O(n_heldout)),
-the rows with PMI signal (O(items)), the TSQR factors (O(partitions · (k + p)²)) and, at
-the end, the (items, k) embedding table that the numpy zero-shot, fine-tuning and
-artifact code take anyway. Never the views, the co-occurrences or the PMI matrix.
+Σ_k c_k^α, the rows with PMI signal (O(items)), the TSQR factors (O(partitions · (k +
+p)²)) and, at the end, the (items, k) embedding table that the numpy zero-shot,
+fine-tuning and artifact code take anyway. Never the views, the co-occurrences or the
+PMI matrix.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
 from pyspark.sql import DataFrame, SparkSession
 
 from ledrec.training.dataset import Interactions
 from ledrec.training.jobs import PretrainConfig
 from ledrec.training.pretrain import embeddings_from_svd, svd_rank
 from ledrec.training.spark.events import training_views, views_from_matrix
-from ledrec.training.spark.pmi import pmi_entries
+from ledrec.training.spark.pmi import pmi_tiles
 from ledrec.training.spark.rsvd import DEFAULT_BLOCK, block_matrix, randomized_svd
 from ledrec.training.split import Split
 
@@ -36,28 +39,39 @@ def spark_pretrain_embeddings(
     n_iter: int = 5,
     scale_by_singular_values: bool = False,
     block: int = DEFAULT_BLOCK,
+    seconds: dict[str, float] | None = None,
 ) -> Array:
     """(I, dim) pre-trained item embeddings from a views DataFrame (``user_id``, ``item``
-    in [0, n_items)): ``pretrain.pretrain_embeddings`` on Spark."""
-    entries = pmi_entries(views, min_count, smoothing)
+    in [0, n_items)): ``pretrain.pretrain_embeddings`` on Spark. ``seconds``, if given,
+    receives the seconds of its two stages, "pmi" and "svd"."""
+    clock = seconds if seconds is not None else {}
+    start = time.perf_counter()
+    tiles = pmi_tiles(views, n_items, block, min_count, smoothing)
     try:
         has_signal = np.zeros(n_items, dtype=bool)
-        rows = [row[0] for row in entries.select("i").distinct().collect()]
-        if not rows:  # nothing co-viewed: no direction for any item
+        has_signal[tiles.flatMap(lambda t: _nonempty_rows(t[0][0], t[1], block)).collect()] = True
+        clock["pmi"] = time.perf_counter() - start
+        if not has_signal.any():  # nothing co-viewed: no direction for any item
             return np.zeros((n_items, dim), dtype=np.float32)
-        has_signal[rows] = True
-        matrix = block_matrix(entries, (n_items, n_items), block)
+        start = time.perf_counter()
+        matrix = block_matrix(tiles, (n_items, n_items), block)
         try:
-            k = svd_rank(n_items, dim)
-            blocks, s = randomized_svd(matrix, k, n_iter=n_iter, seed=seed)
+            blocks, s = randomized_svd(matrix, svd_rank(n_items, dim), n_iter=n_iter, seed=seed)
         finally:
             matrix.unpersist()
+        clock["svd"] = time.perf_counter() - start
     finally:
-        entries.unpersist()
+        tiles.unpersist()
     u = np.zeros((n_items, s.shape[0]), dtype=np.float64)
     for b, values in blocks.items():
         u[b * block : b * block + values.shape[0]] = values
     return embeddings_from_svd(u, s, has_signal, dim, scale_by_singular_values)
+
+
+def _nonempty_rows(r: int, tile: sp.csr_matrix, block: int) -> list[int]:
+    """The catalog rows of tile r's rows that hold a PMI value."""
+    rows: list[int] = (r * block + np.flatnonzero(np.diff(tile.indptr))).tolist()
+    return rows
 
 
 @dataclass
@@ -74,6 +88,7 @@ class SparkPretrainer:
     events: DataFrame | None = None
     block: int = DEFAULT_BLOCK
     engine: str = "spark"
+    seconds: dict[str, float] = field(default_factory=dict)  # the last call's stages
 
     def __call__(
         self, data: Interactions, split: Split, config: PretrainConfig, seed: int
@@ -87,5 +102,5 @@ class SparkPretrainer:
             views = training_views(self.events, split.item_ids.tolist(), heldout.tolist())
         return spark_pretrain_embeddings(
             views, len(split.item_ids), config.dim, seed, config.min_count, config.smoothing,
-            config.n_iter, block=self.block,
+            config.n_iter, block=self.block, seconds=self.seconds,
         )  # fmt: skip

@@ -3,7 +3,8 @@ Algorithms 4.4 and 5.1): the algorithm of Criteo's spark-rsvd on PySpark's own R
 
 Two kinds of distributed matrices, both hash-partitioned by block number into the same
 ``partitions`` partitions:
-- ``BlockMatrix``: a sparse (m, n) matrix as csr tiles of ``block`` × ``block``, kept
+- ``BlockMatrix``: a sparse (m, n) matrix as csr tiles of ``block`` × ``block`` (e.g.
+  ``pmi.pmi_tiles``), kept
   keyed by column block (the blocks of X that ``A @ X`` needs) and, for Aᵀ, by row block;
 - a tall dense (m, l) matrix (``Dense``): numpy row blocks keyed by block number; a block
   that is not there is zero.
@@ -26,7 +27,6 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from pyspark import RDD, SparkContext, StorageLevel
 from pyspark.broadcast import Broadcast
-from pyspark.sql import DataFrame
 
 Block = npt.NDArray[np.float64]
 Dense = RDD[tuple[int, Block]]  # (block number, its (rows, l) values)
@@ -52,37 +52,25 @@ class BlockMatrix:
 
 
 def block_matrix(
-    entries: DataFrame, shape: tuple[int, int], block: int, partitions: int | None = None
+    tiles: RDD[tuple[tuple[int, int], sp.csr_matrix]],
+    shape: tuple[int, int],
+    block: int,
+    partitions: int | None = None,
 ) -> BlockMatrix:
-    """(i, j, value) entries as a BlockMatrix of csr tiles (float64), in ``partitions``
-    partitions (default: Spark's default parallelism, at most one per block: every task
-    of a product is a fixed cost)."""
+    """((row block, column block), csr tile) as a BlockMatrix (float64 tiles) in
+    ``partitions`` partitions (default: Spark's default parallelism, at most one per block:
+    every task of a product is a fixed cost)."""
     n_blocks = -(-max(shape) // block)
-    parts = partitions or min(entries.sparkSession.sparkContext.defaultParallelism, n_blocks)
-    # ((r, c), (row in tile, column in tile, value)), grouped into the csr tile (r, c)
-    placed = entries.rdd.map(lambda e: (divmod(e[0], block), divmod(e[1], block), e[2]))
-    tiles = (
-        placed.map(lambda e: ((e[0][0], e[1][0]), (e[0][1], e[1][1], e[2])))
-        .groupByKey()
-        .map(lambda kv: (kv[0], _tile(kv[1], shape, block, *kv[0])))
-    )
-    by_column = tiles.map(lambda t: (t[0][1], (t[0][0], t[1]))).partitionBy(parts)
-    by_row = tiles.map(lambda t: (t[0][0], (t[0][1], t[1].T.tocsr()))).partitionBy(parts)
+    parts = partitions or min(tiles.context.defaultParallelism, n_blocks)
+    exact = tiles.mapValues(lambda tile: tile.astype(np.float64))
+    by_column = exact.map(lambda t: (t[0][1], (t[0][0], t[1]))).partitionBy(parts)
+    by_row = exact.map(lambda t: (t[0][0], (t[0][1], t[1].T.tocsr()))).partitionBy(parts)
     return BlockMatrix(by_column.persist(CACHE), by_row.persist(CACHE), shape, block, parts)
 
 
 def _size(index: int, length: int, block: int) -> int:
     """Rows (or columns) of block ``index`` of a ``length`` dimension cut into blocks."""
     return min(block, length - index * block)
-
-
-def _tile(
-    entries: Iterable[tuple[int, int, float]], shape: tuple[int, int], block: int, r: int, c: int
-) -> sp.csr_matrix:
-    """Tile (r, c) of a ``shape`` matrix from its (row, column, value) offsets in the tile."""
-    i, j, v = zip(*entries, strict=True)
-    size = (_size(r, shape[0], block), _size(c, shape[1], block))
-    return sp.csr_matrix((np.asarray(v, dtype=np.float64), (i, j)), shape=size)
 
 
 def multiply(tiles: Tiles, x: Dense, partitions: int) -> Dense:
