@@ -2,10 +2,10 @@
 
 For each engine: the pre-trained (SVD-only) model's test Recall@20 / Recall@50 /
 NDCG@100 and pre-training seconds; the principal angles between the two engines'
-embedding subspaces (against the numpy engine run with another seed, the method's own
-spread); the PMI matrices compared entry for entry; and the fine-tuned model on top of
-each (``--finetune-seeds`` runs each, mean ± std: "within noise" means the gap between
-engines is of the order of the seed-to-seed spread).
+embedding subspaces (next to the numpy engine run with another seed, the method's own
+spread, and to the exact SVD); the PMI matrices compared entry for entry; and the
+fine-tuned model on top of each (``--finetune-seeds`` runs each, mean ± std: "within
+noise" means the gap between engines is of the order of the seed-to-seed spread).
 
     python -m benchmarks.spark_equivalence --movielens /work/shared/data/ml-1m
     python -m benchmarks.spark_equivalence --movielens ... --finetune-seeds 0   # quicker
@@ -33,7 +33,7 @@ from ledrec.training.dataset import load_movielens
 from ledrec.training.evaluate import evaluate_scores, led_score_fn
 from ledrec.training.finetune import FinetuneConfig, finetune
 from ledrec.training.jobs import NumpyPretrainer, PretrainConfig, zero_shot
-from ledrec.training.pretrain import pmi_matrix
+from ledrec.training.pretrain import embeddings_from_svd, pmi_matrix, svd_rank
 from ledrec.training.split import Split, strong_generalization_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,14 @@ def _angles(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> dict[str,
         "max": float(degrees.max()),
         "share_below_1deg": float((degrees < 1.0).mean()),
     }
+
+
+def _exact_svd_embeddings(split: Split, config: PretrainConfig) -> npt.NDArray[np.float32]:
+    """The embeddings of the exact (dense LAPACK) SVD: what both randomized SVDs approximate."""
+    pmi = pmi_matrix(split.train_views, config.min_count, config.smoothing)
+    u, s, _ = np.linalg.svd(pmi.toarray().astype(np.float64))
+    k = svd_rank(pmi.shape[0], config.dim)
+    return embeddings_from_svd(u[:, :k], s[:k], np.diff(pmi.indptr) > 0, config.dim)
 
 
 def _pmi_agreement(
@@ -146,9 +154,12 @@ def main() -> None:
         k: rows["spark"]["svd_only"][k] / rows["numpy"]["svd_only"][k] - 1 for k in METRICS
     }
     other_seed = NumpyPretrainer()(data, split, config, args.seed + 1)
+    exact = _exact_svd_embeddings(split, config)
     report["principal_angles_deg"] = {
         "spark_vs_numpy": _angles(svd["spark"], svd["numpy"]),
         f"numpy_seed{args.seed + 1}_vs_numpy": _angles(other_seed, svd["numpy"]),
+        "numpy_vs_exact": _angles(svd["numpy"], exact),
+        "spark_vs_exact": _angles(svd["spark"], exact),
     }
     report["pmi"] = _pmi_agreement(split, heldout, events, config, args.block)
     spark.stop()
