@@ -285,30 +285,23 @@ def _finetune_config(args: argparse.Namespace) -> Any:
 def _pretrainer(args: argparse.Namespace) -> Iterator[Any]:
     """The ``--engine``'s pre-trainer (None: numpy, run_train's default). Spark's reads the
     same events (``--movielens`` / ``--events``; synthetic data: the views matrix) on a
-    SparkSession on ``--spark-master``, stopped at the end if this command started it."""
+    SparkSession on ``--spark-master``."""
     if args.engine == "numpy":
         yield None
         return
     try:
         from ledrec.training.spark import events
-        from ledrec.training.spark.pretrain import SparkPretrainer
-        from ledrec.training.spark.session import spark_session
+        from ledrec.training.spark.pretrain import spark_engine
     except ImportError as e:
         raise CliError(f"--engine spark needs pyspark: pip install 'ledrec[spark]' ({e})") from e
-    from pyspark.sql import SparkSession
 
-    ours = SparkSession.getActiveSession() is None  # a caller's session is the caller's to stop
-    spark = spark_session(args.spark_master)
-    try:
-        frame = None
+    def read(spark: Any) -> Any:
         if args.movielens:
-            frame = events.read_movielens(spark, args.movielens)
-        elif args.events:
-            frame = events.read_events(spark, args.events)
-        yield SparkPretrainer(spark, frame)
-    finally:
-        if ours:
-            spark.stop()
+            return events.read_movielens(spark, args.movielens)
+        return events.read_events(spark, args.events) if args.events else None
+
+    with spark_engine(args.spark_master, read) as pretrainer:
+        yield pretrainer
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -474,6 +467,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         ),
         window_s=parse_duration(args.window) if args.window else None,
         max_per_partition=args.max_per_partition,
+        spark_master=args.spark_master if args.engine == "spark" else None,
         min_events=args.min_events,
         force=args.force,
     )
@@ -662,6 +656,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: train's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="activate past the quality gate")
+    p.add_argument(
+        "--engine",
+        choices=["numpy", "spark"],
+        default="numpy",
+        help="pre-training: in this process, or on Spark over the replayed events",
+    )
+    p.add_argument("--spark-master", default="local[2]", help="--engine spark: where")
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
     p.set_defaults(func=cmd_trainer)

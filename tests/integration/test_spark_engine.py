@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from scipy.linalg import subspace_angles
 
 from ledrec.cli import main
-from ledrec.training.dataset import load_events_file, load_movielens
+from ledrec.training.dataset import from_events, load_events_file, load_movielens
 from ledrec.training.jobs import NumpyPretrainer, PretrainConfig
 from ledrec.training.pretrain import pmi_matrix, pretrain_embeddings
 from ledrec.training.split import strong_generalization_split
@@ -25,6 +25,7 @@ pyspark_sql = pytest.importorskip("pyspark.sql", reason="the spark extra is not 
 from pyspark import RDD  # noqa: E402
 
 from ledrec.training.spark.events import (  # noqa: E402
+    events_from_rows,
     read_events,
     read_movielens,
     training_views,
@@ -79,7 +80,7 @@ def _views_of(frame: pyspark_sql.DataFrame, user_ids: list[str], n_items: int) -
     return sp.csr_matrix((ones, (users, items)), shape=(len(user_ids), n_items))
 
 
-@pytest.mark.parametrize("kind", ["csv", "parquet", "movielens"])
+@pytest.mark.parametrize("kind", ["csv", "parquet", "movielens", "replay"])
 def test_spark_reads_the_training_views_numpy_reads(
     spark: pyspark_sql.SparkSession, tmp_path: Path, kind: str
 ) -> None:
@@ -93,6 +94,9 @@ def test_spark_reads_the_training_views_numpy_reads(
         ]
         (tmp_path / "ratings.dat").write_text("\n".join(lines) + "\n")
         data, frame = load_movielens(tmp_path), read_movielens(spark, tmp_path)
+    elif kind == "replay":  # the trainer's bounded replay, held by the driver
+        rows = [(user, item, type_) for user, item, type_, _ in iter_events(config)]
+        data, frame = from_events(rows), events_from_rows(spark, rows)
     else:
         path = tmp_path / "events.csv"
         _write_events(path, config)

@@ -11,6 +11,8 @@ PMI matrix.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +26,7 @@ from ledrec.training.pretrain import embeddings_from_svd, svd_rank
 from ledrec.training.spark.events import training_views, views_from_matrix
 from ledrec.training.spark.pmi import pmi_tiles
 from ledrec.training.spark.rsvd import DEFAULT_BLOCK, block_matrix, randomized_svd
+from ledrec.training.spark.session import spark_session
 from ledrec.training.split import Split
 
 Array = npt.NDArray[np.float32]
@@ -104,3 +107,19 @@ class SparkPretrainer:
             views, len(split.item_ids), config.dim, seed, config.min_count, config.smoothing,
             config.n_iter, block=self.block, seconds=self.seconds,
         )  # fmt: skip
+
+
+@contextmanager
+def spark_engine(
+    master: str, read_events: Callable[[SparkSession], DataFrame | None]
+) -> Iterator[SparkPretrainer]:
+    """A SparkPretrainer on a session on ``master`` over the events ``read_events`` gives
+    (None: the split's views matrix). The session is stopped at the end if this started
+    it; a caller's active session is the caller's to stop."""
+    ours = SparkSession.getActiveSession() is None
+    spark = spark_session(master)
+    try:
+        yield SparkPretrainer(spark, read_events(spark))
+    finally:
+        if ours:
+            spark.stop()
