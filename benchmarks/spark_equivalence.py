@@ -122,7 +122,7 @@ def main() -> None:
             "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
         },
     }
-    spark = spark_session(args.spark_master, conf={"spark.ui.showConsoleProgress": "false"})
+    spark = spark_session(args.spark_master)
     events = read_movielens(spark, args.movielens)
     engines = {
         "numpy": NumpyPretrainer(),

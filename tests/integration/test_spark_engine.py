@@ -41,7 +41,7 @@ pytestmark = pytest.mark.spark
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[pyspark_sql.SparkSession]:
-    session = spark_session("local[2]", 4, {"spark.ui.showConsoleProgress": "false"})
+    session = spark_session("local[2]", 4)
     yield session
     session.stop()
 

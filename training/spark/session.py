@@ -32,7 +32,7 @@ def spark_session(
     conf: Mapping[str, str] | None = None,
     app_name: str = "ledrec-train",
 ) -> SparkSession:
-    """A SparkSession on ``master``, UI off.
+    """A SparkSession on ``master``, UI and console progress bars off.
 
     Python workers run this interpreter in local mode (unless ``PYSPARK_PYTHON`` says); on a
     cluster, every executor needs the same ``ledrec[spark]`` installed, since the block
@@ -40,14 +40,16 @@ def spark_session(
     """
     builder = SparkSession.builder.master(master).appName(app_name)
     builder = builder.config("spark.ui.enabled", "false")
+    # progress is the training job's one line per stage, not Spark's redrawn bars
+    builder = builder.config("spark.ui.showConsoleProgress", "false")
     partitions = shuffle_partitions or default_shuffle_partitions(master)
     if partitions is not None:
         builder = builder.config("spark.sql.shuffle.partitions", str(partitions))
     if master.startswith("local"):
         # PySpark starts its workers with $PYSPARK_PYTHON, else whatever python3 is on PATH
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        # local mode runs every task in the driver's JVM: Spark's 1g default runs out of heap
-        # in the co-occurrence aggregation at MovieLens-1M's size
+        # local mode keeps every shuffle and persisted tile in the driver's JVM; Spark's 1g
+        # default ran out of heap at MovieLens-1M's size (with a SQL self-join co-occurrence)
         builder = builder.config("spark.driver.memory", LOCAL_DRIVER_MEMORY)
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
