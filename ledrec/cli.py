@@ -7,7 +7,8 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -312,6 +313,29 @@ def _min_steps(args: argparse.Namespace) -> int:
     return DEFAULT_MIN_STEPS if args.epochs is None else 0
 
 
+@contextmanager
+def _pretrainer(args: argparse.Namespace) -> Iterator[Any]:
+    """The ``--engine``'s pre-trainer (None: numpy, run_train's default). Spark's reads the
+    same events (``--movielens`` / ``--events``; synthetic data: the views matrix) on a
+    SparkSession on ``--spark-master``."""
+    if args.engine == "numpy":
+        yield None
+        return
+    try:
+        from ledrec.training.spark import events
+        from ledrec.training.spark.pretrain import spark_engine
+    except ImportError as e:
+        raise CliError(f"--engine spark needs pyspark: pip install 'ledrec[spark]' ({e})") from e
+
+    def read(spark: Any) -> Any:
+        if args.movielens:
+            return events.read_movielens(spark, args.movielens)
+        return events.read_events(spark, args.events) if args.events else None
+
+    with spark_engine(args.spark_master, read) as pretrainer:
+        yield pretrainer
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ledrec.stream.artifact import load_model
     from ledrec.stream.model_store import ModelStores
@@ -339,14 +363,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         min_steps=_min_steps(args),
     )
-    path = run_train(
-        data,
-        settings.model_store_path,
-        config,
-        progress=print,
-        source=source,
-        exact_index_max_items=settings.exact_index_max_items,
-    )
+    with _pretrainer(args) as pretrainer:
+        path = run_train(
+            data,
+            settings.model_store_path,
+            config,
+            progress=print,
+            source=source,
+            exact_index_max_items=settings.exact_index_max_items,
+            pretrainer=pretrainer,
+        )
     model = load_model(path)
     location = ModelStores(settings).publish(path)  # an s3:// store: uploaded, manifest last
     print(f"model saved: {location}")
@@ -375,17 +401,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError("--train/--test/--valid are the weak protocol's: add --protocol weak")
     data, source = _load_data(args)
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
-    run_evaluate(
-        data,
-        Path(args.out),
-        [] if args.svd_only else default_finetune_configs(args.dim, args.seed, **overrides),
-        [] if args.svd_only else default_scarce_configs(args.dim, args.seed, **overrides),
-        pretrain=PretrainConfig(dim=args.dim),
-        n_heldout=_n_heldout(args, data),
-        seed=args.seed,
-        source=source,
-        progress=print,
-    )
+    with _pretrainer(args) as pretrainer:
+        run_evaluate(
+            data,
+            Path(args.out),
+            [] if args.svd_only else default_finetune_configs(args.dim, args.seed, **overrides),
+            [] if args.svd_only else default_scarce_configs(args.dim, args.seed, **overrides),
+            pretrain=PretrainConfig(dim=args.dim),
+            n_heldout=_n_heldout(args, data),
+            seed=args.seed,
+            source=source,
+            progress=print,
+            pretrainer=pretrainer,
+        )
     print(f"report written to {args.out}/report.md and {args.out}/report.json")
     return 0
 
@@ -525,6 +553,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         ),
         window_s=parse_duration(args.window) if args.window else None,
         max_per_partition=args.max_per_partition,
+        spark_master=args.spark_master if args.engine == "spark" else None,
         min_events=args.min_events,
         force=args.force,
     )
@@ -678,6 +707,14 @@ def build_parser() -> argparse.ArgumentParser:
             "weak: N validation users lend 20%% of their train clicks); default 600, or 10%% "
             "of the users with >= 5 clicks on smaller data",
         )  # fmt: skip
+        p.add_argument(
+            "--engine", choices=["numpy", "spark"], default="numpy",
+            help="pre-training (PMI + SVD): in this process, or on Spark (ledrec[spark])",
+        )  # fmt: skip
+        p.add_argument(
+            "--spark-master", default="local[2]",
+            help="--engine spark: local[N] or a cluster URL (spark://..., yarn, k8s://...)",
+        )  # fmt: skip
         p.set_defaults(func=func)
     train = sub.choices["train"]
     train.add_argument("--loss", default="css", choices=["bpr", "ns", "css", "mult"])
@@ -737,6 +774,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: train's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="activate past the quality gate")
+    p.add_argument(
+        "--engine",
+        choices=["numpy", "spark"],
+        default="numpy",
+        help="pre-training: in this process, or on Spark over the replayed events",
+    )
+    p.add_argument("--spark-master", default="local[2]", help="--engine spark: where")
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
     p.set_defaults(func=cmd_trainer)

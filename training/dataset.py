@@ -15,6 +15,9 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+CLICK_TYPES = ("click", "sale")  # event types that are positives
+VIEW_TYPES = ("view", "click", "sale")  # event types that are views (every click is one)
+
 
 @dataclass
 class Interactions:
@@ -91,8 +94,8 @@ def load_movielens(path: Path) -> Interactions:
 
 def from_events(
     rows: Iterable[tuple[str, str, str]],
-    click_types: Collection[str] = ("click", "sale"),
-    view_types: Collection[str] = ("view", "click", "sale"),
+    click_types: Collection[str] = CLICK_TYPES,
+    view_types: Collection[str] = VIEW_TYPES,
 ) -> Interactions:
     """(user_id, item_id, type) events → Interactions; other event types are ignored."""
     users: list[str] = []
@@ -112,8 +115,8 @@ def from_typed_arrays(
     users: npt.NDArray[np.str_],
     items: npt.NDArray[np.str_],
     kinds: npt.NDArray[np.str_],
-    click_types: Collection[str] = ("click", "sale"),
-    view_types: Collection[str] = ("view", "click", "sale"),
+    click_types: Collection[str] = CLICK_TYPES,
+    view_types: Collection[str] = VIEW_TYPES,
 ) -> Interactions:
     """Parallel (user_id, item_id, type) arrays → Interactions; other types are ignored."""
     return from_arrays(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +46,32 @@ class PretrainConfig:
     smoothing: float = 0.75
     n_iter: int = 5
     zero_shot_scales: tuple[float, ...] = ZERO_SHOT_SCALES
+
+
+class Pretrainer(Protocol):
+    """Pre-trains the split's (I, d) item embeddings from its training views: the numpy
+    engine (``NumpyPretrainer``, the default) or Spark's (``training.spark.pretrain``)."""
+
+    @property
+    def engine(self) -> str: ...
+
+    def __call__(
+        self, data: Interactions, split: Split, config: PretrainConfig, seed: int
+    ) -> Array: ...
+
+
+@dataclass(frozen=True)
+class NumpyPretrainer:
+    """PMI and randomized SVD in this process (``training.pretrain``)."""
+
+    engine: str = "numpy"
+
+    def __call__(
+        self, data: Interactions, split: Split, config: PretrainConfig, seed: int
+    ) -> Array:
+        return pretrain_embeddings(
+            split.train_views, config.dim, seed, config.min_count, config.smoothing, config.n_iter
+        )
 
 
 @dataclass
@@ -213,6 +239,7 @@ def run_evaluate(
     seed: int = 0,
     source: str = "",
     progress: Progress | None = None,
+    pretrainer: Pretrainer | None = None,
 ) -> dict[str, Any]:
     """Popularity, EASE, SVD-only LED and fine-tuned LED on one split; test-user metrics.
 
@@ -260,10 +287,9 @@ def run_evaluate(
         _row("Item-kNN", "", "", "", clock.seconds["item-knn"], **test(knn.score_fn), k=knn.k)
     )
     del knn
+    engine: Pretrainer = pretrainer or NumpyPretrainer()
     with clock.stage("pretrain"):
-        svd = pretrain_embeddings(
-            split.train_views, pre.dim, seed, pre.min_count, pre.smoothing, pre.n_iter
-        )
+        svd = engine(data, split, pre, seed)
     with clock.stage("zero-shot"):
         zero = zero_shot(split, svd, pre.zero_shot_scales)
     rows.append(
@@ -308,6 +334,7 @@ def run_evaluate(
         "seed": seed,
         "data": _counts(data, split),
         "pretrain": asdict(pre),
+        "pretrain_engine": engine.engine,
         "ease_lambda": rows[1]["lam"],
         "zero_shot_scale": zero.scale,
         "rows": rows,
@@ -399,9 +426,12 @@ def run_train(
     source: str = "",
     exact_index_max_items: int | None = None,
     baseline: Model | None = None,
+    pretrainer: Pretrainer | None = None,
 ) -> Path:
     """Pre-train (and fine-tune unless ``config.finetune`` is None), then publish a model
     version to ``store`` with validation metrics and provenance; returns its directory.
+
+    ``pretrainer``: the pre-training engine (default: numpy, in this process).
 
     ``baseline`` (the active version): scored on the same validation users, so that the
     quality gate compares like with like (``provenance["gate"]``, ``Registry.check_gate``).
@@ -413,10 +443,9 @@ def run_train(
     pre = config.pretrain
     with clock.stage("split"):
         split = strong_generalization_split(data, n_heldout=config.n_heldout, seed=config.seed)
+    engine: Pretrainer = pretrainer or NumpyPretrainer()
     with clock.stage("pretrain"):
-        svd = pretrain_embeddings(
-            split.train_views, pre.dim, config.seed, pre.min_count, pre.smoothing, pre.n_iter
-        )
+        svd = engine(data, split, pre, config.seed)
     with clock.stage("zero-shot"):
         zero = zero_shot(split, svd, pre.zero_shot_scales)
     candidates = [
@@ -481,6 +510,7 @@ def run_train(
             "source": source,
             "counts": _counts(data, split),
             "config": asdict(config),
+            "pretrain_engine": engine.engine,
             "zero_shot_scale": zero.scale,
             "selection": selection,
             "stage_seconds": clock.seconds,

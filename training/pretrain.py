@@ -60,14 +60,31 @@ def svd_embeddings(
     row (cut by ``min_count``, or never co-viewed) get a zero row; when I <= dim the extra
     columns are zero.
     """
-    n_items = pmi.shape[0]
-    k = max(1, min(dim, n_items - 1))
+    k = svd_rank(pmi.shape[0], dim)
     u, s, _ = randomized_svd(pmi, n_components=k, n_iter=n_iter, random_state=seed)
+    return embeddings_from_svd(u, s, np.diff(pmi.indptr) > 0, dim, scale_by_singular_values)
+
+
+def svd_rank(n_items: int, dim: int) -> int:
+    """The number of singular vectors computed for ``dim``-dimensional embeddings."""
+    return max(1, min(dim, n_items - 1))
+
+
+def embeddings_from_svd(
+    u: npt.NDArray[np.floating],
+    s: npt.NDArray[np.floating],
+    has_signal: npt.NDArray[np.bool_],
+    dim: int,
+    scale_by_singular_values: bool = False,
+) -> npt.NDArray[np.float32]:
+    """(I, dim) embeddings from the (I, k) left singular vectors ``u`` and the (k,) singular
+    values ``s``: U or U·sqrt(S), zero-padded to ``dim``, zero where ``has_signal`` is
+    False (an empty PMI row), rows L2-normalised. Shared by the numpy and Spark engines."""
     if scale_by_singular_values:
         u = u * np.sqrt(s)
-    emb = np.zeros((n_items, dim), dtype=np.float32)
-    emb[:, :k] = u
-    emb[np.diff(pmi.indptr) == 0] = 0.0  # no PMI signal: no direction
+    emb = np.zeros((u.shape[0], dim), dtype=np.float32)
+    emb[:, : u.shape[1]] = u
+    emb[~has_signal] = 0.0  # no PMI signal: no direction
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     normalised: npt.NDArray[np.float32] = emb / np.maximum(norms, 1e-12)
     return normalised

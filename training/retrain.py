@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis
@@ -33,10 +34,10 @@ from ledrec.stream.artifact import ArtifactError, load_model
 from ledrec.stream.model_store import ModelStores
 from ledrec.stream.prune import prune
 from ledrec.stream.registry import Registry, RegistryError
-from ledrec.stream.replay import consumed_total, replay_events
+from ledrec.stream.replay import Replay, consumed_total, replay_events
 from ledrec.stream.swap import GateRefused, Swapper
 from ledrec.training.dataset import from_events
-from ledrec.training.jobs import TrainConfig, run_train
+from ledrec.training.jobs import Pretrainer, TrainConfig, run_train
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class RetrainConfig:
     max_per_partition: int | None = None  # and at most this many per partition
     min_events: int = 1000  # fewer than this in the window: skip the cycle
     force: bool = False  # activate past the quality gate
+    spark_master: str | None = None  # pre-train on Spark there (local[N], a cluster URL)
 
 
 @dataclass
@@ -127,16 +129,18 @@ class Retrainer:
                 baseline = self.stores.load(self.registry.location(active))
             except ArtifactError as e:  # the gate then compares each on its own users
                 log.warning("active version unreadable", extra={"error": str(e)})
-        path = run_train(
-            data,
-            self.settings.model_store_path,
-            self.config.train,
-            parent=active,
-            progress=self.progress,
-            source=replay.describe(self.settings.events_topic),
-            exact_index_max_items=self.settings.exact_index_max_items,
-            baseline=baseline,
-        )
+        with self._pretrainer(replay) as pretrainer:
+            path = run_train(
+                data,
+                self.settings.model_store_path,
+                self.config.train,
+                parent=active,
+                progress=self.progress,
+                source=replay.describe(self.settings.events_topic),
+                exact_index_max_items=self.settings.exact_index_max_items,
+                baseline=baseline,
+                pretrainer=pretrainer,
+            )
         model = load_model(path)
         location = self.stores.publish(path)  # an s3:// store: uploaded, manifest last
         self.registry.register(model, location=location)
@@ -151,6 +155,19 @@ class Retrainer:
             return CycleResult(model.version, False, str(e), isinstance(e, GateRefused))
         log.info("new version active", extra={"version": model.version, "metrics": model.metrics})
         return CycleResult(model.version, True)
+
+    @contextmanager
+    def _pretrainer(self, replay: Replay) -> Iterator[Pretrainer | None]:
+        """None (numpy), or the Spark engine over the replayed events as a DataFrame."""
+        if self.config.spark_master is None:
+            yield None
+            return
+        from ledrec.training.spark.events import events_from_rows
+        from ledrec.training.spark.pretrain import spark_engine
+
+        rows = [(e.user_id, e.item_id, e.type) for e in replay.events]
+        with spark_engine(self.config.spark_master, lambda s: events_from_rows(s, rows)) as p:
+            yield p
 
     def run_once(self) -> CycleResult:
         """One cycle; a failure is logged and reported, the active version keeps serving."""

@@ -104,3 +104,25 @@ def test_events_with_impossible_timestamps_in_the_topic_do_not_break_retraining(
     )
     report = Retrainer(settings, settings.kafka_bootstrap, redis_client, config).run_once()
     assert report.activated, report
+
+
+@pytest.mark.spark
+def test_trainer_engine_spark_pretrains_on_the_replayed_events(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    publisher = EventPublisher(settings, settings.kafka_bootstrap)
+    world = SyntheticConfig(1000, 150, 30_000, click_in_taste=0.6, click_off_taste=0.2, seed=3)
+    for user, item, kind, ts in iter_events(world):
+        publisher.send(user, item, kind, ts=ts)
+    publisher.flush()
+    config = RetrainConfig(
+        train=TrainConfig(
+            pretrain=PretrainConfig(dim=16, min_count=2), finetune=None, n_heldout=100
+        ),
+        spark_master="local[2]",
+    )
+    result = Retrainer(settings, settings.kafka_bootstrap, redis_client, config).run_once()
+    assert result.activated and result.version, result.reason
+    model = load_model(Registry(redis_client, settings.key_prefix).path(result.version))
+    assert model.provenance["pretrain_engine"] == "spark"
+    assert model.provenance["source"].startswith(f"kafka:{settings.events_topic} p0:0-")
