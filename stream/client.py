@@ -513,6 +513,7 @@ class AsyncRecommenderClient(_ClientBase):
         self.client = client
         self._push = client.register_script(protocol.ENQUEUE_SCRIPT)
         self._mux: _Multiplexer | None = None
+        self._clock_refresh: asyncio.Future[None] | None = None
         if not self.keys.cluster:
             self._mux = _Multiplexer(client, self.keys.reply(f"c{protocol.new_request_id()}"))
 
@@ -581,6 +582,27 @@ class AsyncRecommenderClient(_ClientBase):
             return await self._multiplexed(self._mux, user_id, items, k, exclude_seen, timeout, rid)
         return await self._alone(user_id, items, k, exclude_seen, timeout, rid)
 
+    async def _refresh_clock(self, mux: _Multiplexer | None) -> None:
+        """Measure the offset to Redis's clock once for all the calls that find it stale.
+
+        Concurrent calls share one ``TIME`` (through ``mux`` when given, so it takes no
+        connection of the pool): twenty first calls asking each would take twenty
+        connections and find the pool exhausted. Shielded: one caller's timeout does not
+        cancel the measurement the others wait for.
+        """
+        if self._clock_refresh is None or self._clock_refresh.done():
+            self._clock_refresh = asyncio.ensure_future(self._measure_clock(mux))
+        await asyncio.shield(self._clock_refresh)
+
+    async def _measure_clock(self, mux: _Multiplexer | None) -> None:
+        sent_at = self.clock()
+        reply: Any = (
+            await mux.submit(resp_command(b"TIME")) if mux is not None else await self.client.time()
+        )
+        if isinstance(reply, BaseException):
+            raise reply
+        self._set_clock(reply, sent_at)
+
     async def _multiplexed(
         self,
         mux: _Multiplexer,
@@ -598,8 +620,7 @@ class AsyncRecommenderClient(_ClientBase):
         try:
             async with asyncio.timeout(timeout):
                 if self._clock_stale():
-                    sent_at = self.clock()
-                    self._set_clock(await self.client.time(), sent_at)
+                    await self._refresh_clock(mux)
                 lane = self._lane()
                 for attempt in (1, 2):
                     _, args = self._prepare(
@@ -644,8 +665,7 @@ class AsyncRecommenderClient(_ClientBase):
         try:
             async with asyncio.timeout(timeout + _READ_GRACE_S):
                 if self._clock_stale():
-                    sent_at = self.clock()
-                    self._set_clock(await self.client.time(), sent_at)
+                    await self._refresh_clock(None)
                 lane = self._lane()
                 req, args = self._prepare(user_id, items, k, exclude_seen, timeout, lane, rid)
                 if await self._push(keys=[self.queues[lane]], args=args) < 0:

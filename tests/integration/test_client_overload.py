@@ -59,6 +59,35 @@ def test_asyncio_client_overload(slow_settings: Settings, redis_client: redis.Re
     assert recovered == 20
 
 
+def test_asyncio_client_cold_start_takes_no_pool_connections(
+    slow_settings: Settings, redis_client: redis.Redis
+) -> None:
+    """Many first calls at once share one clock measurement: on one Redis none of them
+    takes a connection of the pool, so a pool of one cannot run out (it did: each call
+    sent its own ``TIME`` and the seventeenth was ``Overloaded``)."""
+    settings = slow_settings.model_copy(update={"serve_batch_size": 64})
+    with running_server(settings, redis_client):
+
+        async def main() -> list[object]:
+            client = AsyncRecommenderClient.from_url(
+                settings.redis_url,
+                queue=settings.request_queue,
+                prefix=settings.key_prefix,
+                max_connections=1,
+            )
+            try:
+                return await asyncio.gather(
+                    *(client.request(user_id=f"u{i}", timeout_s=5.0) for i in range(50)),
+                    return_exceptions=True,
+                )
+            finally:
+                await client.aclose()
+
+        outcomes = asyncio.run(main())
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    assert not errors, errors[:3]
+
+
 def test_sync_client_overload(slow_settings: Settings, redis_client: redis.Redis) -> None:
     with running_server(slow_settings, redis_client):
         client = RecommenderClient.from_url(
