@@ -7,6 +7,16 @@ the stage) and the process's ru_maxrss after the stage (high-water mark so far).
     python benchmarks/train_scale.py --max-events 1000000
     python benchmarks/train_scale.py               # up to 10^7 events, 10^6 users, 10^5 items
     python benchmarks/train_scale.py --items 10000 100000 1000000   # the catalog sweep
+    python benchmarks/train_scale.py --engine spark --max-events 1000000   # Spark, local[2]
+
+``--engine spark`` (or ``both``) runs the pre-training on Spark (``training.spark``,
+``--spark-master``, default local[2]): the same generated data and split, then the stages
+``spark_start`` (the session and its JVM), ``views_to_spark`` (the driver's views matrix
+made a cached DataFrame), ``pmi`` and ``svd``. Fine-tuning is the same numpy code on
+either engine's embeddings, so it is timed in the numpy rows only. Every stage also
+reports ``tree_peak_mb``: the peak RSS of this process and all its descendants (the JVM
+and its Python workers), sampled every 0.1 s while the stage runs. The Spark rows go to
+the ``spark_results`` section.
 
 ``--items`` is the catalog sweep (#16): the same events and users, growing catalogs, and
 one default fine-tuning epoch (+ its validation) timed on its own. Its world clicks every
@@ -21,17 +31,21 @@ pyinstrument profile of each size's fine-tuning there. The results go to the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,10 +58,45 @@ SIZES = [  # (users, items, events)
 T = TypeVar("T")
 
 
+class _TreePeak:
+    """The peak RSS of this process and all its descendants (Spark's JVM and its Python
+    workers), sampled every ``interval`` seconds on a thread while the block runs:
+    ru_maxrss sees neither a child that is still alive nor one stage apart from another."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            # a worker may exit between the listing and the reading
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        self.peak = max(self.peak, total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> _TreePeak:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
 def _stage(report: dict[str, Any], name: str, fn: Callable[[], T]) -> T:
     tracemalloc.start()
     t0 = time.perf_counter()
-    out = fn()
+    with _TreePeak() as tree:
+        out = fn()
     seconds = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -56,9 +105,11 @@ def _stage(report: dict[str, Any], name: str, fn: Callable[[], T]) -> T:
         "seconds": round(seconds, 2),
         "traced_peak_mb": round(peak / 2**20, 1),
         "maxrss_mb": round(rss_mb, 1),
+        "tree_peak_mb": round(tree.peak / 2**20, 1),
     }
-    print(f"  {name:10s} {seconds:8.2f}s  traced peak {peak / 2**20:8.1f} MB  "
-          f"maxrss {rss_mb:8.1f} MB", flush=True)  # fmt: skip
+    print(f"  {name:14s} {seconds:8.2f}s  traced peak {peak / 2**20:8.1f} MB  "
+          f"maxrss {rss_mb:8.1f} MB  tree peak {tree.peak / 2**20:8.1f} MB",
+          flush=True)  # fmt: skip
     return out
 
 
@@ -92,6 +143,83 @@ def run_size(
         dim=dim,
         finetune_epochs=epochs,
         val_metrics=result.val_metrics,
+        total_seconds=round(sum(s["seconds"] for s in report["stages"].values()), 2),
+    )
+    return report
+
+
+def run_size_spark(
+    users: int, items: int, events: int, dim: int, seed: int, master: str
+) -> dict[str, Any]:
+    """One size on the Spark engine, in this process: the numpy rows' data and split, then
+    the pre-training on a SparkSession on ``master``, each of its stages timed apart."""
+    import numpy as np
+
+    from ledrec.training.jobs import PretrainConfig
+    from ledrec.training.pretrain import embeddings_from_svd, svd_rank
+    from ledrec.training.spark.events import views_from_matrix
+    from ledrec.training.spark.pmi import pmi_tiles
+    from ledrec.training.spark.pretrain import _nonempty_rows
+    from ledrec.training.spark.rsvd import DEFAULT_BLOCK, block_matrix, randomized_svd
+    from ledrec.training.spark.session import spark_session
+    from ledrec.training.split import strong_generalization_split
+    from ledrec.training.synthetic import SyntheticConfig, synthetic_interactions
+
+    pre = PretrainConfig(dim=dim)
+    report: dict[str, Any] = {"users": users, "items": items, "target_events": events, "stages": {}}
+    config = SyntheticConfig(n_users=users, n_items=items, n_events=events, seed=seed)
+    data = _stage(report, "generate", lambda: synthetic_interactions(config))
+    split = _stage(
+        report,
+        "split",
+        lambda: strong_generalization_split(data, n_heldout=600, seed=seed, min_positives=3),
+    )
+    n = len(split.item_ids)
+    spark = _stage(report, "spark_start", lambda: spark_session(master))
+    try:
+
+        def load() -> Any:
+            views = views_from_matrix(spark, split.train_views).cache()
+            views.count()  # materialised here, so that the PMI stage starts from it
+            return views
+
+        views = _stage(report, "views_to_spark", load)
+
+        def pmi() -> Any:
+            tiles = pmi_tiles(views, n, DEFAULT_BLOCK, pre.min_count, pre.smoothing)
+            # as spark_pretrain_embeddings: the rows with a PMI value, which materialises
+            # the tiles (cached) inside this stage
+            rows = tiles.flatMap(lambda t: _nonempty_rows(t[0][0], t[1], DEFAULT_BLOCK))
+            has_signal = np.zeros(n, dtype=bool)
+            has_signal[np.asarray(rows.collect(), dtype=np.int64)] = True
+            nnz = tiles.map(lambda t: t[1].nnz).sum()
+            return tiles, has_signal, int(nnz)
+
+        tiles, has_signal, pmi_nnz = _stage(report, "pmi", pmi)
+
+        def svd() -> Any:
+            matrix = block_matrix(tiles, (n, n), DEFAULT_BLOCK)
+            try:
+                return randomized_svd(matrix, svd_rank(n, dim), n_iter=pre.n_iter, seed=seed)
+            finally:
+                matrix.unpersist()
+
+        blocks, s = _stage(report, "svd", svd)
+        u = np.zeros((n, s.shape[0]), dtype=np.float64)
+        for b, values in blocks.items():
+            u[b * DEFAULT_BLOCK : b * DEFAULT_BLOCK + values.shape[0]] = values
+        emb = embeddings_from_svd(u, s, has_signal, dim)
+    finally:
+        spark.stop()
+    report.update(
+        engine="spark",
+        master=master,
+        views=int(data.views.nnz),
+        clicks=int(data.clicks.nnz),
+        items_kept=n,
+        pmi_nnz=pmi_nnz,
+        dim=dim,
+        embedding_rows_with_signal=int((np.abs(emb).sum(axis=1) > 0).sum()),
         total_seconds=round(sum(s["seconds"] for s in report["stages"].values()), 2),
     )
     return report
@@ -199,6 +327,11 @@ def main() -> None:
     parser.add_argument("--items-users", type=int, default=200_000)
     parser.add_argument("--items-events", type=int, default=4_000_000)
     parser.add_argument("--profile", type=Path, help="catalog sweep: pyinstrument profiles here")
+    parser.add_argument(
+        "--engine", choices=["numpy", "spark", "both"], default="numpy",
+        help="the events sweep's pre-training engine(s)",
+    )  # fmt: skip
+    parser.add_argument("--spark-master", default="local[2]")
     parser.add_argument("--one", nargs=3, type=int, help=argparse.SUPPRESS)  # child: U I E
     parser.add_argument("--one-items", type=int, help=argparse.SUPPRESS)  # child of --items
     args = parser.parse_args()
@@ -213,24 +346,28 @@ def main() -> None:
         _write(args.out, "items_sweep", [_items_child(args, items) for items in args.items])
         return
     if args.one:
-        print(
-            json.dumps(
-                run_size(args.one[0], args.one[1], args.one[2], args.dim, args.epochs, args.seed)
-            )
-        )
+        users, items, events = args.one
+        if args.engine == "spark":
+            one = run_size_spark(users, items, events, args.dim, args.seed, args.spark_master)
+        else:
+            one = run_size(users, items, events, args.dim, args.epochs, args.seed)
+        print(json.dumps(one))
         return
-    results = []
-    for users, items, events in SIZES:
-        if events > args.max_events:
-            continue
-        print(f"{users} users, {items} items, {events} events", flush=True)
-        cmd = [sys.executable, __file__, "--one", str(users), str(items), str(events)]
-        cmd += ["--dim", str(args.dim), "--epochs", str(args.epochs), "--seed", str(args.seed)]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-        *lines, last = proc.stdout.rstrip().splitlines()
-        print("\n".join(lines), flush=True)
-        results.append(json.loads(last))
-    _write(args.out, "results", results)
+    engines = ["numpy", "spark"] if args.engine == "both" else [args.engine]
+    for engine in engines:
+        results = []
+        for users, items, events in SIZES:
+            if events > args.max_events:
+                continue
+            print(f"{engine}: {users} users, {items} items, {events} events", flush=True)
+            cmd = [sys.executable, __file__, "--one", str(users), str(items), str(events)]
+            cmd += ["--dim", str(args.dim), "--epochs", str(args.epochs), "--seed", str(args.seed)]
+            cmd += ["--engine", engine, "--spark-master", args.spark_master]
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+            *lines, last = proc.stdout.rstrip().splitlines()
+            print("\n".join(lines), flush=True)
+            results.append(json.loads(last))
+        _write(args.out, "results" if engine == "numpy" else "spark_results", results)
 
 
 if __name__ == "__main__":

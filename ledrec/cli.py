@@ -391,22 +391,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         PretrainConfig,
         default_finetune_configs,
         default_scarce_configs,
+        headline_finetune_configs,
         run_evaluate,
     )
 
     args.dim = args.dim or PretrainConfig().dim
     if args.protocol == "weak":
+        if args.variants != "default":
+            raise CliError("--variants is the strong protocol's (the weak one trains one LED)")
         return _evaluate_weak(args)
     if args.train or args.test or args.valid:
         raise CliError("--train/--test/--valid are the weak protocol's: add --protocol weak")
     data, source = _load_data(args)
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
+    grid, scarce = [], []
+    if not args.svd_only and args.variants == "all":
+        grid = default_finetune_configs(args.dim, args.seed, **overrides)
+        scarce = default_scarce_configs(args.dim, args.seed, **overrides)
+    elif not args.svd_only:
+        grid = headline_finetune_configs(args.dim, args.seed, **overrides)
     with _pretrainer(args) as pretrainer:
         run_evaluate(
             data,
             Path(args.out),
-            [] if args.svd_only else default_finetune_configs(args.dim, args.seed, **overrides),
-            [] if args.svd_only else default_scarce_configs(args.dim, args.seed, **overrides),
+            grid,
+            scarce,
             pretrain=PretrainConfig(dim=args.dim),
             n_heldout=_n_heldout(args, data),
             seed=args.seed,
@@ -736,6 +745,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--protocol", choices=["strong", "weak"], default="strong",
         help="strong: held-out users (Mult-VAE, the paper's Table 2); weak: every user "
         "trains, Recall/NDCG@20 on each user's test items (LightGCN's protocol)",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--variants", choices=["default", "all"], default="default",
+        help="strong: LED's default model and its Project variant beside the baselines "
+        "(default), or every loss and init and the click-scarce table too (all: the "
+        "paper's Tables 2-3, several minutes)",
     )  # fmt: skip
     evaluate.add_argument("--train", metavar="FILE", help="weak: the train interactions")
     evaluate.add_argument("--test", metavar="FILE", help="weak: the test interactions")

@@ -35,13 +35,16 @@ def gram(train_clicks: sp.csr_matrix) -> npt.NDArray[np.float64]:
 
 
 def ease_weights(gram_matrix: npt.NDArray[np.float64], lam: float) -> npt.NDArray[np.float32]:
-    """(I, I) EASE item-item weights from the Gram matrix X^T X."""
-    g = gram_matrix.copy()
+    """(I, I) EASE item-item weights from the Gram matrix X^T X.
+
+    Inverted in float32: 2.7x less CPU than float64 on ML-1M's 3,491 items, weights within
+    3e-6 and the same validation metrics at every λ of the grid (NOTES.md, #16); the
+    λ >= 50 ridge keeps the system well conditioned."""
+    g = gram_matrix.astype(np.float32)  # a copy: the caller's matrix serves every λ
     g[np.diag_indices_from(g)] += lam
     p = scipy.linalg.inv(g, overwrite_a=True, check_finite=False)  # (I, I)
-    b = p / (-np.diag(p))  # column j divided by -P_jj
-    b[np.diag_indices_from(b)] = 0.0
-    weights: npt.NDArray[np.float32] = b.astype(np.float32)
+    weights: npt.NDArray[np.float32] = p / (-np.diag(p))  # column j divided by -P_jj
+    weights[np.diag_indices_from(weights)] = 0.0
     return weights
 
 

@@ -179,6 +179,19 @@ def _finetune_init(config: FinetuneConfig, zero: ZeroShot, seed: int) -> Array |
     return None
 
 
+def headline_finetune_configs(dim: int, seed: int, **overrides: Any) -> list[FinetuneConfig]:
+    """``ledrec evaluate``'s LED rows by default: the default model (Mult-CSS, Train, SVD
+    init) and the Project variant on the same frozen SVD embeddings. The whole grid
+    (``default_finetune_configs``, ``default_scarce_configs``) is ``--variants all``: about
+    300 epochs against these two's 60, several minutes on two cores."""
+    from ledrec.training.finetune import FinetuneConfig
+
+    return [
+        FinetuneConfig(loss="css", variant=variant, init="svd", dim=dim, seed=seed, **overrides)
+        for variant in ("train", "proj")
+    ]
+
+
 def default_finetune_configs(dim: int, seed: int, **overrides: Any) -> list[FinetuneConfig]:
     """Table 2's LED rows: every loss with the Train variant, and SVD vs random init for
     both variants with the default loss."""
