@@ -301,9 +301,20 @@ def _finetune_config(args: argparse.Namespace) -> Any:
     from ledrec.training.finetune import FinetuneConfig
 
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
+    variant = "train" if args.variant == "both" else args.variant
     return FinetuneConfig(
-        loss=args.loss, variant=args.variant, dim=args.dim, seed=args.seed, **overrides
+        loss=args.loss, variant=variant, dim=args.dim, seed=args.seed, **overrides
     )
+
+
+def _extra_candidates(args: argparse.Namespace, first: Any) -> tuple[Any, ...]:
+    """``--variant both``: the Project variant (P and the biases on the frozen SVD
+    embeddings) beside Train, the published one chosen on validation."""
+    if first is None or getattr(args, "variant", "train") != "both":
+        return ()
+    from dataclasses import replace
+
+    return (replace(first, variant="proj", init="svd"),)
 
 
 def _min_steps(args: argparse.Namespace) -> int:
@@ -356,11 +367,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.movielens = None
     args.dim = args.dim or PretrainConfig().dim  # the one default (also the trainer's)
     data, source = _load_data(args)
+    finetune = _finetune_config(args)
     config = TrainConfig(
         pretrain=PretrainConfig(dim=args.dim),
-        finetune=_finetune_config(args),
+        finetune=finetune,
         n_heldout=_n_heldout(args, data),
         seed=args.seed,
+        extra_candidates=_extra_candidates(args, finetune),
         min_steps=_min_steps(args),
     )
     with _pretrainer(args) as pretrainer:
@@ -727,7 +740,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     train = sub.choices["train"]
     train.add_argument("--loss", default="css", choices=["bpr", "ns", "css", "mult"])
-    train.add_argument("--variant", default="train", choices=["train", "proj"])
+    train.add_argument(
+        "--variant", default="train", choices=["train", "proj", "both"],
+        help="fine-tune every embedding (train), only a d x d projection of the frozen SVD "
+        "embeddings and the biases (proj: d^2 + I parameters), or both, publishing the one "
+        "with the better validation NDCG@100",
+    )  # fmt: skip
     train.add_argument("--register", action="store_true", help="register the version in Redis")
     train.add_argument("--activate", action="store_true", help="register and activate it")
     train.add_argument("--force", action="store_true", help="activate past the quality gate")
