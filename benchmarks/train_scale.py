@@ -309,10 +309,22 @@ def _items_child(args: argparse.Namespace, items: int) -> dict[str, Any]:
     cmd += ["--items-users", str(args.items_users), "--items-events", str(args.items_events)]
     cmd += ["--dim", str(args.dim), "--seed", str(args.seed)]
     cmd += ["--profile", str(args.profile)] if args.profile else []
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-    *lines, last = proc.stdout.rstrip().splitlines()
-    print("\n".join(lines), flush=True)
-    report: dict[str, Any] = json.loads(last)
+    return _child(cmd)
+
+
+def _child(cmd: list[str]) -> dict[str, Any]:
+    """Run one size's subprocess, echoing its stage lines as they come (a Spark stage at
+    10^7 events takes minutes); its last line is its JSON report."""
+    lines: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if lines:
+                print(lines[-1], flush=True)
+            lines.append(line.rstrip("\n"))
+    if proc.returncode != 0 or not lines:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    report: dict[str, Any] = json.loads(lines[-1])
     return report
 
 
@@ -363,10 +375,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", str(users), str(items), str(events)]
             cmd += ["--dim", str(args.dim), "--epochs", str(args.epochs), "--seed", str(args.seed)]
             cmd += ["--engine", engine, "--spark-master", args.spark_master]
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-            *lines, last = proc.stdout.rstrip().splitlines()
-            print("\n".join(lines), flush=True)
-            results.append(json.loads(last))
+            results.append(_child(cmd))
         _write(args.out, "results" if engine == "numpy" else "spark_results", results)
 
 
