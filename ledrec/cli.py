@@ -307,10 +307,18 @@ def _finetune_config(args: argparse.Namespace) -> Any:
     )
 
 
+VARIANTS = ["train", "proj", "both"]
+VARIANT_HELP = (
+    "fine-tune every embedding (train), only a d x d projection of the frozen SVD "
+    "embeddings and the biases (proj: d^2 + I parameters), or both, publishing the one "
+    "with the better validation NDCG@100"
+)
+
+
 def _extra_candidates(args: argparse.Namespace, first: Any) -> tuple[Any, ...]:
     """``--variant both``: the Project variant (P and the biases on the frozen SVD
     embeddings) beside Train, the published one chosen on validation."""
-    if first is None or getattr(args, "variant", "train") != "both":
+    if first is None or args.variant != "both":
         return ()
     from dataclasses import replace
 
@@ -563,7 +571,10 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     finetune = None
     if not args.svd_only:
         epochs = args.epochs or defaults.finetune.epochs
-        finetune = FinetuneConfig(loss=args.loss, dim=dim, epochs=epochs, seed=args.seed)
+        variant = "train" if args.variant == "both" else args.variant
+        finetune = FinetuneConfig(
+            loss=args.loss, variant=variant, dim=dim, epochs=epochs, seed=args.seed
+        )
     min_count = defaults.pretrain.min_count if args.min_count is None else args.min_count
     config = RetrainConfig(
         train=TrainConfig(
@@ -571,6 +582,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
             finetune=finetune,
             n_heldout=args.n_heldout,
             seed=args.seed,
+            extra_candidates=_extra_candidates(args, finetune),
             min_steps=_min_steps(args),
         ),
         window_s=parse_duration(args.window) if args.window else None,
@@ -740,12 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     train = sub.choices["train"]
     train.add_argument("--loss", default="css", choices=["bpr", "ns", "css", "mult"])
-    train.add_argument(
-        "--variant", default="train", choices=["train", "proj", "both"],
-        help="fine-tune every embedding (train), only a d x d projection of the frozen SVD "
-        "embeddings and the biases (proj: d^2 + I parameters), or both, publishing the one "
-        "with the better validation NDCG@100",
-    )  # fmt: skip
+    train.add_argument("--variant", default="train", choices=VARIANTS, help=VARIANT_HELP)
     train.add_argument("--register", action="store_true", help="register the version in Redis")
     train.add_argument("--activate", action="store_true", help="register and activate it")
     train.add_argument("--force", action="store_true", help="activate past the quality gate")
@@ -804,6 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-heldout", type=int, default=600, help="validation + test users")
     p.add_argument("--svd-only", action="store_true", help="publish the pre-trained model")
     p.add_argument("--loss", default="css", choices=["bpr", "ns", "css", "mult"])
+    p.add_argument("--variant", default="train", choices=VARIANTS, help=VARIANT_HELP)
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: train's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="activate past the quality gate")
