@@ -443,6 +443,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             source=source,
             progress=print,
             pretrainer=pretrainer,
+            workers=args.workers,
         )
     print(f"report written to {args.out}/report.md and {args.out}/report.json")
     return 0
@@ -630,6 +631,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse turns the error into one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} < 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ledrec import __version__
 
@@ -776,6 +788,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="strong: LED's default model and its Project variant beside the baselines "
         "(default), or every loss and init and the click-scarce table too (all: the "
         "paper's Tables 2-3, several minutes)",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--workers", type=_positive_int, metavar="N",
+        help="strong: fine-tune N models side by side, in processes of one BLAS thread "
+        "each (default: one per core; 1: in this process, one after the other)",
     )  # fmt: skip
     evaluate.add_argument("--train", metavar="FILE", help="weak: the train interactions")
     evaluate.add_argument("--test", metavar="FILE", help="weak: the test interactions")

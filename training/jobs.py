@@ -253,13 +253,15 @@ def run_evaluate(
     source: str = "",
     progress: Progress | None = None,
     pretrainer: Pretrainer | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Popularity, EASE, SVD-only LED and fine-tuned LED on one split; test-user metrics.
 
     Writes ``report.json`` and ``report.md`` to ``out_dir`` and returns the report.
-    ``None`` configs mean the defaults; pass ``[]`` to skip fine-tuning.
+    ``None`` configs mean the defaults; pass ``[]`` to skip fine-tuning. The fine-tunings
+    run side by side in ``workers`` processes (None: one per core; 1: here, in turn).
     """
-    from ledrec.training.finetune import finetune
+    from ledrec.training.parallel import Finetunes, FinetuneTask, default_workers
 
     pre = pretrain or PretrainConfig()
     finetune_configs = (
@@ -275,61 +277,22 @@ def run_evaluate(
     def test(score_fn: Callable[[Any], Any]) -> dict[str, float]:
         return evaluate_scores(score_fn, split.test_in, split.test_out)
 
-    rows: list[dict[str, Any]] = []
-    with clock.stage("popularity"):
-        rows.append(
-            _row("Popularity", "", "", "", 0.0, **test(popularity_score_fn(split.train_clicks)))
-        )
-    with clock.stage("ease"):
-        ease = tune_ease(split.train_clicks, split.val_in, split.val_out, ease_lambdas)
-    rows.append(
-        _row(
-            "EASE",
-            "",
-            "",
-            "",
-            clock.seconds["ease"],
-            **test(ease_score_fn(ease.weights)),
-            lam=ease.lam,
-        )
-    )
-    del ease  # (I, I) dense: free it before training
-    with clock.stage("item-knn"):
-        knn = tune_item_knn(split.train_clicks, split.val_in, split.val_out)
-    rows.append(
-        _row("Item-kNN", "", "", "", clock.seconds["item-knn"], **test(knn.score_fn), k=knn.k)
-    )
-    del knn
+    # LED's pre-training first: its fine-tunings then run in worker processes while this
+    # one fits the baselines (the rows keep the table's order)
     engine: Pretrainer = pretrainer or NumpyPretrainer()
     with clock.stage("pretrain"):
         svd = engine(data, split, pre, seed)
     with clock.stage("zero-shot"):
         zero = zero_shot(split, svd, pre.zero_shot_scales)
-    rows.append(
-        _row(
-            "LED", "", "SVD-only", "svd", clock.seconds["pretrain"],
-            **test(led_score_fn(zero.embeddings, zero.biases)), scale=zero.scale,
-        )
+    svd_row = _row(
+        "LED", "", "SVD-only", "svd", clock.seconds["pretrain"],
+        **test(led_score_fn(zero.embeddings, zero.biases)), scale=zero.scale,
     )  # fmt: skip
-
-    def run(cfg: FinetuneConfig, on: Split, zero: ZeroShot, setting: str) -> dict[str, Any]:
-        name = f"finetune {setting} {cfg.loss}/{cfg.variant}/{cfg.init}"
-        with clock.stage(name):
-            result = finetune(on, cfg, _finetune_init(cfg, zero, seed), progress=clock.say)
-        pre_seconds = clock.seconds["pretrain"] if cfg.init == "svd" else 0.0
-        metrics = evaluate_scores(
-            led_score_fn(result.embeddings, result.biases), on.test_in, on.test_out
-        )
-        return _row(
-            "LED", cfg.loss, cfg.variant.capitalize(), cfg.init, pre_seconds + result.seconds,
-            **metrics, val=result.val_metrics, config=asdict(cfg),
-        )  # fmt: skip
-
-    rows += [run(cfg, split, zero, "full") for cfg in finetune_configs]
-    for row in rows:
-        for k in ("recall@20", "recall@50"):
-            row[f"{k} / EASE"] = row[k] / rows[1][k]
-
+    tasks = [
+        FinetuneTask(f"full {cfg.loss}/{cfg.variant}/{cfg.init}", split, cfg,
+                     _finetune_init(cfg, zero, seed))
+        for cfg in finetune_configs
+    ]  # fmt: skip
     scarce_rows: list[dict[str, Any]] = []
     if scarce_configs:
         scarce = scarce_clicks(split, scarce_keep, seed)
@@ -340,7 +303,53 @@ def run_evaluate(
                 **test(led_score_fn(scarce_zero.embeddings, scarce_zero.biases)),
             )
         )  # fmt: skip
-        scarce_rows += [run(cfg, scarce, scarce_zero, "scarce") for cfg in scarce_configs]
+        tasks += [
+            FinetuneTask(f"scarce {cfg.loss}/{cfg.variant}/{cfg.init}", scarce, cfg,
+                         _finetune_init(cfg, scarce_zero, seed))
+            for cfg in scarce_configs
+        ]  # fmt: skip
+
+    rows: list[dict[str, Any]] = []
+    n_workers = default_workers(len(tasks)) if workers is None else workers
+    with Finetunes(tasks, n_workers, clock.say) as running:
+        with clock.stage("popularity"):
+            rows.append(
+                _row("Popularity", "", "", "", 0.0, **test(popularity_score_fn(split.train_clicks)))
+            )
+        with clock.stage("ease"):
+            ease = tune_ease(split.train_clicks, split.val_in, split.val_out, ease_lambdas)
+        rows.append(
+            _row(
+                "EASE", "", "", "", clock.seconds["ease"],
+                **test(ease_score_fn(ease.weights)), lam=ease.lam,
+            )
+        )  # fmt: skip
+        del ease  # (I, I) dense
+        with clock.stage("item-knn"):
+            knn = tune_item_knn(split.train_clicks, split.val_in, split.val_out)
+        rows.append(
+            _row("Item-kNN", "", "", "", clock.seconds["item-knn"], **test(knn.score_fn), k=knn.k)
+        )
+        del knn
+        rows.append(svd_row)
+        results = running.results()
+    clock.seconds["finetune"] = running.seconds
+    for task, result in zip(tasks, results, strict=True):
+        clock.seconds[f"finetune {task.name}"] = result.seconds
+        cfg = task.config
+        pre_seconds = clock.seconds["pretrain"] if cfg.init == "svd" else 0.0
+        metrics = evaluate_scores(
+            led_score_fn(result.embeddings, result.biases), task.split.test_in,
+            task.split.test_out,
+        )  # fmt: skip
+        row = _row(
+            "LED", cfg.loss, cfg.variant.capitalize(), cfg.init, pre_seconds + result.seconds,
+            **metrics, val=result.val_metrics, config=asdict(cfg),
+        )  # fmt: skip
+        (scarce_rows if task.name.startswith("scarce") else rows).append(row)
+    for row in rows:
+        for k in ("recall@20", "recall@50"):
+            row[f"{k} / EASE"] = row[k] / rows[1][k]
 
     report = {
         "source": source,
