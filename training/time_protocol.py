@@ -1,30 +1,14 @@
 """Time-aware evaluation: train on the past, predict each user's next clicks.
 
 A streaming recommender is retrained on the event log up to now and then serves the
-future, to users whose timelines it has seen grow. The **global time split** asks exactly
-that, with one cutoff for everyone (a per-user leave-last-out split would train on other
-users' later events, a future no retrainer has seen):
-
-- **Cutoff**: the ``quantile`` (default 0.8) of all event times; events strictly before
-  it are the past, the others the future.
-- **Training**: every model learns from every user's past (views and clicks) only.
-- **Test users**: users with a click in the past and, in the future, a click on an item
-  they had no past event for. Each is encoded from their past clicks (the fold-in
-  timeline); every catalog item but those in their past is ranked; the targets are those
-  future clicks. A target on an item with no past event (outside the training catalog)
-  counts as a miss. Future clicks on items the user already met are dropped (they are
-  never recommended, as online). Users without a past click are cold start (the
-  popularity fallback online): counted, not scored.
-- **Metrics**: those of the strong protocol, per test user, averaged: Recall@k = hits in
-  the top k / min(k, targets), NDCG@100 with binary gains and the ideal DCG over
-  min(100, targets) positions (targets outside the catalog included in both).
-- **Model selection** asks the same question just before the cutoff: ``n_val`` seeded
-  users with >= 5 past clicks lend their latest 20% of past clicks (by first click time,
-  at least one) as validation targets; models fit on the rest of the past. At test time
-  every user is encoded from all their past clicks.
+future, to users whose timelines it has seen grow. The **global time split**
+(``time_split``, whose docstring is the exact definition) asks exactly that, with one
+cutoff for everyone: a per-user leave-last-out split would train on other users' later
+events, a future no retrainer has seen.
 
 The split is a ``WeakSplit`` (every user trains; per-user targets), so the weak
-protocol's runner scores it (``run_weak_evaluate`` with ``time_metrics``).
+protocol's runner scores it and its baselines (``run_weak_evaluate`` with
+``time_metrics``).
 """
 
 from __future__ import annotations
@@ -112,10 +96,26 @@ def time_split(
     seed: int = 0,
     min_positives: int = 5,
 ) -> TimeSplit:
-    """The global time split of ``events`` at the ``quantile`` of their times (module doc).
+    """The global time split of ``events`` at the ``quantile`` of their times.
 
-    ``n_val`` validation users (default: 600, or 10% of the users with >= ``min_positives``
-    past clicks) lend their latest past clicks to model selection.
+    - **Cutoff**: the ``quantile`` (default 0.8) of all event times; events strictly
+      before it are the past, the others the future.
+    - **Training**: every model learns from every user's past (views and clicks) only.
+    - **Test users**: users with a click in the past and, in the future, a click on an
+      item they had no past event for. Each is encoded from their past clicks (the
+      fold-in timeline); every catalog item but those in their past is ranked; the
+      targets are those future clicks. A target on an item with no past event (outside
+      the training catalog) counts as a miss. Future clicks on items the user already
+      met are dropped (never recommended, as online). Users without a past click are
+      cold start (the popularity fallback online): counted, not scored.
+    - **Metrics** (``time_metrics``): the strong protocol's, per test user, averaged:
+      Recall@k = hits in the top k / min(k, targets), NDCG@100 with binary gains and the
+      ideal DCG over min(100, targets) positions (targets outside the catalog included).
+    - **Model selection** asks the same question just before the cutoff: ``n_val``
+      seeded users (default: 600, or 10% of the users with >= ``min_positives`` past
+      clicks) lend their latest 20% of past clicks (each dated by its first click; at
+      least one) as validation targets; models fit on the rest of the past. At test time
+      every user is encoded from all their past clicks.
     """
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"cutoff quantile {quantile:g}: must be strictly between 0 and 1")
@@ -165,7 +165,7 @@ def time_split(
 
 
 def time_metrics(score_fn: ScoreFn, split: WeakSplit) -> dict[str, float]:
-    """{"recall@20", "recall@50", "ndcg@100"} over the users with a target (module doc)."""
+    """{"recall@20", "recall@50", "ndcg@100"} over the users with a target (``time_split``)."""
     k_max = max(k for _, k in METRICS.values())
     discount = 1.0 / np.log2(np.arange(2, k_max + 2))  # (k_max,)
     ideal = np.concatenate([[0.0], np.cumsum(discount)])
