@@ -94,6 +94,7 @@ def model_report(
 
 
 def render_model_markdown(report: dict[str, Any]) -> str:
+    """The report as markdown: what was scored on what, and the metrics table."""
     metrics = [k for k in report["rows"][0] if "@" in k]
     d = report["data"]
     trained_on = (
@@ -105,7 +106,8 @@ def render_model_markdown(report: dict[str, Any]) -> str:
         "",
         f"Data: {report['source']}. {report['definition']} The model ({d['model_items']} "
         f"items, trained on {trained_on}"
-        f"{', chose ' + report['chosen'] if report['chosen'] else ''}) was not trained here; "
+        f"{', its selection ' + report['chosen'] if report['chosen'] else ''}) was not "
+        "trained here; "
         f"{d['catalog_items_unknown_to_model']} of the protocol's catalog items are unknown "
         "to it: they count for nothing in a fold-in and are never recommended, and as "
         "targets they are misses.",
