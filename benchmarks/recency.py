@@ -32,6 +32,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -70,6 +71,7 @@ EVENT_HALF_LIVES = (INF, 100.0, 50.0, 20.0, 10.0, 5.0)  # in events
 DAY = 86400.0
 TIME_HALF_LIVES = (INF, 180 * DAY, 30 * DAY, 7 * DAY, DAY, 3600.0)  # in seconds
 BAND_WEIGHTS = (0.0, 0.25, 0.5, 1.0)  # for ratings <= 2 and 3; ratings >= 4 weigh 1
+VIEW_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)  # every rating < 4, relative to a click
 Array = npt.NDArray[Any]
 
 
@@ -270,6 +272,13 @@ def band_grid() -> list[Weighting]:
     ]
 
 
+def view_grid() -> list[Weighting]:
+    """One weight for every rating < 4: what the stream can express, since MovieLens is
+    published as a view per rating < 4 and a click per rating >= 4 (``event_weights``
+    {"view": w, "click": 1})."""
+    return [Weighting(f"view: {w:g}, click: 1", low=w, mid=w) for w in VIEW_WEIGHTS]
+
+
 def paired(a: Array, b: Array) -> dict[str, float]:
     """Mean of b - a over users with a figure, and its standard error."""
     d = (b - a)[~np.isnan(a)]
@@ -309,9 +318,16 @@ def study(
 
 
 def one_dataset(
-    ratings: Ratings, data: Interactions, seed: int, svd_only: bool, say: Callable[[str], None]
+    ratings: Ratings,
+    data: Interactions,
+    seed: int,
+    svd_only: bool,
+    models: Path | None,
+    say: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Train the default (or SVD-only) once, then every study on its split."""
+    """Train the default (or SVD-only) once, then every study on its split. ``models``: the
+    trained model's directory, kept there and reused by the next run (never in the repo:
+    it is derived from the data)."""
     n_heldout = default_n_heldout(data)
     config = TrainConfig(
         finetune=None if svd_only else FinetuneConfig(seed=seed),
@@ -320,8 +336,14 @@ def one_dataset(
         min_steps=DEFAULT_MIN_STEPS,
     )
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as store:
-        model = load_model(run_train(data, Path(store), config))
+    if models is not None and models.is_dir():  # trained by an earlier run: reuse it
+        model = load_model(models)
+    else:
+        with tempfile.TemporaryDirectory() as store:
+            path = run_train(data, Path(store), config)
+            model = load_model(path)
+            if models is not None:
+                shutil.copytree(path, models)
     train_seconds = time.perf_counter() - t0
     split = strong_generalization_split(data, n_heldout=n_heldout, seed=seed)
     assert np.array_equal(model.item_ids, split.item_ids.astype(str))
@@ -358,6 +380,7 @@ def one_dataset(
         for key, grid, refs in (
             (f"recency/{name}", recency_grid(ratings.timed), [none]),
             (f"bands/{name}", band_grid(), [none, all_equal]),
+            (f"views/{name}", view_grid(), [none, all_equal]),
         ):
             s = study(grid, refs, (val, tv), (test, tt), v, b)
             out["studies"][key] = s
@@ -378,6 +401,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--synthetic", action="store_true", help="also the synthetic world")
     parser.add_argument("--svd-only", action="store_true", help="the SVD-only model (fast)")
+    parser.add_argument("--models", type=Path, help="keep / reuse trained models here")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -403,7 +427,9 @@ def main() -> None:
         runs.append(("synthetic", synthetic, synthetic.interactions(), 0))
     for name, ratings, data, seed in runs:
         say(f"{name} seed {seed}: {data.n_users} users, timed={ratings.timed}")
-        row = one_dataset(ratings, data, seed, args.svd_only, say)
+        kind = "svd" if args.svd_only else "default"
+        models = args.models / f"{name}-seed{seed}-{kind}" if args.models else None
+        row = one_dataset(ratings, data, seed, args.svd_only, models, say)
         report["datasets"].setdefault(name, []).append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
