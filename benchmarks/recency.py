@@ -398,7 +398,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--movielens", default="/work/shared/data/ml-1m")
     parser.add_argument("--share", type=float, nargs="*", default=[1.0, 0.1])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="subsamples'")
+    parser.add_argument("--full-seeds", type=int, nargs="+", default=[0], help="share 1's")
     parser.add_argument("--synthetic", action="store_true", help="also the synthetic world")
     parser.add_argument("--svd-only", action="store_true", help="the SVD-only model (fast)")
     parser.add_argument("--models", type=Path, help="keep / reuse trained models here")
@@ -416,7 +417,7 @@ def main() -> None:
         report["movielens_timed"] = ratings.timed
         for share in args.share:
             if share >= 1.0:
-                runs.append(("ml-1m", ratings, data, 0))
+                runs += [("ml-1m", ratings, data, s) for s in args.full_seeds]
             else:
                 runs += [
                     (f"ml-1m@{share:g}", ratings, subsample_users(data, share, s), s)
