@@ -394,6 +394,56 @@ def one_dataset(
     return out
 
 
+def render(report: dict[str, Any]) -> str:
+    """The report as markdown: per dataset and seed, each study's choice and its test
+    difference (± one standard error over test users) against the unweighted mean."""
+    head = (
+        "| Data | Seed | Study / target | Chosen on validation | Test NDCG@100 | "
+        "ΔNDCG@100 ± se | ΔR@20 ± se | ΔR@50 ± se | ΔNDCG@100 vs view = click |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, rows in report["datasets"].items():
+        for row in rows:
+            for key, s in row["studies"].items():
+                if key.startswith("bands/"):
+                    continue  # the 2-band grid: in the JSON; the stream can't express it
+                a = s["against"]["none"]
+                d = a["test_diff"]
+
+                def pm(x: dict[str, float]) -> str:
+                    return f"{x['diff']:+.4f} ± {x['se']:.4f}"
+
+                equal = s["against"].get("<=2: 1, 3: 1, >=4: 1")
+                cells = [
+                    name, str(row["seed"]), key, s["chosen"],
+                    f"{a['test_reference']['ndcg@100']:.4f} → {s['test_chosen']['ndcg@100']:.4f}",
+                    pm(d["ndcg@100"]), pm(d["recall@20"]), pm(d["recall@50"]),
+                    pm(equal["test_diff"]["ndcg@100"]) if equal else "",
+                ]  # fmt: skip
+                lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Over seeds: mean ± std of the per-seed test ΔNDCG@100 (chosen − none), and how many "
+        "seeds the choice was above / below none by more than 2 se.",
+        "",
+    ]
+    lines += ["| Data | Study / target | Seeds | mean ΔNDCG@100 ± std | > +2 se | < −2 se |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for name, rows in report["datasets"].items():
+        for key in rows[0]["studies"]:
+            if key.startswith("bands/"):
+                continue
+            d = [r["studies"][key]["against"]["none"]["test_diff"]["ndcg@100"] for r in rows]
+            diffs = np.array([x["diff"] for x in d])
+            up = sum(x["diff"] > 2 * x["se"] for x in d)
+            down = sum(x["diff"] < -2 * x["se"] for x in d)
+            lines.append(
+                f"| {name} | {key} | {len(d)} | {diffs.mean():+.4f} ± {diffs.std():.4f} | "
+                f"{up} | {down} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--movielens", default="/work/shared/data/ml-1m")
@@ -404,7 +454,11 @@ def main() -> None:
     parser.add_argument("--svd-only", action="store_true", help="the SVD-only model (fast)")
     parser.add_argument("--models", type=Path, help="keep / reuse trained models here")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--table", type=Path, help="print this report's markdown; no run")
     args = parser.parse_args()
+    if args.table:
+        print(render(json.loads(args.table.read_text())), end="")
+        return
 
     def say(line: str) -> None:
         print(line, flush=True)
