@@ -336,7 +336,8 @@ def one_dataset(
         min_steps=DEFAULT_MIN_STEPS,
     )
     t0 = time.perf_counter()
-    if models is not None and models.is_dir():  # trained by an earlier run: reuse it
+    reused = models is not None and models.is_dir()
+    if models is not None and reused:  # trained by an earlier run: reuse it
         model = load_model(models)
     else:
         with tempfile.TemporaryDirectory() as store:
@@ -371,7 +372,7 @@ def one_dataset(
         "items": len(split.item_ids),
         "n_heldout": n_heldout,
         "chosen_model": model.provenance["selection"]["chosen"],
-        "train_seconds": train_seconds,
+        "train_seconds": None if reused else train_seconds,  # None: trained by an earlier run
         "protocol_test": protocol,
         "studies": {},
     }
