@@ -257,7 +257,7 @@ def recency_grid(timed: bool) -> list[Weighting]:
     grid += [Weighting(f"h={h:g} events", h) for h in EVENT_HALF_LIVES if h != INF]
     if timed:
         grid += [
-            Weighting(f"h={h / DAY:g} days" if h >= DAY else f"h={h / 3600:g} h", h, in_events=False)
+            Weighting(f"h={h / DAY:g} days" if h >= DAY else f"h={h / 3600:g} h", h, False)
             for h in TIME_HALF_LIVES
             if h != INF
         ]
