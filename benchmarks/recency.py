@@ -23,7 +23,8 @@ without: then event order is file order), the same subsampled to a share of its 
 view / click / sale, stationary tastes).
 
     python -m benchmarks.recency --movielens /work/shared/data/ml-1m --share 1.0 0.1 \
-        --seeds 0 1 2 --synthetic
+        --full-seeds 0 1 2 --seeds 0 1 2 3 4 --synthetic --models /tmp/recency-models
+    python -m benchmarks.recency --table benchmarks/results/recency.json
 """
 
 from __future__ import annotations
