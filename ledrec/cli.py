@@ -417,13 +417,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
 
     args.dim = args.dim or PretrainConfig().dim
-    if args.protocol == "weak":
-        if args.variants != "default":
-            raise CliError("--variants is the strong protocol's (the weak one trains one LED)")
-        return _evaluate_weak(args)
-    if args.train or args.test or args.valid:
+    if args.protocol != "weak" and (args.train or args.test or args.valid):
         raise CliError("--train/--test/--valid are the weak protocol's: add --protocol weak")
+    if args.protocol != "time" and args.cutoff is not None:
+        raise CliError("--cutoff is the time protocol's: add --protocol time")
+    if args.protocol != "strong" and args.variants != "default":
+        raise CliError(f"--variants is the strong protocol's, not the {args.protocol} one's")
+    model = _saved_model(args) if args.model else None  # an unknown version: before any work
+    if args.protocol == "weak":
+        return _evaluate_weak(args, model)
+    if args.protocol == "time":
+        return _evaluate_time(args, model)
     data, source = _load_data(args)
+    if model is not None:
+        return _evaluate_saved_strong(args, model, data, source)
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
     grid, scarce = [], []
     if not args.svd_only and args.variants == "all":
@@ -449,10 +456,72 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_weak(args: argparse.Namespace) -> int:
+def _saved_model(args: argparse.Namespace) -> Any:
+    """``--model V``: the version V of the deployment's model store (or a version directory)."""
+    from ledrec.stream.model_store import ModelStores
+
+    stores = ModelStores(_settings(args))
+    return stores.load(stores.locate(args.model))
+
+
+def _report_saved(args: argparse.Namespace, model: Any, protocol: str, item_ids: Any,
+                  score: Callable[[Any], dict[str, float]], **context: Any) -> int:  # fmt: skip
+    """Score the saved ``model``, write the report, print its table."""
+    from ledrec.training.saved_model import render_model_markdown, run_model_evaluate
+
+    report = run_model_evaluate(model, protocol, item_ids, score, Path(args.out), **context)
+    print(render_model_markdown(report))
+    print(f"report written to {args.out}/report.md and {args.out}/report.json")
+    return 0
+
+
+def _evaluate_saved_strong(args: argparse.Namespace, model: Any, data: Any, source: str) -> int:
+    """``evaluate --model V`` on the strong protocol's test users: the split ``ledrec
+    train`` makes with the same data, ``--seed`` and ``--n-heldout``."""
+    from ledrec.training.evaluate import evaluate_scores
+    from ledrec.training.split import strong_generalization_split
+
+    n_heldout = _n_heldout(args, data)
+    trained = model.provenance.get("config", {})
+    for name, value in (("seed", args.seed), ("n_heldout", n_heldout)):
+        if name in trained and trained[name] != value:
+            print(f"note: {model.version} was trained with {name} {trained[name]}, not "
+                  f"{value}: some test users here may have been its training users")  # fmt: skip
+    if model.provenance.get("source", source) != source:
+        print(f"note: {model.version} was trained on {model.provenance['source']}")
+    split = strong_generalization_split(data, n_heldout=n_heldout, seed=args.seed)
+    definition = (
+        f"Strong generalization (Mult-VAE protocol), seed {args.seed}: {n_heldout} test "
+        "users held out of training, encoded from 80% of their clicks (the fold-in), "
+        "ranking every catalog item but those; Recall@20/50 and NDCG@100 on the rest."
+    )
+    counts = {"test_users": int(split.test_in.shape[0]), "items": int(split.item_ids.shape[0])}
+    return _report_saved(
+        args, model, "strong", split.item_ids,
+        lambda fn: evaluate_scores(fn, split.test_in, split.test_out),
+        data=counts, source=source, definition=definition,
+    )  # fmt: skip
+
+
+def _finetune_default(args: argparse.Namespace) -> Any:
+    """The weak and time protocols' one fine-tuned LED: the default loss and variant."""
+    if args.svd_only:
+        return None
+    from ledrec.training.finetune import FinetuneConfig
+
+    overrides = {} if args.epochs is None else {"epochs": args.epochs}
+    return FinetuneConfig(dim=args.dim, seed=args.seed, **overrides)
+
+
+def _evaluate_weak(args: argparse.Namespace, model: Any) -> int:
     """``evaluate --protocol weak``: train/test files, or a seeded 80/20 split of one source."""
     from ledrec.training.jobs import PretrainConfig
-    from ledrec.training.weak_protocol import run_weak_evaluate, split_from_files, split_one_source
+    from ledrec.training.weak_protocol import (
+        run_weak_evaluate,
+        split_from_files,
+        split_one_source,
+        weak_metrics,
+    )
 
     if args.train or args.test or args.valid:
         if not (args.train and args.test):
@@ -474,20 +543,81 @@ def _evaluate_weak(args: argparse.Namespace) -> int:
         data, source = _load_data(args)
         split = split_one_source(data, seed=args.seed, n_val=args.n_heldout)
         source += f" (per-user 80/20 split of the clicks, seed {args.seed})"
-    finetune = None
-    if not args.svd_only:
-        from ledrec.training.finetune import FinetuneConfig
-
-        overrides = {} if args.epochs is None else {"epochs": args.epochs}
-        finetune = FinetuneConfig(dim=args.dim, seed=args.seed, **overrides)
+    if model is not None:
+        definition = (
+            "Weak generalization (LightGCN protocol): each test user encoded from their "
+            "train clicks, ranking every item but their training items; Recall@20 = hits / "
+            "the user's test items, NDCG@20 binary. The model must not have learned from "
+            "the test interactions."
+        )
+        counts = {
+            "test_users": int((split.n_test > 0).sum()),
+            "items": int(split.item_ids.shape[0]),
+        }
+        return _report_saved(
+            args, model, "weak", split.item_ids, lambda fn: weak_metrics(fn, split),
+            data=counts, source=source, definition=definition,
+        )  # fmt: skip
     run_weak_evaluate(
         split,
         Path(args.out),
-        finetune,
+        _finetune_default(args),
         pretrain=PretrainConfig(dim=args.dim),
         seed=args.seed,
         source=source,
         progress=print,
+    )
+    print(f"report written to {args.out}/report.md and {args.out}/report.json")
+    return 0
+
+
+def _timed_events(args: argparse.Namespace) -> tuple[Any, str]:
+    """The source's events with their times (``--movielens``, ``--data``, ``--events`` or
+    the synthetic generator's)."""
+    from ledrec.training.formats import read_timed_events
+
+    if args.movielens:
+        return read_timed_events(Path(args.movielens)), f"movielens:{args.movielens}"
+    if args.events:
+        return read_timed_events(Path(args.events), "events"), f"events:{args.events}"
+    if args.data:
+        return read_timed_events(Path(args.data), args.format), f"{args.data}"
+    from ledrec.training.synthetic import SyntheticConfig, synthetic_timed_events
+
+    config = SyntheticConfig(
+        n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed
+    )
+    return synthetic_timed_events(config), f"synthetic:{config}"
+
+
+def _evaluate_time(args: argparse.Namespace, model: Any) -> int:
+    """``evaluate --protocol time``: the global time split at the ``--cutoff`` quantile."""
+    from ledrec.training.jobs import PretrainConfig
+    from ledrec.training.time_protocol import DEFAULT_CUTOFF_QUANTILE, time_metrics, time_split
+    from ledrec.training.weak_protocol import run_weak_evaluate
+
+    events, source = _timed_events(args)
+    quantile = DEFAULT_CUTOFF_QUANTILE if args.cutoff is None else args.cutoff
+    timed = time_split(events, quantile, n_val=args.n_heldout, seed=args.seed)
+    split = timed.split
+    if model is not None:
+        counts = {"test_users": int((split.n_test > 0).sum()), **timed.counts()}
+        return _report_saved(
+            args, model, "time", split.item_ids, lambda fn: time_metrics(fn, split),
+            data=counts, source=source, definition=timed.definition(),
+        )  # fmt: skip
+    run_weak_evaluate(
+        split,
+        Path(args.out),
+        _finetune_default(args),
+        pretrain=PretrainConfig(dim=args.dim),
+        seed=args.seed,
+        source=source,
+        progress=print,
+        protocol="time",
+        metrics=time_metrics,
+        definition=timed.definition(),
+        data=timed.counts(),
     )
     print(f"report written to {args.out}/report.md and {args.out}/report.json")
     return 0
@@ -779,9 +909,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--out", default="reports/evaluate")
     evaluate.add_argument(
-        "--protocol", choices=["strong", "weak"], default="strong",
+        "--protocol", choices=["strong", "weak", "time"], default="strong",
         help="strong: held-out users (Mult-VAE, the paper's Table 2); weak: every user "
-        "trains, Recall/NDCG@20 on each user's test items (LightGCN's protocol)",
+        "trains, Recall/NDCG@20 on each user's test items (LightGCN's protocol); time: "
+        "train on the events before a cutoff, predict each user's later clicks",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--model", metavar="VERSION",
+        help="score this saved version of the model store (or a version directory) on the "
+        "protocol's test users, without training",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--cutoff", type=float, metavar="Q",
+        help="time: the cutoff, a quantile of the event times (default 0.8)",
     )  # fmt: skip
     evaluate.add_argument(
         "--variants", choices=["default", "all"], default="default",

@@ -112,14 +112,32 @@ class _RequestIds:
             request_id = new_request_id()
         header = (b"x-request-id", request_id.encode())
 
+        started = False
+
         async def sending(message: Any) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         token = _REQUEST_ID.set(request_id)
         try:
             await self.app(scope, receive, sending)
+        except Exception:
+            # Answered here, not by Starlette's outermost error middleware, so that a 500
+            # too carries the id its log line names.
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"],
+                          extra={"request_id": request_id})  # fmt: skip
+            if started:
+                raise
+            body = json.dumps(
+                {"error": {"code": "internal", "message": f"internal error ({request_id})"}}
+            ).encode()
+            await sending({"type": "http.response.start", "status": 500,
+                           "headers": [(b"content-type", b"application/json"),
+                                       (b"content-length", b"%d" % len(body))]})  # fmt: skip
+            await sending({"type": "http.response.body", "body": body})
         finally:
             _REQUEST_ID.reset(token)
 
@@ -145,7 +163,13 @@ class _Measured:
                 HTTP_REQUESTS.labels(route, str(status[0])).inc()
             await send(message)
 
-        await self.app(scope, receive, sending)
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
+            HTTP_REQUESTS.labels(route, "500").inc()  # answered by _RequestIds
+            raise
 
 
 # -- the API's bodies ------------------------------------------------------------------------

@@ -250,3 +250,19 @@ class ModelStores:
 
     def versions(self) -> list[str]:
         return self.target.versions()
+
+    def locate(self, version: str) -> str:
+        """The location of ``version`` in the deployment's store (or of a version directory
+        given by its path); ArtifactError naming the store when it holds no such version."""
+        if (Path(version) / MANIFEST).is_file():
+            return version
+        known = self.versions()
+        if version not in known:
+            newest = f"; newest {known[-1]}" if known else ""
+            raise ArtifactError(
+                f"no model version {version!r} in the model store "
+                f"{self.settings.model_store_url} ({len(known)} versions{newest})"
+            )
+        if isinstance(self.target, S3Store):
+            return self.target.url_of(version)
+        return str(self.settings.model_store_path / version)

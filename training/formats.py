@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from ledrec.training.dataset import Interactions, from_arrays, load_events_file
+from ledrec.training.dataset import (
+    CLICK_TYPES,
+    VIEW_TYPES,
+    Interactions,
+    from_arrays,
+    load_events_file,
+)
 
 FORMATS = ("lines", "udata", "dat", "csv", "events")
 CLICK_RATING = 4.0
@@ -51,6 +57,24 @@ class Ratings:
     def to_interactions(self) -> Interactions:
         """Every row a view; clicks by ``is_click``."""
         return from_arrays(self.users, self.items, np.ones(len(self.users), bool), self.is_click)
+
+    def to_timed_events(self, path: Path | str = "") -> TimedEvents:
+        """The rows as events in time; a FormatError when the file has no timestamps."""
+        if self.timestamps is None:
+            raise FormatError(
+                f"{path or 'the data'}: no timestamp column (the time protocol needs one)"
+            )
+        return TimedEvents(self.users, self.items, self.is_click, self.timestamps)
+
+
+@dataclass
+class TimedEvents:
+    """One event per row, in any order: every row is a view, ``is_click`` its positives."""
+
+    users: npt.NDArray[np.str_]
+    items: npt.NDArray[np.str_]
+    is_click: npt.NDArray[np.bool_]
+    ts: npt.NDArray[np.float64]  # epoch seconds (any monotone clock)
 
 
 class FormatError(ValueError):
@@ -197,6 +221,44 @@ def read_ratings(path: Path, fmt: str | None = None) -> Ratings:
     if fmt == "events":
         raise FormatError(f"{path}: events carry types, not ratings; read with read_interactions")
     raise FormatError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+
+
+def read_timed_events(path: Path, fmt: str | None = None) -> TimedEvents:
+    """Events with their times from any supported file that has them: a ratings file's
+    timestamp column, or ledrec events (CSV or Parquet) with a ``ts`` column."""
+    path = Path(path)
+    fmt = fmt or detect_format(path)
+    if fmt != "events":
+        return read_ratings(path, fmt).to_timed_events(path)
+    if path.suffix == ".parquet" or path.is_dir():
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ImportError(
+                "Parquet input needs pyarrow: pip install 'ledrec[parquet]'"
+            ) from None
+        names = ["user_id", "item_id", "type", "ts"]
+        table = pq.read_table(path, columns=names)  # type: ignore[no-untyped-call]
+        users, items, kinds, ts = (table.column(n).to_numpy(zero_copy_only=False) for n in names)
+    else:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        header = [h.strip() for h in rows[0]] if rows else []
+        if "ts" not in header:
+            raise FormatError(f"{path}: no ts column (the time protocol needs one)")
+        try:
+            u, i, t, c = (header.index(n) for n in ("user_id", "item_id", "type", "ts"))
+        except ValueError:
+            raise FormatError(f"{path}: header must name user_id,item_id,type,ts") from None
+        body = [r for r in rows[1:] if r]
+        users, items, kinds = (np.array([r[c] for r in body], dtype=str) for c in (u, i, t))
+        ts = _float_column([r[c] for r in body], path, "ts")
+    kinds = np.asarray(kinds).astype(str)
+    keep = np.isin(kinds, list(VIEW_TYPES))
+    return TimedEvents(
+        np.asarray(users).astype(str)[keep], np.asarray(items).astype(str)[keep],
+        np.isin(kinds[keep], list(CLICK_TYPES)), np.asarray(ts, dtype=np.float64)[keep],
+    )  # fmt: skip
 
 
 def read_interactions(path: Path, fmt: str | None = None) -> Interactions:

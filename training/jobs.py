@@ -7,7 +7,6 @@ The command line is ``ledrec evaluate`` and ``ledrec train`` (ledrec/cli.py).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
 
 from ledrec.stream.artifact import Model, save_model
 from ledrec.training.baselines import EASE_LAMBDAS, ease_score_fn, popularity_score_fn, tune_ease
@@ -25,6 +23,8 @@ from ledrec.training.dataset import Interactions
 from ledrec.training.evaluate import evaluate_scores, led_score_fn
 from ledrec.training.item_knn import tune_item_knn
 from ledrec.training.pretrain import popularity_biases, pretrain_embeddings
+from ledrec.training.report import write_report
+from ledrec.training.saved_model import catalog_score_fn
 from ledrec.training.selection import Candidate, choose, selection_record, step_floor
 from ledrec.training.split import Split, strong_generalization_split
 
@@ -122,19 +122,9 @@ class ZeroShot:
 
 def baseline_metrics(model: Model, split: Split) -> dict[str, float]:
     """``model``'s validation metrics on ``split``'s validation users (another version's
-    catalog: its items map by id; items it does not know count for nothing and are never
-    recommended, as online)."""
-    rows = np.fromiter(
-        (model.row_of.get(str(i), -1) for i in split.item_ids), dtype=np.int64,
-        count=len(split.item_ids),
-    )  # fmt: skip
-    known = rows >= 0
-    embeddings = np.zeros((len(rows), model.dim), dtype=np.float32)
-    embeddings[known] = model.embeddings[rows[known]]
-    biases = np.full(len(rows), -1e30, dtype=np.float32)
-    biases[known] = model.biases[rows[known]]
-    inputs = sp.csr_matrix(split.val_in.multiply(known[None, :].astype(np.float32)))
-    metrics = evaluate_scores(led_score_fn(embeddings, biases), inputs, split.val_out)
+    catalog: its items map by id, ``saved_model.catalog_score_fn``)."""
+    score_fn, _ = catalog_score_fn(model, split.item_ids)
+    metrics = evaluate_scores(score_fn, split.val_in, split.val_out)
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -365,9 +355,7 @@ def run_evaluate(
         "scarce_rows": scarce_rows,
         "stage_seconds": clock.seconds,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
-    (out_dir / "report.md").write_text(render_markdown(report))
+    write_report(report, out_dir, render_markdown)
     clock.say(f"report written to {out_dir}")
     return report
 

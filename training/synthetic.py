@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ledrec.training.dataset import Interactions, from_arrays
+from ledrec.training.formats import TimedEvents
 
 EVENT_TYPES = ("view", "click", "sale")  # index = code in SyntheticEvents.kind
 
@@ -151,3 +152,10 @@ def synthetic_interactions(config: SyntheticConfig) -> Interactions:
     data.user_ids = user_id(data.user_ids.astype(np.int64))
     data.item_ids = item_id(data.item_ids.astype(np.int64))
     return data
+
+
+def synthetic_timed_events(config: SyntheticConfig) -> TimedEvents:
+    """The configured world's events with their times (ids as ``iter_events``); a click or
+    a sale is a click."""
+    events = generate(config)
+    return TimedEvents(user_id(events.user), item_id(events.item), events.kind >= 1, events.ts)

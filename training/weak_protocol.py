@@ -18,9 +18,8 @@ clicks).
 from __future__ import annotations
 
 import itertools
-import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ from ledrec.training.dataset import Interactions, binary_matrix
 from ledrec.training.evaluate import ScoreFn, led_score_fn
 from ledrec.training.formats import Ratings
 from ledrec.training.item_knn import tune_item_knn
+from ledrec.training.report import metric_label, write_report
 from ledrec.training.split import DEFAULT_N_HELDOUT, Split, fold_in_split
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class WeakSplit:
     n_test: npt.NDArray[np.int64]  # (U,) test items, including those outside the catalog
 
 
-def _minus(a: sp.csr_matrix, b: sp.csr_matrix) -> sp.csr_matrix:
+def minus(a: sp.csr_matrix, b: sp.csr_matrix) -> sp.csr_matrix:
     """Binary a AND NOT b."""
     out = (a - a.multiply(b)).tocsr()
     out.eliminate_zeros()
@@ -119,7 +119,7 @@ def weak_split(
     out = val_out.tocoo()
     lent = binary_matrix(val_users[out.row], out.col, train_clicks.shape)  # (U, I)
     return WeakSplit(
-        user_ids, item_ids[catalog], _minus(train_views, lent), _minus(train_clicks, lent),
+        user_ids, item_ids[catalog], minus(train_views, lent), minus(train_clicks, lent),
         val_in, val_out, train_clicks, train_views, test, n_test,
     )  # fmt: skip
 
@@ -161,21 +161,22 @@ def split_one_source(
     least one when they have two) to test; the rest, and every view, to train."""
     rng = np.random.default_rng(seed)
     train_clicks, test = fold_in_split(data.clicks, 1.0 - test_share, rng)
-    train_views = _minus(data.views, test)
+    train_views = minus(data.views, test)
     return weak_split(
         data.user_ids, data.item_ids, train_views, train_clicks, test, None, n_val, seed + 1
     )
 
 
-def weak_metrics(
-    score_fn: ScoreFn, split: WeakSplit, k: int = WEAK_K, max_cells: int = 20_000_000
-) -> dict[str, float]:
-    """{"recall@k", "ndcg@k"} averaged over the users with a test item (LightGCN's)."""
+SplitMetrics = Callable[[ScoreFn, "WeakSplit"], dict[str, float]]
+
+
+def ranked_hits(
+    score_fn: ScoreFn, split: WeakSplit, k: int, max_cells: int = 20_000_000
+) -> Iterator[tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]]:
+    """Batches of ((b, k) True where the rank-r item is a test item, (b,) test items) over
+    the users with a test item: encoded from ``inputs``, their ``known`` items never ranked."""
     users = np.flatnonzero(split.n_test > 0)
     batch = max(1, max_cells // max(split.item_ids.shape[0], 1))
-    discount = 1.0 / np.log2(np.arange(2, k + 2))  # (k,)
-    ideal = np.concatenate([[0.0], np.cumsum(discount)])  # ideal[m]: DCG of m hits on top
-    recall_sum = ndcg_sum = 0.0
     for start in range(0, len(users), batch):
         rows = users[start : start + batch]
         scores = np.array(score_fn(split.inputs[rows]), dtype=np.float64)  # (b, I) private
@@ -186,10 +187,20 @@ def weak_metrics(
         top = np.take_along_axis(part, order, axis=1)  # (b, kk) best first
         flat_rows = np.repeat(rows, top.shape[1])
         hits = np.asarray(split.test[flat_rows, top.ravel()]).reshape(top.shape) > 0
-        n_test = split.n_test[rows]
+        yield hits, split.n_test[rows]
+
+
+def weak_metrics(score_fn: ScoreFn, split: WeakSplit, k: int = WEAK_K) -> dict[str, float]:
+    """{"recall@k", "ndcg@k"} averaged over the users with a test item (LightGCN's)."""
+    discount = 1.0 / np.log2(np.arange(2, k + 2))  # (k,)
+    ideal = np.concatenate([[0.0], np.cumsum(discount)])  # ideal[m]: DCG of m hits on top
+    recall_sum = ndcg_sum = 0.0
+    n = 0
+    for hits, n_test in ranked_hits(score_fn, split, k):
         recall_sum += float((hits.sum(axis=1) / n_test).sum())
-        ndcg_sum += float(((hits @ discount[:kk]) / ideal[np.minimum(n_test, k)]).sum())
-    n = max(len(users), 1)
+        ndcg_sum += float(((hits @ discount[: hits.shape[1]]) / ideal[np.minimum(n_test, k)]).sum())
+        n += len(n_test)
+    n = max(n, 1)
     return {f"recall@{k}": recall_sum / n, f"ndcg@{k}": ndcg_sum / n}
 
 
@@ -225,9 +236,16 @@ def run_weak_evaluate(
     seed: int = 0,
     source: str = "",
     progress: Progress | None = None,
+    protocol: str = "weak",
+    metrics: SplitMetrics = weak_metrics,
+    definition: str = "",
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Popularity, EASE, item-kNN, SVD-only LED and fine-tuned LED (unless
-    ``finetune_config`` is None) on ``split``; writes report.json and report.md."""
+    ``finetune_config`` is None) on ``split``; writes report.json and report.md.
+
+    Another protocol on a WeakSplit (the time split) names itself (``protocol``), brings its
+    ``metrics``, a one-paragraph ``definition`` for the report and ``data`` counts."""
     from ledrec.training.jobs import PretrainConfig, Stopwatch, zero_shot
     from ledrec.training.pretrain import pretrain_embeddings
 
@@ -238,8 +256,8 @@ def run_weak_evaluate(
 
     def add(model: str, variant: str, seconds: float, score_fn: ScoreFn, **extra: Any) -> None:
         with clock.stage(f"test {model} {variant}".strip()):
-            metrics = weak_metrics(score_fn, split)
-        rows.append({"model": model, "variant": variant, "seconds": seconds, **metrics, **extra})
+            figures = metrics(score_fn, split)
+        rows.append({"model": model, "variant": variant, "seconds": seconds, **figures, **extra})
 
     with clock.stage("popularity"):
         pop = popularity_score_fn(split.fit_clicks)
@@ -285,7 +303,8 @@ def run_weak_evaluate(
         if ease_row is not None and f"recall@{WEAK_K}" in row:
             row[f"recall@{WEAK_K} / EASE"] = row[f"recall@{WEAK_K}"] / ease_row[f"recall@{WEAK_K}"]
     report = {
-        "protocol": "weak",
+        "protocol": protocol,
+        "definition": definition,
         "source": source,
         "seed": seed,
         "data": {
@@ -297,47 +316,56 @@ def run_weak_evaluate(
             "test_users": int((split.n_test > 0).sum()),
             "test_items": int(split.n_test.sum()),
             "test_items_outside_catalog": int(split.n_test.sum() - split.test.nnz),
+            **(data or {}),
         },
         "pretrain": asdict(pre),
         "rows": rows,
         "stage_seconds": clock.seconds,
         "total_seconds": time.perf_counter() - started,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
-    (out_dir / "report.md").write_text(render_weak_markdown(report))
+    write_report(report, out_dir, render_weak_markdown)
     clock.say(f"report written to {out_dir}")
     return report
+
+
+PROTOCOL_TITLES = {"weak": "weak generalization", "time": "global time split"}
 
 
 def render_weak_markdown(report: dict[str, Any]) -> str:
     d = report["data"]
     k = WEAK_K
-    lines = [
-        f"# LED evaluation, weak generalization — {report['source'] or 'interactions'}",
-        "",
+    definition = report.get("definition") or (
         f"Every user trains (LightGCN protocol), seed {report['seed']}: {d['users']} users, "
         f"{d['items']} items, {d['fit_clicks']} training clicks; {d['test_users']} test users "
         f"with {d['test_items']} test items ({d['test_items_outside_catalog']} outside the "
         f"training catalog, counted as misses). Model selection on {d['validation_users']} "
         f"validation users. Recall@{k} = hits / the user's test items; NDCG@{k} binary, ideal "
-        f"DCG over min({k}, |test|); both averaged over test users. d = "
-        f"{report['pretrain']['dim']}. Train s = fitting (EASE, item-kNN: every value of "
-        "the grid; LED: pre-training + fine-tuning).",
+        f"DCG over min({k}, |test|); both averaged over test users."
+    )
+    scored = [r for r in report["rows"] if f"recall@{k}" in r]
+    names = [n for n in scored[0] if "@" in n and "/" not in n] if scored else []
+    lines = [
+        f"# LED evaluation, {PROTOCOL_TITLES.get(report['protocol'], report['protocol'])} — "
+        f"{report['source'] or 'interactions'}",
         "",
-        f"| Model | Variant | Recall@{k} | NDCG@{k} | R@{k} / EASE | Chosen | Train s |",
-        "|---|---|---|---|---|---|---|",
-    ]
+        f"{definition} d = {report['pretrain']['dim']}. Train s = fitting (EASE, item-kNN: "
+        "every value of the grid; LED: pre-training + fine-tuning).",
+        "",
+        "| Model | Variant | " + " | ".join(map(metric_label, names))
+        + f" | R@{k} / EASE | Chosen | Train s |",
+        "|---|---|" + "---|" * (len(names) + 3),
+    ]  # fmt: skip
     for r in report["rows"]:
         if f"recall@{k}" not in r:
-            lines.append(f"| {r['model']} | {r['variant']} | | | | | |")
+            lines.append(f"| {r['model']} | {r['variant']} |" + " |" * (len(names) + 3))
             continue
         ratio = r.get(f"recall@{k} / EASE")
         chosen = next(
             (f"{name} {r[name]:g}" for name in ("lam", "k", "scale", "best_epoch") if name in r), ""
         )
+        figures = " | ".join(f"{r[n]:.4f}" for n in names)
         lines.append(
-            f"| {r['model']} | {r['variant']} | {r[f'recall@{k}']:.4f} | {r[f'ndcg@{k}']:.4f} | "
+            f"| {r['model']} | {r['variant']} | {figures} | "
             f"{'' if ratio is None else f'{ratio:.2f}'} | {chosen} | {r['seconds']:.1f} |"
         )
     seconds = ", ".join(f"{name} {v:.1f}s" for name, v in report["stage_seconds"].items())

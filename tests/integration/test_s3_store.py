@@ -115,3 +115,29 @@ def test_a_local_load_of_the_cached_copy_checks_it_again(
     cached.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="checksum mismatch"):
         ModelStores(reader).load(location)
+
+
+def test_evaluate_scores_a_version_of_the_s3_store(
+    s3_store: str, s3_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ledrec evaluate --model V`` on another host reads V from the deployment's store:
+    the figures are those ``ledrec train`` measured on the same test users."""
+    import json
+
+    from ledrec.cli import main
+
+    monkeypatch.setenv("LEDREC_MODEL_STORE", s3_store)
+    monkeypatch.setenv("LEDREC_S3_ENDPOINT_URL", s3_server)
+    data = ["--synthetic-users", "600", "--synthetic-items", "100"]
+    trainer, reader = tmp_path / "trainer-host", tmp_path / "reader-host"
+    assert main(["--home", str(trainer), "train", "--svd-only", "--dim", "8", *data]) == 0
+    (version,) = ModelStores(Settings(home=trainer)).versions()
+    out = tmp_path / "report"
+    argv = ["--home", str(reader), "evaluate", "--model", version, *data, "--out", str(out)]
+    assert main(argv) == 0
+    (row,) = json.loads((out / "report.json").read_text())["rows"]
+    model = ModelStores(Settings(home=reader)).load(f"{s3_store}/{version}")
+    assert {k: row[k] for k in ("recall@20", "recall@50", "ndcg@100")} == {
+        k: model.metrics[f"test_{k}"] for k in ("recall@20", "recall@50", "ndcg@100")
+    }
+    assert main(["--home", str(reader), "evaluate", "--model", "v-gone", *data]) == 1
