@@ -27,7 +27,6 @@ robin, as ``stream.client`` does, each on a connection to the primary owning the
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing as mp
 import random
 import resource
@@ -40,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.clients import LoadSpec, due_times
 from benchmarks.common import (
     RESULTS,
     bench_settings,
@@ -56,6 +56,12 @@ from benchmarks.common import (
 )
 
 NAME = "serving"
+CLIENTS = {  # --client: how each load generator is described
+    "lean": "the lean raw-socket generator (bounded-push script + BLPOP in one round trip,"
+    " select loop)",
+    "sync": "the sync RecommenderClient (a thread per caller)",
+    "asyncio": "the AsyncRecommenderClient (a task per call, multiplexed)",
+}
 TARGET_RATE = 3200
 TARGET_RECALL = 0.95
 
@@ -184,6 +190,9 @@ class _LeanLoad:
         client.close()
         self._turn = 0
         self.settings, self.sha = settings, sha
+        self.timeout_s = settings.request_timeout_s
+        # each queue holds its share of the deployment's bound, as in stream.client
+        self.bound = b"%d" % max(1, -(-settings.max_queue_length // len(self.lanes)))
         self.epoll = select.epoll()
         self.idle: list[list[Any]] = [[] for _ in self.lanes]
         # fd -> (socket, reply reader, replies so far, due time, lane)
@@ -212,11 +221,16 @@ class _LeanLoad:
         self.epoll.register(sock.fileno(), select.EPOLLIN)
         return sock
 
-    def send(self, user_id: str, due: float, timeout_s: float = 2.0) -> None:
+    def send(self, user_id: str, due: float) -> None:
         import hiredis
 
         from ledrec.stream import protocol
 
+        timeout_s = self.timeout_s
+        if len(self.busy) >= _MAX_IN_FLIGHT:  # an overload must not exhaust Redis's clients
+            if due >= self.measure_from:
+                self.errors[_AT_CAP] = self.errors.get(_AT_CAP, 0) + 1
+            return
         lane = self._turn % len(self.lanes)
         self._turn += 1
         queue = self.lanes[lane][0]
@@ -226,7 +240,7 @@ class _LeanLoad:
         idle = self.idle[lane]
         sock = idle.pop() if idle else self._connect(lane)
         sock.sendall(
-            _pack(b"EVALSHA", self.sha, b"1", queue, protocol.encode_request(req), b"1000000")
+            _pack(b"EVALSHA", self.sha, b"1", queue, protocol.encode_request(req), self.bound)
             + _pack(b"BLPOP", req.reply_to.encode(), b"%d" % max(1, round(timeout_s)))
         )
         self.busy[sock.fileno()] = (sock, hiredis.Reader(), [], due, lane)
@@ -258,7 +272,7 @@ class _LeanLoad:
                 if pushed == -1:
                     raise Overloaded("request queue is full")
                 if raw is None:
-                    raise Timeout("no reply within 2s")
+                    raise Timeout(f"no reply within {self.timeout_s}s")
                 read_reply(raw[1])
             except RecommendError as e:
                 error = type(e).__name__
@@ -272,9 +286,9 @@ class _LeanLoad:
     def _done(self, fd: int) -> None:
         del self.busy[fd]
 
-    def expire(self, timeout_s: float = 2.0) -> None:
+    def expire(self) -> None:
         """Count and drop the requests with no complete reply a second past their timeout."""
-        late = time.time() - timeout_s - 1.0
+        late = time.time() - self.timeout_s - 1.0
         for fd, (sock, _, _, due, _) in list(self.busy.items()):
             if due < late:
                 self._done(fd)
@@ -287,6 +301,12 @@ class _LeanLoad:
             sock.close()
         self.epoll.close()
 
+
+# Requests in flight per load process, at most (2x capacity offered leaves rate x timeout
+# in flight, each on a socket: far past redis-server's 10,000 clients); a request due
+# beyond it is not sent, and counted.
+_MAX_IN_FLIGHT = 4096
+_AT_CAP = "unsent (lean generator at its in-flight cap)"
 
 # An answered request's two replies (":<queue length>" then a BLPOP array holding the key
 # and a msgpack reply with id, version and source) are well over 64 bytes; an overloaded
@@ -301,20 +321,6 @@ def _fine_timer_slack() -> None:
 
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    """One load generator's share of a load point."""
-
-    mode: str  # "closed" (concurrency clients) or "open" (rate requests/s)
-    concurrency: int
-    rate: float
-    offset: float  # open loop: this process's arrivals, shifted to interleave with the others
-    arrivals: str  # "uniform" or "poisson"
-    start_at: float  # epoch s: all generators start together
-    warmup: float
-    seconds: float
 
 
 def _lean_load(settings: Any, users: list[str], spec: LoadSpec) -> dict[str, Any]:
@@ -345,15 +351,17 @@ def _lean_load(settings: Any, users: list[str], spec: LoadSpec) -> dict[str, Any
             for _ in range(before - len(load.busy)):  # each answered client asks again
                 load.send(rng.choice(users), time.time())
     else:
-        due = start_at + spec.offset / rate
-        while due < load.end:
+        dues = due_times(spec, rate, rng, spec.offset)
+        due = next(dues, None)
+        while due is not None:
             now = time.time()
-            while due <= now and due < load.end:
+            while due is not None and due <= now:
                 load.send(rng.choice(users), due)
-                due += rng.expovariate(rate) if spec.arrivals == "poisson" else 1.0 / rate
-            load.poll(max(0.0, due - time.time()))
+                due = next(dues, None)
+            load.poll(max(0.0, (due or now) - time.time()))
             load.expire()
-    unanswered_by = time.time() + 5.0  # every reply comes within its 2 s BLPOP timeout
+    # every reply comes within its BLPOP timeout
+    unanswered_by = time.time() + load.timeout_s + 3.0
     while load.busy and time.time() < unanswered_by:
         load.poll(0.05)
         load.expire()
@@ -366,77 +374,45 @@ def _lean_load(settings: Any, users: list[str], spec: LoadSpec) -> dict[str, Any
 
 
 def _load(
-    settings: Any, users: list[str], spec: LoadSpec, client_kind: str, out: Any
-) -> None:  # child: a load generator (lean RPC client, or the project's asyncio client)
+    settings: Any,
+    users: list[str],
+    specs: list[LoadSpec],
+    client_kind: str,
+    out: Any,
+    barrier: Any,
+    start: Any,
+    first: bool,
+) -> None:  # child: a load generator (lean RPC client, or one of the library clients)
+    """Run ``specs`` in turn, together with the other load processes (``synchronized``),
+    on one library client, so what an overload leaves behind shows in the next point.
+    The ``first`` process also measures redis-server's CPU over each measured window."""
+    from benchmarks.clients import drive, synchronized
+
+    pin("load")
+    started: list[LoadSpec] = []
+    redis_cpu: list[dict[str, float]] = []
+    samplers: list[threading.Thread] = []
+
+    def sampled() -> Any:
+        for spec in synchronized(specs, barrier, start, started):
+            if first:
+                redis_cpu.append({})
+                window = (settings.redis_url, spec.measure_from, spec.end, redis_cpu[-1])
+                samplers.append(threading.Thread(target=_redis_cpu_between, args=window))
+                samplers[-1].start()
+            yield spec
+
     if client_kind == "lean":
-        pin("load")
-        out.put(_lean_load(settings, users, spec))
-        return
-    mode, concurrency, rate, start_at = spec.mode, spec.concurrency, spec.rate, spec.start_at
-    offset, arrivals, warmup, seconds = spec.offset, spec.arrivals, spec.warmup, spec.seconds
-    from redis.exceptions import RedisError
-
-    from ledrec.stream.client import AsyncRecommenderClient, RecommendError
-
-    async def main() -> dict[str, Any]:
-        library = AsyncRecommenderClient.from_url(
-            settings.redis_url,
-            2.0,
-            queue=settings.request_queue,
-            prefix=settings.key_prefix,
-            max_queue_length=1_000_000,
-            queues=settings.request_queues,
-        )
-        conn = library.client
-        rng = random.Random()
-        lat: list[float] = []
-        errors: dict[str, int] = {}
-        measure_from = start_at + warmup
-        end = measure_from + seconds
-
-        async def one(scheduled: float) -> None:
-            try:
-                await library.request(user_id=rng.choice(users), k=10)
-            except (RecommendError, RedisError, OSError) as e:
-                if scheduled >= measure_from:
-                    errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
-                return
-            if measure_from <= scheduled:
-                lat.append(time.time() - scheduled)
-
-        # open the connections before the clock starts (connects are not requests)
-        n_conn = concurrency if mode == "closed" else 64
-        await asyncio.gather(*(conn.ping() for _ in range(n_conn)))
-        while time.time() < start_at:
-            await asyncio.sleep(0.001)
-        cpu0 = time.process_time()
-        if mode == "closed":
-
-            async def worker() -> None:
-                while time.time() < end:
-                    await one(time.time())
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        else:
-            tasks: set[asyncio.Task[None]] = set()
-            scheduled = start_at + offset / rate
-            while scheduled < end:
-                delay = scheduled - time.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.create_task(one(scheduled))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                scheduled += rng.expovariate(rate) if arrivals == "poisson" else 1.0 / rate
-            if tasks:
-                await asyncio.wait(tasks, timeout=5)
-            if tasks:
-                errors["unanswered"] = len(tasks)
-        cpu = time.process_time() - cpu0
-        await conn.aclose()
-        return {"latencies": lat, "errors": errors, "cpu_s": cpu}
-
-    out.put(asyncio.run(main()))
+        results = [_lean_load(settings, users, spec) for spec in sampled()]
+    else:
+        results = drive(client_kind, settings, users, sampled())
+    for t in samplers:
+        t.join(10)
+    for j, (r, spec) in enumerate(zip(results, started, strict=True)):
+        r["window"] = [spec.measure_from, spec.end]
+        if first:
+            r["redis_cpu_s"] = redis_cpu[j].get("s", 0.0)
+    out.put(results)
 
 
 def _redis_cpu_between(url: str, start: float, end: float, out: dict[str, float]) -> None:
@@ -450,6 +426,16 @@ def _redis_cpu_between(url: str, start: float, end: float, out: dict[str, float]
     client.close()
 
 
+@dataclass(frozen=True)
+class Point:
+    """A load point: closed loop at ``total`` callers or open loop at ``total`` requests/s,
+    ``pause_s`` after the one before it in its sequence (the processes stay up)."""
+
+    mode: str
+    total: float
+    pause_s: float = 0.0
+
+
 def _run_load(
     settings: Any,
     users: list[str],
@@ -459,67 +445,107 @@ def _run_load(
     seconds: float,
     client_kind: str,
     arrivals: str = "uniform",
+    threads: int = 64,
 ) -> dict[str, Any]:
     """Run ``procs`` load generators; ``total`` = concurrency (closed) or req/s (open)."""
+    point = Point(mode, total)
+    return _run_loads(settings, users, [point], procs, seconds, client_kind, arrivals, threads)[0]
+
+
+def _run_loads(
+    settings: Any,
+    users: list[str],
+    points: list[Point],
+    procs: int,
+    seconds: float,
+    client_kind: str,
+    arrivals: str = "poisson",
+    threads: int = 64,
+) -> list[dict[str, Any]]:
+    """Run ``points`` in turn on the same ``procs`` load-generator processes (and, for a
+    library client, the same client objects), each point once all have ended the last."""
     ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    warmup = 1.0
-    start_at = time.time() + 3.0  # time for the spawned interpreters to import
+    out, barrier, start = ctx.Queue(), ctx.Barrier(procs), ctx.Value("d", 0.0)
+    specs = [
+        [
+            LoadSpec(
+                p.mode,
+                max(1, int(p.total) // procs),
+                p.total / procs,
+                i / procs,  # open loop: the processes' arrivals interleave
+                arrivals,
+                0.0,  # set when every process is ready (clients.synchronized)
+                1.0,  # warmup
+                seconds,
+                threads,
+                p.pause_s,
+            )
+            for p in points
+        ]
+        for i in range(procs)
+    ]
     children = [
         ctx.Process(
             target=_load,
-            args=(
-                settings,
-                users,
-                LoadSpec(
-                    mode,
-                    max(1, total // procs),
-                    total / procs,
-                    i / procs,  # open loop: the processes' arrivals interleave
-                    arrivals,
-                    start_at,
-                    warmup,
-                    seconds,
-                ),
-                client_kind,
-                out,
-            ),
+            args=(settings, users, specs[i], client_kind, out, barrier, start, i == 0),
         )
         for i in range(procs)
     ]
     for c in children:
         c.start()
-    redis_cpu: dict[str, float] = {}
-    sampler = threading.Thread(
-        target=_redis_cpu_between,
-        args=(settings.redis_url, start_at + warmup, start_at + warmup + seconds, redis_cpu),
-        daemon=True,
+    # bounded: spawning, then each point, its pause and its drain (a call ends by its timeout)
+    budget = 120 + sum(p.pause_s + seconds + settings.request_timeout_s + 10 for p in points)
+    per_child = sorted(
+        (out.get(timeout=budget) for _ in children), key=lambda r: "redis_cpu_s" not in r[0]
     )
-    sampler.start()
-    results = [out.get(timeout=seconds + 60) for _ in children]
     for c in children:
         c.join(10)
-    sampler.join(10)
+    return [
+        _merge([child[j] for child in per_child], point, seconds, procs, client_kind, arrivals)
+        for j, point in enumerate(points)
+    ]
+
+
+def _merge(
+    results: list[dict[str, Any]],
+    point: Point,
+    seconds: float,
+    procs: int,
+    client_kind: str,
+    arrivals: str,
+) -> dict[str, Any]:
+    """One load point's figures from its load processes' raw results (the first's with
+    redis-server's CPU)."""
+    redis_cpu = results[0]["redis_cpu_s"]
     lat = np.concatenate([np.asarray(r["latencies"]) for r in results])
     errors: dict[str, int] = {}
+    undocumented: dict[str, int] = {}
     for r in results:
         for k, v in r["errors"].items():
             errors[k] = errors.get(k, 0) + v
+        for k, v in r.get("undocumented", {}).items():
+            undocumented[k] = undocumented.get(k, 0) + v
     cpu = sum(r["cpu_s"] for r in results)
     kernel = sum(r.get("sys_s", 0.0) for r in results)
+    total = int(point.total) if point.total == int(point.total) else round(point.total)
     return {
         "load_generator_cpu_us_per_request": round(1e6 * cpu / max(1, lat.size), 1),
-        "load_generator_kernel_cpu_us_per_request": round(1e6 * kernel / max(1, lat.size), 1),
+        **(
+            {"load_generator_kernel_cpu_us_per_request": round(1e6 * kernel / max(1, lat.size), 1)}
+            if client_kind == "lean"
+            else {}
+        ),
         # redis-server's CPU over the measured window, per request answered in it
-        "redis_cpu_us_per_request": round(1e6 * redis_cpu.get("s", 0.0) / max(1, lat.size), 1),
-        "mode": mode,
-        ("concurrency" if mode == "closed" else "offered_per_s"): total,
+        "redis_cpu_us_per_request": round(1e6 * redis_cpu / max(1, lat.size), 1),
+        "mode": point.mode,
+        ("concurrency" if point.mode == "closed" else "offered_per_s"): total,
         "load_processes": procs,
         "client": client_kind,
-        **({"arrivals": arrivals} if mode == "open" else {}),
-        "window": [start_at + warmup, start_at + warmup + seconds],
+        **({"arrivals": arrivals} if point.mode == "open" else {}),
+        "window": results[0]["window"],
         "answered_per_s": round(lat.size / seconds),
         "errors": errors,
+        **({"undocumented": undocumented} if undocumented else {}),
         "latency": percentiles(lat),
     }
 
@@ -750,27 +776,45 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
 
         def loads(s: Any = s, kind: str = kind) -> list[dict[str, Any]]:
             points = []
-            for c in args.clients:
-                points.append(
-                    _run_load(s, users, "closed", c, args.procs, args.seconds, args.client)
-                )
-                print(f"    {kind:5s} closed {c:3d} clients: {_line(points[-1])}", flush=True)
-            closed_max = points[-1]["answered_per_s"] if points else 0
-            for rate in args.rate:
-                if kind == "exact" and closed_max <= rate:
-                    continue  # beyond what it sustains: every request would time out
-                points.append(
-                    _run_load(
-                        s, users, "open", rate, args.procs, args.seconds, args.client,
-                        args.arrivals,
-                    )
-                )  # fmt: skip
-                print(f"    {kind:5s} open {rate}/s: {_line(points[-1])}", flush=True)
+            for who in args.client if kind != "exact" else args.client[:1]:
+
+                def run(seq: list[Point], who: str = who) -> list[dict[str, Any]]:
+                    got = _run_loads(
+                        s, users, seq, args.procs, args.seconds, who, args.arrivals,
+                        args.sync_threads,
+                    )  # fmt: skip
+                    for p in got:
+                        load = f"closed {p['concurrency']:3d} callers" if p["mode"] == "closed" \
+                            else f"open {p['offered_per_s']}/s"  # fmt: skip
+                        print(f"    {kind:5s} {who:7s} {load}: {_line(p)}", flush=True)
+                    return got
+
+                closed = run([Point("closed", c) for c in args.clients])
+                closed_max = max((p["answered_per_s"] for p in closed), default=0)
+                # exact search past what it sustains: every request would time out
+                seq = [Point("open", r) for r in args.rate if kind != "exact" or closed_max > r]
+                overload = kind == "ivf" and args.recovery_s >= 0 and closed_max > 0
+                if overload:  # normal load, twice the client's capacity, normal load again
+                    normal = max(args.rate)
+                    if not seq or seq[-1].total != normal:
+                        seq.append(Point("open", normal))
+                    seq += [Point("open", 2 * closed_max), Point("open", normal, args.recovery_s)]
+                opened = run(seq)
+                if overload:
+                    opened[-3].setdefault("phase", "before_overload")
+                    opened[-2]["phase"], opened[-1]["phase"] = "overload", "after_overload"
+                    opened[-1]["recovery_wait_s"] = args.recovery_s
+                points += closed + opened
             return points
 
         profile = str(args.out / f"serving_profile_{tag}_{kind}.txt") if args.profile else ""
         points, breakdown = _with_server(s, kind, loads, profile)
-        runs[kind] = {"load": points, "server": breakdown}
+        runs[kind] = {
+            "load": [p for p in points if p.get("phase") in (None, "before_overload")],
+            "server": breakdown,
+        }
+        if any("phase" in p for p in points):
+            runs[kind]["overload"] = _overload_by_client(points)
     client.close()
     return {
         "redis": stack.kind,
@@ -791,6 +835,113 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
         "table4_single_request": table4,
         "runs": runs,
     }
+
+
+def _overload_by_client(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per client: normal load before, twice its capacity, normal load again after a wait."""
+    out: dict[str, Any] = {}
+    for p in points:
+        if "phase" in p:
+            out.setdefault(p["client"], {})[p["phase"].removesuffix("_overload")] = p
+    return out
+
+
+def clients_digest(size: dict[str, Any], rate: int = TARGET_RATE) -> dict[str, Any]:
+    """Per client (lean generator, sync, asyncio), from one size's runs: closed-loop
+    throughput, the open loop at ``rate``, the echo floor measured through the same client,
+    the overload point and the recovery, and the ratios to the lean generator."""
+    from benchmarks.clients import DOCUMENTED
+
+    def brief(p: dict[str, Any] | None) -> dict[str, Any]:
+        if p is None:  # not run (exact search past what it sustains)
+            return {}
+        lat = p["latency"]
+        return {
+            "answered_per_s": p["answered_per_s"],
+            "p50_us": lat.get("p50_us"),
+            "p99_us": lat.get("p99_us"),
+            "errors": p["errors"],
+        }
+
+    def of(kind: str, who: str, mode: str) -> list[dict[str, Any]]:
+        load = size["runs"].get(kind, {}).get("load", [])
+        return [p for p in load if p["client"] == who and p["mode"] == mode]
+
+    def at_rate(kind: str, who: str) -> dict[str, Any] | None:
+        return next((p for p in of(kind, who, "open") if p["offered_per_s"] == rate), None)
+
+    clients: dict[str, Any] = {}
+    for who in dict.fromkeys(p["client"] for p in size["runs"]["ivf"]["load"]):
+        closed = {str(p["concurrency"]): brief(p) for p in of("ivf", who, "closed")}
+        entry: dict[str, Any] = {
+            "closed_loop": closed,
+            "closed_loop_max_per_s": max((c["answered_per_s"] for c in closed.values()), default=0),
+            f"open_{rate}": brief(at_rate("ivf", who)),
+            "echo_floor": {
+                "closed_loop": {str(p["concurrency"]): brief(p) for p in of("echo", who, "closed")},
+                f"open_{rate}": brief(at_rate("echo", who)),
+            },
+        }
+        over = size["runs"]["ivf"].get("overload", {}).get(who)
+        if over:
+            seen = {**over["overload"]["errors"], **over["after"]["errors"]}
+            p50s = [over[k]["latency"].get("p50_us") for k in ("before", "after")]
+            entry["overload"] = {
+                "offered_per_s": over["overload"]["offered_per_s"],
+                "answered_per_s": over["overload"]["answered_per_s"],
+                "p50_us": over["overload"]["latency"].get("p50_us"),
+                "errors": over["overload"]["errors"],
+                "undocumented": over["overload"].get("undocumented", {}),
+                # the lean generator's own bookkeeping ("unsent...", "unanswered") aside
+                "only_documented_errors": all(
+                    e in DOCUMENTED or e.startswith("unsent") for e in seen
+                ),
+            }
+            entry["recovery"] = {
+                "normal_per_s": over["after"]["offered_per_s"],
+                "wait_s": over["after"]["recovery_wait_s"],
+                "p50_before_us": p50s[0],
+                "p50_after_us": p50s[1],
+                "answered_per_s_before_after": [
+                    over[k]["answered_per_s"] for k in ("before", "after")
+                ],
+                "errors_after": over["after"]["errors"],
+                "p50_after_over_before": round(p50s[1] / p50s[0], 2) if all(p50s) else None,
+                "within_20_percent": bool(all(p50s) and p50s[1] <= 1.2 * p50s[0]),
+            }
+        clients[who] = entry
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a and b else None
+
+    lean = clients.get("lean")
+    for who, entry in clients.items():
+        here, floor = entry[f"open_{rate}"] or {}, entry["echo_floor"][f"open_{rate}"] or {}
+        entry["p50_over_echo_floor"] = ratio(here.get("p50_us"), floor.get("p50_us"))
+        entry["p99_minus_echo_floor_us"] = (
+            round(here["p99_us"] - floor["p99_us"], 1)
+            if here.get("p99_us") and floor.get("p99_us")
+            else None
+        )
+        if lean and who != "lean":
+            lean_open = lean[f"open_{rate}"] or {}
+            entry["vs_lean"] = {
+                "closed_loop_max": ratio(
+                    entry["closed_loop_max_per_s"], lean["closed_loop_max_per_s"]
+                ),
+                f"p50_at_{rate}": ratio(here.get("p50_us"), lean_open.get("p50_us")),
+                f"p99_at_{rate}": ratio(here.get("p99_us"), lean_open.get("p99_us")),
+            }
+    targets = {}
+    if lean and "asyncio" in clients:
+        vs = clients["asyncio"]["vs_lean"]
+        targets = {
+            "asyncio_closed_loop_at_least_0.8x_lean": vs["closed_loop_max"] is not None
+            and vs["closed_loop_max"] >= 0.8,
+            "asyncio_p50_at_most_1.5x_lean": vs[f"p50_at_{rate}"] is not None
+            and vs[f"p50_at_{rate}"] <= 1.5,
+        }
+    return {"items": size["items"], "clients": clients, "targets": targets}
 
 
 def _line(point: dict[str, Any]) -> str:
@@ -824,15 +975,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--procs", type=int, default=2, help="load-generator processes")
     p.add_argument(
         "--client",
-        choices=["lean", "library"],
-        default="lean",
-        help="load generator: lean raw-socket RPC client, or stream.client's asyncio client",
+        nargs="+",
+        choices=[*CLIENTS, "library"],
+        default=list(CLIENTS),
+        help="load generators, each through every load point in turn: the lean raw-socket"
+        " RPC client, the sync RecommenderClient (threads), the AsyncRecommenderClient"
+        " (library: the asyncio one)",
     )
     p.add_argument(
         "--arrivals",
         choices=["uniform", "poisson"],
-        default="uniform",
-        help="open loop: evenly spaced requests, or a Poisson process of the same rate",
+        default="poisson",
+        help="open loop: a Poisson process, or evenly spaced requests of the same rate"
+        " (they understate queueing)",
+    )
+    p.add_argument(
+        "--sync-threads",
+        type=int,
+        default=64,
+        help="sync client, open loop: caller threads per load process (its pool's size)",
+    )
+    p.add_argument(
+        "--recovery-s",
+        type=float,
+        default=60.0,
+        help="after the open-loop points, each client offers twice its closed-loop maximum,"
+        " then, this long later, the top --rate again (the issue's one minute); < 0: skip",
     )
     p.add_argument("--batch-size", type=int, default=64, help="scorer's serve_batch_size")
     p.add_argument(
@@ -864,6 +1032,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    args.client = list(dict.fromkeys("asyncio" if c == "library" else c for c in args.client))
     args.out.mkdir(parents=True, exist_ok=True)
     set_pinning(PINNINGS[args.pin], ("scorer", "redis", "load"))
     sizes = []
@@ -881,16 +1050,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if args.spin_us
                 else "sleeping while it waits for requests"
             )
-            + f"); {args.procs} load-generator processes "
-            + (
-                "(a lean raw-socket client speaking the same RPC: bounded-push script + "
-                "BLPOP in one round trip, select loop"
-                if args.client == "lean"
-                else "(asyncio, stream.client.AsyncRecommenderClient"
-            )
-            + f"; open loop {args.arrivals} arrivals); the floor is the server's own loop "
-            "with no state read and no search (an echo), same load generators — all on "
-            "this machine's 2 cores"
+            + f"); {args.procs} load-generator processes per point, for each of "
+            + ", ".join(CLIENTS[c] for c in args.client)
+            + f" in turn (open loop: {args.arrivals} arrivals); the floor is the server's own"
+            " loop with no state read and no search (an echo), through the same load"
+            " generators — all on this machine's 2 cores"
         ),
         "pinning": {"name": args.pin, **PINNINGS[args.pin]},
         "sizes": sizes,
@@ -899,6 +1063,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.request_queues:
         name += f"_q{args.request_queues}"
     write_result(name, result, args.out)
+    if "ivf" in (sizes[0]["runs"] if sizes else {}):
+        write_result(
+            name.replace(NAME, f"{NAME}_clients", 1),
+            {
+                "what": "the serving figures per client: lean generator, sync and asyncio"
+                " library clients, same run, same scorer",
+                "processes": result["processes"],
+                "pinning": result["pinning"],
+                "seconds_per_point": args.seconds,
+                "targets_at": "10^6 items (issue #17)",
+                "sizes": [clients_digest(size, max(args.rate)) for size in sizes],
+            },
+            args.out,
+        )
     return result
 
 
