@@ -7,15 +7,25 @@ Per catalog size (d=64, clustered model with log-popularity biases):
   the smallest nprobe reaching the target serves;
 * single-query user-embedding (state read + ``sum / weight``) and kNN times (Table 4);
 * one scorer process (``RecommendServer``, faiss at one OpenMP thread) per index kind, and
-  load-generator processes speaking the RPC's wire protocol on raw sockets (``_LeanLoad``;
-  ``--client library`` uses the project's asyncio client instead): closed loop at N
-  concurrent clients (max throughput) and open loop at fixed rates (half, three quarters
-  of and at the 3,200/s target: what is queueing and what is the floor), evenly spaced or
-  Poisson (latency measured from each request's due time, so queueing is not hidden);
+  load-generator processes, for each client in turn (``--client``): a lean generator
+  speaking the RPC's wire protocol on raw sockets (``_LeanLoad``), the sync
+  ``RecommenderClient`` (a thread per caller) and the ``AsyncRecommenderClient`` (a task
+  per call; ``benchmarks.clients``). Closed loop at N concurrent callers (max throughput)
+  and open loop at fixed rates (half, three quarters of and at the 3,200/s target: what
+  is queueing and what is the floor), Poisson by default (latency measured from each
+  request's due time, so queueing is not hidden);
+* per client, on the same load processes and client objects after the open-loop points:
+  twice its closed-loop maximum offered (what it answers, every exception it raises),
+  then, ``--recovery-s`` later (60 s), normal load again (3,200/s, or half its capacity
+  where that is less): does it recover?
 * the floor, same run, same load generators: the server's own loop (pop, decode, reply)
   with no state read and no search.
 
+Writes ``serving.json`` (every point) and ``serving_clients.json`` (per client: closed
+loop, 3,200/s, its echo floor, the overload and the recovery, ratios to the lean one).
+
     python -m benchmarks.serving --items 100000 1000000 --seconds 8
+    python -m benchmarks.serving --items 100000 --seconds 3 --recovery-s 10   # quick look
     python -m benchmarks.serving --redis-cluster 3   # on a 3-primary Redis Cluster
     python -m benchmarks.cluster                     # single node and cluster, same run
 
@@ -488,6 +498,7 @@ def _run_loads(
         ctx.Process(
             target=_load,
             args=(settings, users, specs[i], client_kind, out, barrier, start, i == 0),
+            daemon=True,  # none outlives the benchmark, even interrupted
         )
         for i in range(procs)
     ]
@@ -795,7 +806,9 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
                 seq = [Point("open", r) for r in args.rate if kind != "exact" or closed_max > r]
                 overload = kind == "ivf" and args.recovery_s >= 0 and closed_max > 0
                 if overload:  # normal load, twice the client's capacity, normal load again
-                    normal = max(args.rate)
+                    # normal: the target rate, or half the capacity where that is less (a
+                    # loaded machine): past capacity the recovery could not show
+                    normal = min(max(args.rate), closed_max // 2)
                     if not seq or seq[-1].total != normal:
                         seq.append(Point("open", normal))
                     seq += [Point("open", 2 * closed_max), Point("open", normal, args.recovery_s)]
@@ -1000,7 +1013,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         type=float,
         default=60.0,
         help="after the open-loop points, each client offers twice its closed-loop maximum,"
-        " then, this long later, the top --rate again (the issue's one minute); < 0: skip",
+        " then, this long later, normal load again (the top --rate, or half the closed-loop"
+        " maximum where that is less; the issue's one minute); < 0: skip",
     )
     p.add_argument("--batch-size", type=int, default=64, help="scorer's serve_batch_size")
     p.add_argument(
