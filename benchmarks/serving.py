@@ -812,7 +812,7 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
                     if not seq or seq[-1].total != normal:
                         seq.append(Point("open", normal))
                     seq += [Point("open", 2 * closed_max), Point("open", normal, args.recovery_s)]
-                opened = run(seq)
+                opened = run(seq) if seq else []
                 if overload:
                     opened[-3].setdefault("phase", "before_overload")
                     opened[-2]["phase"], opened[-1]["phase"] = "overload", "after_overload"
