@@ -1,6 +1,6 @@
 """Run every speed benchmark and write ``benchmarks/results/*.json`` and ``SUMMARY.md``.
 
-python -m benchmarks.run_all                 # make bench: the full sizes (~10 minutes)
+python -m benchmarks.run_all                 # make bench: the full sizes (~40 minutes)
 python -m benchmarks.run_all --quick         # tiny sizes, for a smoke run
 python -m benchmarks.run_all --only serving  # one part (also: ledrec bench serving)
 """

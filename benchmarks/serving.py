@@ -682,7 +682,7 @@ def _with_server(
     stop, out = ctx.Event(), ctx.Queue()
     target = _echo if kind == "echo" else _serve
     args = (settings, stop) if kind == "echo" else (settings, stop, out, profile_path)
-    child = ctx.Process(target=target, args=args)
+    child = ctx.Process(target=target, args=args, daemon=True)  # gone with us, even on errors
     child.start()
     client = RecommenderClient.from_url(
         settings.redis_url,
@@ -786,46 +786,55 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
                     registry.set_state(m.version, "retired")
 
         def loads(s: Any = s, kind: str = kind) -> list[dict[str, Any]]:
-            points = []
-            for who in args.client if kind != "exact" else args.client[:1]:
+            clients = args.client if kind != "exact" else args.client[:1]
 
-                def run(seq: list[Point], who: str = who) -> list[dict[str, Any]]:
-                    got = _run_loads(
-                        s, users, seq, args.procs, args.seconds, who, args.arrivals,
-                        args.sync_threads,
-                    )  # fmt: skip
-                    for p in got:
-                        load = f"closed {p['concurrency']:3d} callers" if p["mode"] == "closed" \
-                            else f"open {p['offered_per_s']}/s"  # fmt: skip
-                        print(f"    {kind:5s} {who:7s} {load}: {_line(p)}", flush=True)
-                    return got
+            def run(who: str, seq: list[Point], turn: int = 0) -> list[dict[str, Any]]:
+                got = _run_loads(
+                    s, users, seq, args.procs, args.seconds, who, args.arrivals, args.sync_threads
+                )
+                for p in got:
+                    p["round"] = turn
+                    load = f"closed {p['concurrency']:3d} callers" if p["mode"] == "closed" \
+                        else f"open {p['offered_per_s']}/s"  # fmt: skip
+                    print(f"    {kind:5s} {who:7s} {load}: {_line(p)}", flush=True)
+                return got
 
-                closed = run([Point("closed", c) for c in args.clients])
-                closed_max = max((p["answered_per_s"] for p in closed), default=0)
-                # exact search past what it sustains: every request would time out
-                seq = [Point("open", r) for r in args.rate if kind != "exact" or closed_max > r]
-                overload = kind == "ivf" and args.recovery_s >= 0 and closed_max > 0
-                if overload:  # normal load, twice the client's capacity, normal load again
-                    # normal: the target rate, or half the capacity where that is less (a
-                    # loaded machine): past capacity the recovery could not show
-                    normal = min(max(args.rate), closed_max // 2)
-                    if not seq or seq[-1].total != normal:
-                        seq.append(Point("open", normal))
-                    seq += [Point("open", 2 * closed_max), Point("open", normal, args.recovery_s)]
-                opened = run(seq) if seq else []
-                if overload:
-                    opened[-3].setdefault("phase", "before_overload")
-                    opened[-2]["phase"], opened[-1]["phase"] = "overload", "after_overload"
-                    opened[-1]["recovery_wait_s"] = args.recovery_s
-                points += closed + opened
+            # The clients take turns at each point, for --rounds rounds: a machine whose
+            # load drifts (a shared one) shifts them alike, and the medians over rounds
+            # are what compare.
+            points: list[dict[str, Any]] = []
+            for turn in range(args.rounds):
+                for c in args.clients:
+                    points += [run(who, [Point("closed", c)], turn)[0] for who in clients]
+            closed_max = {
+                who: max((p["answered_per_s"] for p in points if p["client"] == who), default=0)
+                for who in clients
+            }
+            for turn in range(args.rounds):
+                for rate in args.rate:
+                    for who in clients:
+                        if kind != "exact" or closed_max[who] > rate:  # else: all time out
+                            points += run(who, [Point("open", rate)], turn)
+            if kind != "ivf" or args.recovery_s < 0:
+                return points
+            for who in clients:  # normal load, twice the client's capacity, normal again
+                # normal: the target rate, or half the capacity where that is less (a loaded
+                # machine): past capacity the recovery could not show
+                normal = min(max(args.rate), closed_max[who] // 2)
+                seq = [
+                    Point("open", normal),
+                    Point("open", 2 * closed_max[who]),
+                    Point("open", normal, args.recovery_s),
+                ]
+                before, over, after = run(who, seq) if closed_max[who] else ({}, {}, {})
+                before["phase"], over["phase"], after["phase"] = "before", "overload", "after"
+                after["recovery_wait_s"] = args.recovery_s
+                points += [p for p in (before, over, after) if "client" in p]
             return points
 
         profile = str(args.out / f"serving_profile_{tag}_{kind}.txt") if args.profile else ""
         points, breakdown = _with_server(s, kind, loads, profile)
-        runs[kind] = {
-            "load": [p for p in points if p.get("phase") in (None, "before_overload")],
-            "server": breakdown,
-        }
+        runs[kind] = {"load": [p for p in points if "phase" not in p], "server": breakdown}
         if any("phase" in p for p in points):
             runs[kind]["overload"] = _overload_by_client(points)
     client.close()
@@ -855,7 +864,7 @@ def _overload_by_client(points: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for p in points:
         if "phase" in p:
-            out.setdefault(p["client"], {})[p["phase"].removesuffix("_overload")] = p
+            out.setdefault(p["client"], {})[p["phase"]] = p
     return out
 
 
@@ -865,34 +874,57 @@ def clients_digest(size: dict[str, Any], rate: int = TARGET_RATE) -> dict[str, A
     the overload point and the recovery, and the ratios to the lean generator."""
     from benchmarks.clients import DOCUMENTED
 
-    def brief(p: dict[str, Any] | None) -> dict[str, Any]:
-        if p is None:  # not run (exact search past what it sustains)
+    def brief(ps: list[dict[str, Any]]) -> dict[str, Any]:
+        """A point's figures: medians over its rounds (and each round's), errors summed."""
+        if not ps:  # not run (exact search past what it sustains)
             return {}
-        lat = p["latency"]
-        return {
-            "answered_per_s": p["answered_per_s"],
-            "p50_us": lat.get("p50_us"),
-            "p99_us": lat.get("p99_us"),
-            "errors": p["errors"],
-        }
+        each = [
+            {
+                "answered_per_s": p["answered_per_s"],
+                "p50_us": p["latency"].get("p50_us"),
+                "p99_us": p["latency"].get("p99_us"),
+            }
+            for p in ps
+        ]
+        errors: dict[str, int] = {}
+        for p in ps:
+            for k, v in p["errors"].items():
+                errors[k] = errors.get(k, 0) + v
 
-    def of(kind: str, who: str, mode: str) -> list[dict[str, Any]]:
+        def median(key: str) -> float | None:
+            got = [e[key] for e in each if e[key] is not None]
+            return round(float(np.median(got)), 1) if got else None
+
+        out: dict[str, Any] = {key: median(key) for key in ("answered_per_s", "p50_us", "p99_us")}
+        out["errors"] = errors
+        if len(each) > 1:
+            out["rounds"] = each
+        return out
+
+    def of(kind: str, who: str, mode: str, total: int | None = None) -> list[dict[str, Any]]:
         load = size["runs"].get(kind, {}).get("load", [])
-        return [p for p in load if p["client"] == who and p["mode"] == mode]
+        return [
+            p
+            for p in load
+            if p["client"] == who
+            and p["mode"] == mode
+            and total in (None, p.get("concurrency", p.get("offered_per_s")))
+        ]
 
-    def at_rate(kind: str, who: str) -> dict[str, Any] | None:
-        return next((p for p in of(kind, who, "open") if p["offered_per_s"] == rate), None)
+    def closed_loop(kind: str, who: str) -> dict[str, Any]:
+        callers = dict.fromkeys(p["concurrency"] for p in of(kind, who, "closed"))
+        return {str(c): brief(of(kind, who, "closed", c)) for c in callers}
 
     clients: dict[str, Any] = {}
     for who in dict.fromkeys(p["client"] for p in size["runs"]["ivf"]["load"]):
-        closed = {str(p["concurrency"]): brief(p) for p in of("ivf", who, "closed")}
+        closed = closed_loop("ivf", who)
         entry: dict[str, Any] = {
             "closed_loop": closed,
             "closed_loop_max_per_s": max((c["answered_per_s"] for c in closed.values()), default=0),
-            f"open_{rate}": brief(at_rate("ivf", who)),
+            f"open_{rate}": brief(of("ivf", who, "open", rate)),
             "echo_floor": {
-                "closed_loop": {str(p["concurrency"]): brief(p) for p in of("echo", who, "closed")},
-                f"open_{rate}": brief(at_rate("echo", who)),
+                "closed_loop": closed_loop("echo", who),
+                f"open_{rate}": brief(of("echo", who, "open", rate)),
             },
         }
         over = size["runs"]["ivf"].get("overload", {}).get(who)
@@ -1001,6 +1033,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="poisson",
         help="open loop: a Poisson process, or evenly spaced requests of the same rate"
         " (they understate queueing)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="the closed-loop and open-loop points this many times, the clients taking turns"
+        " at each (serving_clients.json compares their medians)",
     )
     p.add_argument(
         "--sync-threads",
