@@ -256,9 +256,9 @@ def _clients_summary(r: dict[str, Any]) -> list[str]:
             f"### {size['items']:,} items",
             "",
             f"| client | closed loop: max answered/s (callers: /s) | {rate.split('_')[1]}/s"
-            " offered: answered/s, p50 / p99 | echo floor there: p50 / p99 | vs lean: closed"
-            " max, p50 | 2× capacity: offered, answered/s, errors | recovery: p50 after /"
-            " before |",
+            " offered: answered/s, p50 / p99 | echo floor there: p50 / p99 | vs lean (median"
+            " of per-round ratios): closed max, p50; on the echo floor | 2× capacity: offered,"
+            " answered/s, errors | recovery: p50 after / before |",
             "|---|---|---|---|---|---|---|",
         ]
         for who, c in size["clients"].items():
@@ -269,7 +269,11 @@ def _clients_summary(r: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {who} | {c['closed_loop_max_per_s']:,} ({closed}) |"
                 f" {here.get('answered_per_s', 0):,}, {lat(here)} | {lat(c['echo_floor'][rate])} |"
-                + (f" {vs['closed_loop_max']}×, {vs[f'p50_at_{rate[5:]}']}× |" if vs else " |")
+                + (
+                    f" {_ratios(vs, rate)}; {_ratios(c['vs_lean_on_echo_floor'], rate)} |"
+                    if vs
+                    else " |"
+                )
                 + (
                     f" {over['offered_per_s']:,}, {over['answered_per_s']:,}, {over['errors']} |"
                     if over
@@ -285,11 +289,21 @@ def _clients_summary(r: dict[str, Any]) -> list[str]:
             lines += [
                 "",
                 "Targets (issue #17, at 10^6 items): "
-                + "; ".join(f"{k}: {_met(v)}" for k, v in size["targets"].items())
+                + "; ".join(
+                    f"{k}: " + (_met(v) if v is not None else "not measurable (past capacity)")
+                    for k, v in size["targets"].items()
+                )
                 + ".",
             ]
         lines.append("")
     return lines
+
+
+def _ratios(vs: dict[str, Any], rate: str) -> str:
+    """'0.83×, 1.4×' (closed-loop max, p50 at the rate), '–' where not measured."""
+    return ", ".join(
+        f"{v}×" if v is not None else "–" for v in (vs["closed_loop_max"], vs[f"p50_at_{rate[5:]}"])
+    )
 
 
 def _gateway_summary(r: dict[str, Any]) -> list[str]:
