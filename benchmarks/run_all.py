@@ -262,20 +262,25 @@ def _clients_summary(r: dict[str, Any]) -> list[str]:
             "|---|---|---|---|---|---|---|",
         ]
         for who, c in size["clients"].items():
-            closed = ", ".join(f"{n}: {p['answered_per_s']:,}" for n, p in c["closed_loop"].items())
+            closed = ", ".join(
+                f"{n}: {p['answered_per_s']:,.0f}" for n, p in c["closed_loop"].items()
+            )
             here = c[rate] or {}
             vs = c.get("vs_lean", {})
             over, rec = c.get("overload"), c.get("recovery")
             lines.append(
-                f"| {who} | {c['closed_loop_max_per_s']:,} ({closed}) |"
-                f" {here.get('answered_per_s', 0):,}, {lat(here)} | {lat(c['echo_floor'][rate])} |"
+                f"| {who} | {c['closed_loop_max_per_s']:,.0f} ({closed}) |"
+                f" {here.get('answered_per_s', 0):,.0f}, {lat(here)} |"
+                f" {lat(c['echo_floor'][rate])} |"
                 + (
                     f" {_ratios(vs, rate)}; {_ratios(c['vs_lean_on_echo_floor'], rate)} |"
                     if vs
                     else " |"
                 )
                 + (
-                    f" {over['offered_per_s']:,}, {over['answered_per_s']:,}, {over['errors']} |"
+                    f" {over['offered_per_s']:,}, {over['answered_per_s']:,}, "
+                    + ", ".join(f"{k} {v:,}" for k, v in over["errors"].items())
+                    + " |"
                     if over
                     else " – |"
                 )
