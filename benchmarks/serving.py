@@ -1144,6 +1144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     args = p.parse_args(argv)
     if args.digest:
+        args.out.mkdir(parents=True, exist_ok=True)
         write_clients(json.loads(args.digest.read_text()), args.out)
         return {}
     args.client = list(dict.fromkeys("asyncio" if c == "library" else c for c in args.client))
