@@ -5,7 +5,9 @@ loop with a sleep instead of the search: a known capacity, whatever the machine'
 serves one private redis-server; the client under test first runs closed loop (its
 capacity against that scorer), then offers twice that, Poisson arrivals, then normal load
 (half of capacity) again. Every exception a call raises is counted by its qualified class
-name, so an undocumented one (a raw redis-py or asyncio error) shows as such.
+name, so an undocumented one (a raw redis-py or asyncio error) shows as such. The load
+points are ``benchmarks.clients``' (as in ``benchmarks.serving``, which also overloads
+each client against the real scorer).
 
     python -m benchmarks.client_overload --client asyncio sync --seconds 3
 """
@@ -16,16 +18,13 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import random
-import threading
 import time
-import traceback
-from collections import Counter
 from typing import Any
 
+from benchmarks.clients import LoadSpec, async_point, sync_point
 from benchmarks.common import bench_settings, connect, percentiles, private_stack
 
-DOCUMENTED = {"Overloaded", "Timeout", "Unavailable", "BadRequest"}
+USERS = ["u"]  # no state: every call is answered by popularity (the echo ignores it anyway)
 
 
 def _slow_echo(settings: Any, stop: Any, service_s: float) -> None:  # child: the scorer
@@ -50,117 +49,31 @@ def _slow_echo(settings: Any, stop: Any, service_s: float) -> None:  # child: th
         server.serve_once(block_s=0.2)
 
 
-def _name(e: BaseException) -> str:
-    kind = type(e)
-    return (
-        kind.__name__
-        if kind.__module__.startswith("ledrec")
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
+def _spec(mode: str, n: float, seconds: float, threads: int) -> LoadSpec:
+    """A load point starting now: ``n`` callers (closed) or calls/s (open, Poisson)."""
+    return LoadSpec(mode, int(n), n, 0.0, "poisson", time.time() + 0.05, 0.0, seconds, threads)
 
 
-class _Tally:
-    def __init__(self) -> None:
-        self.latencies: list[float] = []
-        self.errors: Counter[str] = Counter()
-        self.tracebacks: Counter[str] = Counter()  # where an undocumented error came from
-
-    def failed(self, e: BaseException) -> None:
-        name = _name(e)
-        self.errors[name] += 1
-        if type(e).__name__ not in DOCUMENTED:
-            frames = traceback.extract_tb(e.__traceback__)
-            self.tracebacks[f"{name}: {e!s:.80} at {frames[-1].filename}:{frames[-1].lineno}"] += 1
-
-    def summary(self, seconds: float) -> dict[str, Any]:
-        return {
-            "answered_per_s": round(len(self.latencies) / seconds),
-            "latency": percentiles(self.latencies),
-            "errors": dict(self.errors),
-            "undocumented": dict(self.tracebacks.most_common(8)),
-        }
+def _summary(raw: dict[str, Any], seconds: float) -> dict[str, Any]:
+    return {
+        "answered_per_s": round(len(raw["latencies"]) / seconds),
+        "latency": percentiles(raw["latencies"]),
+        "errors": raw["errors"],
+        "undocumented": raw["undocumented"],
+    }
 
 
-async def _async_point(
-    client: Any, mode: str, n: float, seconds: float, stall_s: float = 0.0
-) -> dict[str, Any]:
-    """Closed loop at ``n`` concurrent calls, or open loop at ``n`` calls/s (Poisson);
-    ``stall_s``: the event loop is blocked that long every second (a machine so loaded
-    that the client's process is not scheduled: its timers fire late)."""
-    tally = _Tally()
-    end = time.monotonic() + seconds
+async def _stalled(client: Any, spec: LoadSpec, stall_s: float) -> dict[str, Any]:
+    """``async_point`` with the event loop blocked ``stall_s`` every second (a machine so
+    loaded that the client's process is not scheduled: its timers fire late)."""
 
     async def staller() -> None:
-        while time.monotonic() < end:
+        while time.time() < spec.end:
             await asyncio.sleep(1.0)
             time.sleep(stall_s)
 
-    stalls = asyncio.create_task(staller()) if stall_s else None
-
-    async def one(due: float) -> None:
-        try:
-            await client.request(user_id="u", k=10)
-        except Exception as e:  # every kind is counted: that is the point
-            tally.failed(e)
-            return
-        tally.latencies.append(time.monotonic() - due)
-
-    if mode == "closed":
-
-        async def worker() -> None:
-            while time.monotonic() < end:
-                await one(time.monotonic())
-
-        await asyncio.gather(*(worker() for _ in range(int(n))))
-    else:
-        rng, tasks = random.Random(0), set()
-        due = time.monotonic()
-        while due < end:
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            task = asyncio.create_task(one(due))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            due += rng.expovariate(n)
-        if tasks:
-            await asyncio.wait(tasks, timeout=client.timeout_s + 3)
-        if tasks:
-            tally.errors["unanswered"] += len(tasks)
-    if stalls is not None:
-        await stalls
-    return tally.summary(seconds)
-
-
-def _sync_point(client: Any, mode: str, n: float, seconds: float, threads: int) -> dict[str, Any]:
-    """As ``_async_point``, with ``threads`` threads (open loop: each its share of ``n``/s,
-    a call that comes due while the thread is busy leaves late, measured from its due time)."""
-    tally, lock = _Tally(), threading.Lock()
-    end = time.monotonic() + seconds
-
-    def worker(i: int) -> None:
-        rng = random.Random(i)
-        due = time.monotonic()
-        while due < end:
-            if mode == "open":
-                time.sleep(max(0.0, due - time.monotonic()))
-            start = due if mode == "open" else time.monotonic()
-            try:
-                client.request(user_id="u", k=10)
-                with lock:
-                    tally.latencies.append(time.monotonic() - start)
-            except Exception as e:
-                with lock:
-                    tally.failed(e)
-            due = due + rng.expovariate(n / threads) if mode == "open" else time.monotonic()
-
-    pool = [
-        threading.Thread(target=worker, args=(i,))
-        for i in range(threads if mode == "open" else int(n))
-    ]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    return tally.summary(seconds)
+    raw, _ = await asyncio.gather(async_point(client, USERS, spec), staller())
+    return raw
 
 
 def _connections(url: str) -> int:
@@ -182,23 +95,35 @@ def run(
 
         async def main() -> None:
             client = AsyncRecommenderClient.from_settings(settings)
-            out["closed"] = await _async_point(client, "closed", concurrency, seconds)
+
+            async def point(mode: str, n: float, stall: float = 0.0) -> dict[str, Any]:
+                spec = _spec(mode, n, seconds, threads)
+                raw = await (
+                    _stalled(client, spec, stall) if stall else async_point(client, USERS, spec)
+                )
+                return _summary(raw, seconds)
+
+            out["closed"] = await point("closed", concurrency)
             capacity = out["closed"]["answered_per_s"]
-            out["normal_before"] = await _async_point(client, "open", capacity / 2, seconds)
-            out["overload"] = await _async_point(client, "open", 2 * capacity, seconds, stall_s)
+            out["normal_before"] = await point("open", capacity / 2)
+            out["overload"] = await point("open", 2 * capacity, stall_s)
             out["connections_after_overload"] = _connections(url) - base
-            out["normal_after"] = await _async_point(client, "open", capacity / 2, seconds)
+            out["normal_after"] = await point("open", capacity / 2)
             await client.aclose()
 
         asyncio.run(main())
     else:
         client = RecommenderClient.from_settings(settings)
-        out["closed"] = _sync_point(client, "closed", concurrency, seconds, threads)
+
+        def point(mode: str, n: float) -> dict[str, Any]:
+            return _summary(sync_point(client, USERS, _spec(mode, n, seconds, threads)), seconds)
+
+        out["closed"] = point("closed", concurrency)
         capacity = out["closed"]["answered_per_s"]
-        out["normal_before"] = _sync_point(client, "open", capacity / 2, seconds, threads)
-        out["overload"] = _sync_point(client, "open", 2 * capacity, seconds, threads)
+        out["normal_before"] = point("open", capacity / 2)
+        out["overload"] = point("open", 2 * capacity)
         out["connections_after_overload"] = _connections(url) - base
-        out["normal_after"] = _sync_point(client, "open", capacity / 2, seconds, threads)
+        out["normal_after"] = point("open", capacity / 2)
         client.close()
     return out
 

@@ -26,16 +26,19 @@ NAME = "cluster"
 
 # the default sizes: short enough for a 2-core machine, long enough for stable medians
 INGEST_ARGS = ["--items", "10000", "--events", "200000"]
+# the lean generator alone, evenly spaced, no overload: the comparison as first measured
+LEAN_ONLY = ["--client", "lean", "--arrivals", "uniform", "--recovery-s", "-1"]
 SERVING_ARGS = [
     "--items", "100000", "--users", "5000", "--queries", "100", "--seconds", "4",
     "--clients", "4", "16", "--rate", "1600", "3200", "--nprobes", "4", "8", "16",
     "--exact-max-items-served", "0", "--pin", "scorer-alone", "--spin-us", "2000",
+    *LEAN_ONLY,
 ]  # fmt: skip
 QUICK_INGEST = ["--items", "2000", "--events", "5000"]
 QUICK_SERVING = [
     "--items", "5000", "--users", "200", "--queries", "50", "--seconds", "1",
     "--clients", "2", "--rate", "200", "--nprobes", "1", "--exact-max-items-served", "0",
-    "--spin-us", "500",
+    "--spin-us", "500", *LEAN_ONLY,
 ]  # fmt: skip
 
 

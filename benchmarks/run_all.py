@@ -1,6 +1,6 @@
 """Run every speed benchmark and write ``benchmarks/results/*.json`` and ``SUMMARY.md``.
 
-python -m benchmarks.run_all                 # make bench: the full sizes (~10 minutes)
+python -m benchmarks.run_all                 # make bench: the full sizes (~40 minutes)
 python -m benchmarks.run_all --quick         # tiny sizes, for a smoke run
 python -m benchmarks.run_all --only serving  # one part (also: ledrec bench serving)
 """
@@ -28,6 +28,7 @@ QUICK: dict[str, list[str]] = {
     "serving": [
         "--items", "5000", "--users", "200", "--queries", "50", "--seconds", "1",
         "--clients", "2", "--rate", "200", "--nprobes", "1", "4", "--spin-us", "500",
+        "--recovery-s", "0",
     ],
     "freshness": ["--probes", "5", "--items", "1000", "--batch-timeouts", "0.01"],
     "gateway": [
@@ -147,9 +148,9 @@ def write_summary(out: Path) -> Path:
                 + f". Served at nprobe {idx['nprobe_served']} (recall {chosen['recall_at_10']},"
                 f" target ≥ 0.95: {_met(chosen['recall_at_10'] >= 0.95)}).",
                 "",
-                "| server | load | answered/s | p50 | p99 | p99.9 | CPU µs/request: scorer thread,"
-                " redis-server, load generators | errors |",
-                "|---|---|---:|---:|---:|---:|---:|---|",
+                "| server | client | load | answered/s | p50 | p99 | p99.9 | CPU µs/request:"
+                " scorer thread, redis-server, load generators | errors |",
+                "|---|---|---|---:|---:|---:|---:|---:|---|",
             ]
             for kind, run in s["runs"].items():
                 for p in run["load"]:
@@ -161,7 +162,8 @@ def write_summary(out: Path) -> Path:
                     )
                     if not lat.get("n"):
                         lines.append(
-                            f"| {kind} | {load_desc} | 0 | – | – | – | – | {p['errors']} |"
+                            f"| {kind} | {p['client']} | {load_desc} | 0 | – | – | – | – |"
+                            f" {p['errors']} |"
                         )
                         continue
                     scorer_cpu = (
@@ -178,7 +180,8 @@ def write_summary(out: Path) -> Path:
                         f"{p['load_generator_cpu_us_per_request']:.0f}",
                     )
                     lines.append(
-                        f"| {kind if kind != 'echo' else 'echo (floor)'} | {load_desc} |"
+                        f"| {kind if kind != 'echo' else 'echo (floor)'} | {p['client']} |"
+                        f" {load_desc} |"
                         f" {p['answered_per_s']:,} | {_ms(lat['p50_us'])} | {_ms(lat['p99_us'])}"
                         f" | {_ms(lat['p999_us'])} | {', '.join(cpu)} | {p['errors'] or ''} |"
                     )
@@ -211,6 +214,9 @@ def write_summary(out: Path) -> Path:
                         f"| {label} | – | {_ms(ivf[key]['p50_us'])} / {_ms(ivf[key]['p99_us'])} |"
                     )
             lines.append("")
+        clients = out / "serving_clients.json"
+        if clients.exists():
+            lines += _clients_summary(json.loads(clients.read_text()))
     if "freshness" in results:
         r = results["freshness"]
         lines += [
@@ -235,6 +241,74 @@ def write_summary(out: Path) -> Path:
     path = out / "SUMMARY.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _clients_summary(r: dict[str, Any]) -> list[str]:
+    """The lean generator, the sync and the asyncio client side by side (serving_clients)."""
+    lines = ["## Serving through each client (same run, same scorer: `serving_clients.json`)", ""]
+
+    def lat(p: dict[str, Any] | None) -> str:
+        return f"{_ms(p['p50_us'])} / {_ms(p['p99_us'])}" if p and p.get("p50_us") else "– / –"
+
+    for size in r["sizes"]:
+        rate = next(k for k in next(iter(size["clients"].values())) if k.startswith("open_"))
+        lines += [
+            f"### {size['items']:,} items",
+            "",
+            f"| client | closed loop: max answered/s (callers: /s) | {rate.split('_')[1]}/s"
+            " offered: answered/s, p50 / p99 | echo floor there: p50 / p99 | vs lean (median"
+            " of per-round ratios): closed max, p50; on the echo floor | 2× capacity: offered,"
+            " answered/s, errors | recovery: p50 after / before |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for who, c in size["clients"].items():
+            closed = ", ".join(
+                f"{n}: {p['answered_per_s']:,.0f}" for n, p in c["closed_loop"].items()
+            )
+            here = c[rate] or {}
+            vs = c.get("vs_lean", {})
+            over, rec = c.get("overload"), c.get("recovery")
+            lines.append(
+                f"| {who} | {c['closed_loop_max_per_s']:,.0f} ({closed}) |"
+                f" {here.get('answered_per_s', 0):,.0f}, {lat(here)} |"
+                f" {lat(c['echo_floor'][rate])} |"
+                + (
+                    f" {_ratios(vs, rate)}; {_ratios(c['vs_lean_on_echo_floor'], rate)} |"
+                    if vs
+                    else " |"
+                )
+                + (
+                    f" {over['offered_per_s']:,}, {over['answered_per_s']:,}, "
+                    + ", ".join(f"{k} {v:,}" for k, v in over["errors"].items())
+                    + " |"
+                    if over
+                    else " – |"
+                )
+                + (
+                    f" {rec['p50_after_over_before']}× after {rec['wait_s']:g} s |"
+                    if rec
+                    else " – |"
+                )
+            )
+        if size.get("targets"):
+            lines += [
+                "",
+                "Targets (issue #17, at 10^6 items): "
+                + "; ".join(
+                    f"{k}: " + (_met(v) if v is not None else "not measurable (past capacity)")
+                    for k, v in size["targets"].items()
+                )
+                + ".",
+            ]
+        lines.append("")
+    return lines
+
+
+def _ratios(vs: dict[str, Any], rate: str) -> str:
+    """'0.83×, 1.4×' (closed-loop max, p50 at the rate), '–' where not measured."""
+    return ", ".join(
+        f"{v}×" if v is not None else "–" for v in (vs["closed_loop_max"], vs[f"p50_at_{rate[5:]}"])
+    )
 
 
 def _gateway_summary(r: dict[str, Any]) -> list[str]:

@@ -7,15 +7,25 @@ Per catalog size (d=64, clustered model with log-popularity biases):
   the smallest nprobe reaching the target serves;
 * single-query user-embedding (state read + ``sum / weight``) and kNN times (Table 4);
 * one scorer process (``RecommendServer``, faiss at one OpenMP thread) per index kind, and
-  load-generator processes speaking the RPC's wire protocol on raw sockets (``_LeanLoad``;
-  ``--client library`` uses the project's asyncio client instead): closed loop at N
-  concurrent clients (max throughput) and open loop at fixed rates (half, three quarters
-  of and at the 3,200/s target: what is queueing and what is the floor), evenly spaced or
-  Poisson (latency measured from each request's due time, so queueing is not hidden);
+  load-generator processes, for each client in turn (``--client``): a lean generator
+  speaking the RPC's wire protocol on raw sockets (``_LeanLoad``), the sync
+  ``RecommenderClient`` (a thread per caller) and the ``AsyncRecommenderClient`` (a task
+  per call; ``benchmarks.clients``). Closed loop at N concurrent callers (max throughput)
+  and open loop at fixed rates (half, three quarters of and at the 3,200/s target: what
+  is queueing and what is the floor), Poisson by default (latency measured from each
+  request's due time, so queueing is not hidden);
+* per client, on the same load processes and client objects after the open-loop points:
+  twice its closed-loop maximum offered (what it answers, every exception it raises),
+  then, ``--recovery-s`` later (60 s), normal load again (3,200/s, or half its capacity
+  where that is less): does it recover?
 * the floor, same run, same load generators: the server's own loop (pop, decode, reply)
   with no state read and no search.
 
+Writes ``serving.json`` (every point) and ``serving_clients.json`` (per client: closed
+loop, 3,200/s, its echo floor, the overload and the recovery, ratios to the lean one).
+
     python -m benchmarks.serving --items 100000 1000000 --seconds 8
+    python -m benchmarks.serving --items 100000 --seconds 3 --recovery-s 10   # quick look
     python -m benchmarks.serving --redis-cluster 3   # on a 3-primary Redis Cluster
     python -m benchmarks.cluster                     # single node and cluster, same run
 
@@ -27,7 +37,7 @@ robin, as ``stream.client`` does, each on a connection to the primary owning the
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import multiprocessing as mp
 import random
 import resource
@@ -40,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.clients import LoadSpec, due_times
 from benchmarks.common import (
     RESULTS,
     bench_settings,
@@ -56,6 +67,12 @@ from benchmarks.common import (
 )
 
 NAME = "serving"
+CLIENTS = {  # --client: how each load generator is described
+    "lean": "the lean raw-socket generator (bounded-push script + BLPOP in one round trip,"
+    " select loop)",
+    "sync": "the sync RecommenderClient (a thread per caller)",
+    "asyncio": "the AsyncRecommenderClient (a task per call, multiplexed)",
+}
 TARGET_RATE = 3200
 TARGET_RECALL = 0.95
 
@@ -184,6 +201,9 @@ class _LeanLoad:
         client.close()
         self._turn = 0
         self.settings, self.sha = settings, sha
+        self.timeout_s = settings.request_timeout_s
+        # each queue holds its share of the deployment's bound, as in stream.client
+        self.bound = b"%d" % max(1, -(-settings.max_queue_length // len(self.lanes)))
         self.epoll = select.epoll()
         self.idle: list[list[Any]] = [[] for _ in self.lanes]
         # fd -> (socket, reply reader, replies so far, due time, lane)
@@ -212,11 +232,16 @@ class _LeanLoad:
         self.epoll.register(sock.fileno(), select.EPOLLIN)
         return sock
 
-    def send(self, user_id: str, due: float, timeout_s: float = 2.0) -> None:
+    def send(self, user_id: str, due: float) -> None:
         import hiredis
 
         from ledrec.stream import protocol
 
+        timeout_s = self.timeout_s
+        if len(self.busy) >= _MAX_IN_FLIGHT:  # an overload must not exhaust Redis's clients
+            if due >= self.measure_from:
+                self.errors[_AT_CAP] = self.errors.get(_AT_CAP, 0) + 1
+            return
         lane = self._turn % len(self.lanes)
         self._turn += 1
         queue = self.lanes[lane][0]
@@ -226,7 +251,7 @@ class _LeanLoad:
         idle = self.idle[lane]
         sock = idle.pop() if idle else self._connect(lane)
         sock.sendall(
-            _pack(b"EVALSHA", self.sha, b"1", queue, protocol.encode_request(req), b"1000000")
+            _pack(b"EVALSHA", self.sha, b"1", queue, protocol.encode_request(req), self.bound)
             + _pack(b"BLPOP", req.reply_to.encode(), b"%d" % max(1, round(timeout_s)))
         )
         self.busy[sock.fileno()] = (sock, hiredis.Reader(), [], due, lane)
@@ -258,7 +283,7 @@ class _LeanLoad:
                 if pushed == -1:
                     raise Overloaded("request queue is full")
                 if raw is None:
-                    raise Timeout("no reply within 2s")
+                    raise Timeout(f"no reply within {self.timeout_s}s")
                 read_reply(raw[1])
             except RecommendError as e:
                 error = type(e).__name__
@@ -272,9 +297,9 @@ class _LeanLoad:
     def _done(self, fd: int) -> None:
         del self.busy[fd]
 
-    def expire(self, timeout_s: float = 2.0) -> None:
+    def expire(self) -> None:
         """Count and drop the requests with no complete reply a second past their timeout."""
-        late = time.time() - timeout_s - 1.0
+        late = time.time() - self.timeout_s - 1.0
         for fd, (sock, _, _, due, _) in list(self.busy.items()):
             if due < late:
                 self._done(fd)
@@ -287,6 +312,12 @@ class _LeanLoad:
             sock.close()
         self.epoll.close()
 
+
+# Requests in flight per load process, at most (2x capacity offered leaves rate x timeout
+# in flight, each on a socket: far past redis-server's 10,000 clients); a request due
+# beyond it is not sent, and counted.
+_MAX_IN_FLIGHT = 4096
+_AT_CAP = "unsent (lean generator at its in-flight cap)"
 
 # An answered request's two replies (":<queue length>" then a BLPOP array holding the key
 # and a msgpack reply with id, version and source) are well over 64 bytes; an overloaded
@@ -301,20 +332,6 @@ def _fine_timer_slack() -> None:
 
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    """One load generator's share of a load point."""
-
-    mode: str  # "closed" (concurrency clients) or "open" (rate requests/s)
-    concurrency: int
-    rate: float
-    offset: float  # open loop: this process's arrivals, shifted to interleave with the others
-    arrivals: str  # "uniform" or "poisson"
-    start_at: float  # epoch s: all generators start together
-    warmup: float
-    seconds: float
 
 
 def _lean_load(settings: Any, users: list[str], spec: LoadSpec) -> dict[str, Any]:
@@ -345,15 +362,17 @@ def _lean_load(settings: Any, users: list[str], spec: LoadSpec) -> dict[str, Any
             for _ in range(before - len(load.busy)):  # each answered client asks again
                 load.send(rng.choice(users), time.time())
     else:
-        due = start_at + spec.offset / rate
-        while due < load.end:
+        dues = due_times(spec, rate, rng, spec.offset)
+        due = next(dues, None)
+        while due is not None:
             now = time.time()
-            while due <= now and due < load.end:
+            while due is not None and due <= now:
                 load.send(rng.choice(users), due)
-                due += rng.expovariate(rate) if spec.arrivals == "poisson" else 1.0 / rate
-            load.poll(max(0.0, due - time.time()))
+                due = next(dues, None)
+            load.poll(max(0.0, (due or now) - time.time()))
             load.expire()
-    unanswered_by = time.time() + 5.0  # every reply comes within its 2 s BLPOP timeout
+    # every reply comes within its BLPOP timeout
+    unanswered_by = time.time() + load.timeout_s + 3.0
     while load.busy and time.time() < unanswered_by:
         load.poll(0.05)
         load.expire()
@@ -366,77 +385,45 @@ def _lean_load(settings: Any, users: list[str], spec: LoadSpec) -> dict[str, Any
 
 
 def _load(
-    settings: Any, users: list[str], spec: LoadSpec, client_kind: str, out: Any
-) -> None:  # child: a load generator (lean RPC client, or the project's asyncio client)
+    settings: Any,
+    users: list[str],
+    specs: list[LoadSpec],
+    client_kind: str,
+    out: Any,
+    barrier: Any,
+    start: Any,
+    first: bool,
+) -> None:  # child: a load generator (lean RPC client, or one of the library clients)
+    """Run ``specs`` in turn, together with the other load processes (``synchronized``),
+    on one library client, so what an overload leaves behind shows in the next point.
+    The ``first`` process also measures redis-server's CPU over each measured window."""
+    from benchmarks.clients import drive, synchronized
+
+    pin("load")
+    started: list[LoadSpec] = []
+    redis_cpu: list[dict[str, float]] = []
+    samplers: list[threading.Thread] = []
+
+    def sampled() -> Any:
+        for spec in synchronized(specs, barrier, start, started):
+            if first:
+                redis_cpu.append({})
+                window = (settings.redis_url, spec.measure_from, spec.end, redis_cpu[-1])
+                samplers.append(threading.Thread(target=_redis_cpu_between, args=window))
+                samplers[-1].start()
+            yield spec
+
     if client_kind == "lean":
-        pin("load")
-        out.put(_lean_load(settings, users, spec))
-        return
-    mode, concurrency, rate, start_at = spec.mode, spec.concurrency, spec.rate, spec.start_at
-    offset, arrivals, warmup, seconds = spec.offset, spec.arrivals, spec.warmup, spec.seconds
-    from redis.exceptions import RedisError
-
-    from ledrec.stream.client import AsyncRecommenderClient, RecommendError
-
-    async def main() -> dict[str, Any]:
-        library = AsyncRecommenderClient.from_url(
-            settings.redis_url,
-            2.0,
-            queue=settings.request_queue,
-            prefix=settings.key_prefix,
-            max_queue_length=1_000_000,
-            queues=settings.request_queues,
-        )
-        conn = library.client
-        rng = random.Random()
-        lat: list[float] = []
-        errors: dict[str, int] = {}
-        measure_from = start_at + warmup
-        end = measure_from + seconds
-
-        async def one(scheduled: float) -> None:
-            try:
-                await library.request(user_id=rng.choice(users), k=10)
-            except (RecommendError, RedisError, OSError) as e:
-                if scheduled >= measure_from:
-                    errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
-                return
-            if measure_from <= scheduled:
-                lat.append(time.time() - scheduled)
-
-        # open the connections before the clock starts (connects are not requests)
-        n_conn = concurrency if mode == "closed" else 64
-        await asyncio.gather(*(conn.ping() for _ in range(n_conn)))
-        while time.time() < start_at:
-            await asyncio.sleep(0.001)
-        cpu0 = time.process_time()
-        if mode == "closed":
-
-            async def worker() -> None:
-                while time.time() < end:
-                    await one(time.time())
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        else:
-            tasks: set[asyncio.Task[None]] = set()
-            scheduled = start_at + offset / rate
-            while scheduled < end:
-                delay = scheduled - time.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.create_task(one(scheduled))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                scheduled += rng.expovariate(rate) if arrivals == "poisson" else 1.0 / rate
-            if tasks:
-                await asyncio.wait(tasks, timeout=5)
-            if tasks:
-                errors["unanswered"] = len(tasks)
-        cpu = time.process_time() - cpu0
-        await conn.aclose()
-        return {"latencies": lat, "errors": errors, "cpu_s": cpu}
-
-    out.put(asyncio.run(main()))
+        results = [_lean_load(settings, users, spec) for spec in sampled()]
+    else:
+        results = drive(client_kind, settings, users, sampled())
+    for t in samplers:
+        t.join(10)
+    for j, (r, spec) in enumerate(zip(results, started, strict=True)):
+        r["window"] = [spec.measure_from, spec.end]
+        if first:
+            r["redis_cpu_s"] = redis_cpu[j].get("s", 0.0)
+    out.put(results)
 
 
 def _redis_cpu_between(url: str, start: float, end: float, out: dict[str, float]) -> None:
@@ -450,6 +437,16 @@ def _redis_cpu_between(url: str, start: float, end: float, out: dict[str, float]
     client.close()
 
 
+@dataclass(frozen=True)
+class Point:
+    """A load point: closed loop at ``total`` callers or open loop at ``total`` requests/s,
+    ``pause_s`` after the one before it in its sequence (the processes stay up)."""
+
+    mode: str
+    total: float
+    pause_s: float = 0.0
+
+
 def _run_load(
     settings: Any,
     users: list[str],
@@ -459,67 +456,108 @@ def _run_load(
     seconds: float,
     client_kind: str,
     arrivals: str = "uniform",
+    threads: int = 64,
 ) -> dict[str, Any]:
     """Run ``procs`` load generators; ``total`` = concurrency (closed) or req/s (open)."""
+    point = Point(mode, total)
+    return _run_loads(settings, users, [point], procs, seconds, client_kind, arrivals, threads)[0]
+
+
+def _run_loads(
+    settings: Any,
+    users: list[str],
+    points: list[Point],
+    procs: int,
+    seconds: float,
+    client_kind: str,
+    arrivals: str = "poisson",
+    threads: int = 64,
+) -> list[dict[str, Any]]:
+    """Run ``points`` in turn on the same ``procs`` load-generator processes (and, for a
+    library client, the same client objects), each point once all have ended the last."""
     ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    warmup = 1.0
-    start_at = time.time() + 3.0  # time for the spawned interpreters to import
+    out, barrier, start = ctx.Queue(), ctx.Barrier(procs), ctx.Value("d", 0.0)
+    specs = [
+        [
+            LoadSpec(
+                p.mode,
+                max(1, int(p.total) // procs),
+                p.total / procs,
+                i / procs,  # open loop: the processes' arrivals interleave
+                arrivals,
+                0.0,  # set when every process is ready (clients.synchronized)
+                1.0,  # warmup
+                seconds,
+                threads,
+                p.pause_s,
+            )
+            for p in points
+        ]
+        for i in range(procs)
+    ]
     children = [
         ctx.Process(
             target=_load,
-            args=(
-                settings,
-                users,
-                LoadSpec(
-                    mode,
-                    max(1, total // procs),
-                    total / procs,
-                    i / procs,  # open loop: the processes' arrivals interleave
-                    arrivals,
-                    start_at,
-                    warmup,
-                    seconds,
-                ),
-                client_kind,
-                out,
-            ),
+            args=(settings, users, specs[i], client_kind, out, barrier, start, i == 0),
+            daemon=True,  # none outlives the benchmark, even interrupted
         )
         for i in range(procs)
     ]
     for c in children:
         c.start()
-    redis_cpu: dict[str, float] = {}
-    sampler = threading.Thread(
-        target=_redis_cpu_between,
-        args=(settings.redis_url, start_at + warmup, start_at + warmup + seconds, redis_cpu),
-        daemon=True,
+    # bounded: spawning, then each point, its pause and its drain (a call ends by its timeout)
+    budget = 120 + sum(p.pause_s + seconds + settings.request_timeout_s + 10 for p in points)
+    per_child = sorted(
+        (out.get(timeout=budget) for _ in children), key=lambda r: "redis_cpu_s" not in r[0]
     )
-    sampler.start()
-    results = [out.get(timeout=seconds + 60) for _ in children]
     for c in children:
         c.join(10)
-    sampler.join(10)
+    return [
+        _merge([child[j] for child in per_child], point, seconds, procs, client_kind, arrivals)
+        for j, point in enumerate(points)
+    ]
+
+
+def _merge(
+    results: list[dict[str, Any]],
+    point: Point,
+    seconds: float,
+    procs: int,
+    client_kind: str,
+    arrivals: str,
+) -> dict[str, Any]:
+    """One load point's figures from its load processes' raw results (the first's with
+    redis-server's CPU)."""
+    redis_cpu = results[0]["redis_cpu_s"]
     lat = np.concatenate([np.asarray(r["latencies"]) for r in results])
     errors: dict[str, int] = {}
+    undocumented: dict[str, int] = {}
     for r in results:
         for k, v in r["errors"].items():
             errors[k] = errors.get(k, 0) + v
+        for k, v in r.get("undocumented", {}).items():
+            undocumented[k] = undocumented.get(k, 0) + v
     cpu = sum(r["cpu_s"] for r in results)
     kernel = sum(r.get("sys_s", 0.0) for r in results)
+    total = int(point.total) if point.total == int(point.total) else round(point.total)
     return {
         "load_generator_cpu_us_per_request": round(1e6 * cpu / max(1, lat.size), 1),
-        "load_generator_kernel_cpu_us_per_request": round(1e6 * kernel / max(1, lat.size), 1),
+        **(
+            {"load_generator_kernel_cpu_us_per_request": round(1e6 * kernel / max(1, lat.size), 1)}
+            if client_kind == "lean"
+            else {}
+        ),
         # redis-server's CPU over the measured window, per request answered in it
-        "redis_cpu_us_per_request": round(1e6 * redis_cpu.get("s", 0.0) / max(1, lat.size), 1),
-        "mode": mode,
-        ("concurrency" if mode == "closed" else "offered_per_s"): total,
+        "redis_cpu_us_per_request": round(1e6 * redis_cpu / max(1, lat.size), 1),
+        "mode": point.mode,
+        ("concurrency" if point.mode == "closed" else "offered_per_s"): total,
         "load_processes": procs,
         "client": client_kind,
-        **({"arrivals": arrivals} if mode == "open" else {}),
-        "window": [start_at + warmup, start_at + warmup + seconds],
+        **({"arrivals": arrivals} if point.mode == "open" else {}),
+        "window": results[0]["window"],
         "answered_per_s": round(lat.size / seconds),
         "errors": errors,
+        **({"undocumented": undocumented} if undocumented else {}),
         "latency": percentiles(lat),
     }
 
@@ -645,7 +683,7 @@ def _with_server(
     stop, out = ctx.Event(), ctx.Queue()
     target = _echo if kind == "echo" else _serve
     args = (settings, stop) if kind == "echo" else (settings, stop, out, profile_path)
-    child = ctx.Process(target=target, args=args)
+    child = ctx.Process(target=target, args=args, daemon=True)  # gone with us, even on errors
     child.start()
     client = RecommenderClient.from_url(
         settings.redis_url,
@@ -749,28 +787,57 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
                     registry.set_state(m.version, "retired")
 
         def loads(s: Any = s, kind: str = kind) -> list[dict[str, Any]]:
-            points = []
-            for c in args.clients:
-                points.append(
-                    _run_load(s, users, "closed", c, args.procs, args.seconds, args.client)
+            clients = args.client if kind != "exact" else args.client[:1]
+
+            def run(who: str, seq: list[Point], turn: int = 0) -> list[dict[str, Any]]:
+                got = _run_loads(
+                    s, users, seq, args.procs, args.seconds, who, args.arrivals, args.sync_threads
                 )
-                print(f"    {kind:5s} closed {c:3d} clients: {_line(points[-1])}", flush=True)
-            closed_max = points[-1]["answered_per_s"] if points else 0
-            for rate in args.rate:
-                if kind == "exact" and closed_max <= rate:
-                    continue  # beyond what it sustains: every request would time out
-                points.append(
-                    _run_load(
-                        s, users, "open", rate, args.procs, args.seconds, args.client,
-                        args.arrivals,
-                    )
-                )  # fmt: skip
-                print(f"    {kind:5s} open {rate}/s: {_line(points[-1])}", flush=True)
+                for p in got:
+                    p["round"] = turn
+                    load = f"closed {p['concurrency']:3d} callers" if p["mode"] == "closed" \
+                        else f"open {p['offered_per_s']}/s"  # fmt: skip
+                    print(f"    {kind:5s} {who:7s} {load}: {_line(p)}", flush=True)
+                return got
+
+            # The clients take turns at each point, for --rounds rounds: a machine whose
+            # load drifts (a shared one) shifts them alike, and the medians over rounds
+            # are what compare.
+            points: list[dict[str, Any]] = []
+            for turn in range(args.rounds):
+                for c in args.clients:
+                    points += [run(who, [Point("closed", c)], turn)[0] for who in clients]
+            closed_max = {
+                who: max((p["answered_per_s"] for p in points if p["client"] == who), default=0)
+                for who in clients
+            }
+            for turn in range(args.rounds):
+                for rate in args.rate:
+                    for who in clients:
+                        if kind != "exact" or closed_max[who] > rate:  # else: all time out
+                            points += run(who, [Point("open", rate)], turn)
+            if kind != "ivf" or args.recovery_s < 0:
+                return points
+            for who in clients:  # normal load, twice the client's capacity, normal again
+                # normal: the target rate, or half the capacity where that is less (a loaded
+                # machine): past capacity the recovery could not show
+                normal = min(max(args.rate), closed_max[who] // 2)
+                seq = [
+                    Point("open", normal),
+                    Point("open", 2 * closed_max[who]),
+                    Point("open", normal, args.recovery_s),
+                ]
+                before, over, after = run(who, seq) if closed_max[who] else ({}, {}, {})
+                before["phase"], over["phase"], after["phase"] = "before", "overload", "after"
+                after["recovery_wait_s"] = args.recovery_s
+                points += [p for p in (before, over, after) if "client" in p]
             return points
 
         profile = str(args.out / f"serving_profile_{tag}_{kind}.txt") if args.profile else ""
         points, breakdown = _with_server(s, kind, loads, profile)
-        runs[kind] = {"load": points, "server": breakdown}
+        runs[kind] = {"load": [p for p in points if "phase" not in p], "server": breakdown}
+        if any("phase" in p for p in points):
+            runs[kind]["overload"] = _overload_by_client(points)
     client.close()
     return {
         "redis": stack.kind,
@@ -790,6 +857,188 @@ def run_size(stack: Any, args: argparse.Namespace, n_items: int) -> dict[str, An
         },
         "table4_single_request": table4,
         "runs": runs,
+    }
+
+
+def _overload_by_client(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per client: normal load before, twice its capacity, normal load again after a wait."""
+    out: dict[str, Any] = {}
+    for p in points:
+        if "phase" in p:
+            out.setdefault(p["client"], {})[p["phase"]] = p
+    return out
+
+
+def clients_digest(size: dict[str, Any], rate: int = TARGET_RATE) -> dict[str, Any]:
+    """Per client (lean generator, sync, asyncio), from one size's runs: closed-loop
+    throughput, the open loop at ``rate``, the echo floor measured through the same client,
+    the overload point and the recovery, and the ratios to the lean generator."""
+    from benchmarks.clients import DOCUMENTED
+
+    def brief(ps: list[dict[str, Any]]) -> dict[str, Any]:
+        """A point's figures: medians over its rounds (and each round's), errors summed."""
+        if not ps:  # not run (exact search past what it sustains)
+            return {}
+        each = [
+            {
+                "answered_per_s": p["answered_per_s"],
+                "p50_us": p["latency"].get("p50_us"),
+                "p99_us": p["latency"].get("p99_us"),
+            }
+            for p in ps
+        ]
+        errors: dict[str, int] = {}
+        for p in ps:
+            for k, v in p["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+
+        def median(key: str) -> float | None:
+            got = [e[key] for e in each if e[key] is not None]
+            return round(float(np.median(got)), 1) if got else None
+
+        out: dict[str, Any] = {key: median(key) for key in ("answered_per_s", "p50_us", "p99_us")}
+        out["errors"] = errors
+        if len(each) > 1:
+            out["rounds"] = each
+        return out
+
+    def of(kind: str, who: str, mode: str, total: int | None = None) -> list[dict[str, Any]]:
+        load = size["runs"].get(kind, {}).get("load", [])
+        return [
+            p
+            for p in load
+            if p["client"] == who
+            and p["mode"] == mode
+            and total in (None, p.get("concurrency", p.get("offered_per_s")))
+        ]
+
+    def closed_loop(kind: str, who: str) -> dict[str, Any]:
+        callers = dict.fromkeys(p["concurrency"] for p in of(kind, who, "closed"))
+        return {str(c): brief(of(kind, who, "closed", c)) for c in callers}
+
+    clients: dict[str, Any] = {}
+    for who in dict.fromkeys(p["client"] for p in size["runs"]["ivf"]["load"]):
+        closed = closed_loop("ivf", who)
+        entry: dict[str, Any] = {
+            "closed_loop": closed,
+            "closed_loop_max_per_s": max((c["answered_per_s"] for c in closed.values()), default=0),
+            f"open_{rate}": brief(of("ivf", who, "open", rate)),
+            "echo_floor": {
+                "closed_loop": closed_loop("echo", who),
+                f"open_{rate}": brief(of("echo", who, "open", rate)),
+            },
+        }
+        over = size["runs"]["ivf"].get("overload", {}).get(who)
+        if over:
+            seen = {**over["overload"]["errors"], **over["after"]["errors"]}
+            p50s = [over[k]["latency"].get("p50_us") for k in ("before", "after")]
+            entry["overload"] = {
+                "offered_per_s": over["overload"]["offered_per_s"],
+                "answered_per_s": over["overload"]["answered_per_s"],
+                "p50_us": over["overload"]["latency"].get("p50_us"),
+                "errors": over["overload"]["errors"],
+                "undocumented": over["overload"].get("undocumented", {}),
+                # the lean generator's own bookkeeping ("unsent...", "unanswered") aside
+                "only_documented_errors": all(
+                    e in DOCUMENTED or e.startswith("unsent") for e in seen
+                ),
+            }
+            entry["recovery"] = {
+                "normal_per_s": over["after"]["offered_per_s"],
+                "wait_s": over["after"]["recovery_wait_s"],
+                "p50_before_us": p50s[0],
+                "p50_after_us": p50s[1],
+                "answered_per_s_before_after": [
+                    over[k]["answered_per_s"] for k in ("before", "after")
+                ],
+                "errors_after": over["after"]["errors"],
+                "p50_after_over_before": round(p50s[1] / p50s[0], 2) if all(p50s) else None,
+                "within_20_percent": bool(all(p50s) and p50s[1] <= 1.2 * p50s[0]),
+            }
+        clients[who] = entry
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a and b else None
+
+    lean = clients.get("lean")
+    for who, entry in clients.items():
+        here, floor = entry[f"open_{rate}"] or {}, entry["echo_floor"][f"open_{rate}"] or {}
+        entry["p50_over_echo_floor"] = ratio(here.get("p50_us"), floor.get("p50_us"))
+        entry["p99_minus_echo_floor_us"] = (
+            round(here["p99_us"] - floor["p99_us"], 1)
+            if here.get("p99_us") and floor.get("p99_us")
+            else None
+        )
+        if lean and who != "lean":
+            entry["vs_lean"] = _vs_lean(size, who, rate)
+            # the no-work echo: the clients' own costs, whatever the scorer sustains
+            entry["vs_lean_on_echo_floor"] = _vs_lean(size, who, rate, "echo")
+    targets: dict[str, Any] = {}
+    if lean and "asyncio" in clients:
+        vs = clients["asyncio"]["vs_lean"]
+        closed, p50 = vs["closed_loop_max"], vs[f"p50_at_{rate}"]
+        targets = {
+            "asyncio_closed_loop_at_least_0.8x_lean": closed is not None and closed >= 0.8,
+            # None: no round where both sustained the rate (past the scorer's capacity)
+            "asyncio_p50_at_most_1.5x_lean": None if p50 is None else p50 <= 1.5,
+        }
+    return {"items": size["items"], "clients": clients, "targets": targets}
+
+
+def _vs_lean(size: dict[str, Any], who: str, rate: int, kind: str = "ivf") -> dict[str, Any]:
+    """``who``'s figures over the lean generator's, round by round (the clients took turns
+    within each round, so a round compares them under about the same machine load), and
+    the median over rounds. Latencies only from rounds where the scorer's capacity (the
+    lean closed loop) reached ``rate`` and both clients answered it in full."""
+    load = size["runs"][kind]["load"]
+
+    def point(client: str, mode: str, turn: int, total: int) -> dict[str, Any] | None:
+        key = "concurrency" if mode == "closed" else "offered_per_s"
+        return next(
+            (
+                p
+                for p in load
+                if p["client"] == client
+                and p["mode"] == mode
+                and p.get("round", 0) == turn
+                and p[key] == total
+            ),
+            None,
+        )
+
+    def sustained(p: dict[str, Any] | None) -> bool:
+        return bool(p and p["answered_per_s"] >= 0.95 * rate and not p["errors"])
+
+    rounds = sorted({p.get("round", 0) for p in load})
+    callers = sorted({p["concurrency"] for p in load if p["mode"] == "closed"})
+    per_round: list[dict[str, Any]] = []
+    for turn in rounds:
+        row: dict[str, Any] = {"round": turn}
+        mine = [point(who, "closed", turn, c) for c in callers]
+        lean = [point("lean", "closed", turn, c) for c in callers]
+        top = [max((p["answered_per_s"] for p in ps if p), default=0) for ps in (mine, lean)]
+        row["closed_loop_max"] = round(top[0] / top[1], 2) if top[1] else None
+        here, there = point(who, "open", turn, rate), point("lean", "open", turn, rate)
+        # past the scorer's capacity (the lean generator's closed loop this round) a p50 is
+        # the length of the queue, not the client's cost
+        if here and there and top[1] >= rate and sustained(here) and sustained(there):
+            for q in ("p50", "p99"):
+                a, b = here["latency"][f"{q}_us"], there["latency"][f"{q}_us"]
+                row[f"{q}_at_{rate}"] = round(a / b, 2)
+        per_round.append(row)
+
+    def median(key: str) -> float | None:
+        got = [r[key] for r in per_round if r.get(key) is not None]
+        return round(float(np.median(got)), 2) if got else None
+
+    return {
+        "how": "per round (the clients take turns within one), then the median over rounds;"
+        f" latencies only from rounds where the lean closed loop reached {rate}/s and both"
+        f" answered {rate}/s in full",
+        "closed_loop_max": median("closed_loop_max"),
+        f"p50_at_{rate}": median(f"p50_at_{rate}"),
+        f"p99_at_{rate}": median(f"p99_at_{rate}"),
+        "rounds": per_round,
     }
 
 
@@ -824,15 +1073,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--procs", type=int, default=2, help="load-generator processes")
     p.add_argument(
         "--client",
-        choices=["lean", "library"],
-        default="lean",
-        help="load generator: lean raw-socket RPC client, or stream.client's asyncio client",
+        nargs="+",
+        choices=[*CLIENTS, "library"],
+        default=list(CLIENTS),
+        help="load generators, each through every load point in turn: the lean raw-socket"
+        " RPC client, the sync RecommenderClient (threads), the AsyncRecommenderClient"
+        " (library: the asyncio one)",
     )
     p.add_argument(
         "--arrivals",
         choices=["uniform", "poisson"],
-        default="uniform",
-        help="open loop: evenly spaced requests, or a Poisson process of the same rate",
+        default="poisson",
+        help="open loop: a Poisson process, or evenly spaced requests of the same rate"
+        " (they understate queueing)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="the closed-loop and open-loop points this many times, the clients taking turns"
+        " at each (serving_clients.json compares their medians)",
+    )
+    p.add_argument(
+        "--sync-threads",
+        type=int,
+        default=64,
+        help="sync client, open loop: caller threads per load process (its pool's size)",
+    )
+    p.add_argument(
+        "--recovery-s",
+        type=float,
+        default=60.0,
+        help="after the open-loop points, each client offers twice its closed-loop maximum,"
+        " then, this long later, normal load again (the top --rate, or half the closed-loop"
+        " maximum where that is less; the issue's one minute); < 0: skip",
     )
     p.add_argument("--batch-size", type=int, default=64, help="scorer's serve_batch_size")
     p.add_argument(
@@ -863,7 +1137,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="run on a local Redis Cluster of N (>= 3) primaries instead of one redis-server",
     )
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--digest",
+        type=Path,
+        help="only rewrite serving_clients.json (in --out) from this serving.json",
+    )
     args = p.parse_args(argv)
+    if args.digest:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_clients(json.loads(args.digest.read_text()), args.out)
+        return {}
+    args.client = list(dict.fromkeys("asyncio" if c == "library" else c for c in args.client))
     args.out.mkdir(parents=True, exist_ok=True)
     set_pinning(PINNINGS[args.pin], ("scorer", "redis", "load"))
     sizes = []
@@ -881,25 +1165,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if args.spin_us
                 else "sleeping while it waits for requests"
             )
-            + f"); {args.procs} load-generator processes "
-            + (
-                "(a lean raw-socket client speaking the same RPC: bounded-push script + "
-                "BLPOP in one round trip, select loop"
-                if args.client == "lean"
-                else "(asyncio, stream.client.AsyncRecommenderClient"
-            )
-            + f"; open loop {args.arrivals} arrivals); the floor is the server's own loop "
-            "with no state read and no search (an echo), same load generators — all on "
-            "this machine's 2 cores"
+            + f"); {args.procs} load-generator processes per point, for each of "
+            + ", ".join(CLIENTS[c] for c in args.client)
+            + f" in turn (open loop: {args.arrivals} arrivals); the floor is the server's own"
+            " loop with no state read and no search (an echo), through the same load"
+            " generators — all on this machine's 2 cores"
         ),
         "pinning": {"name": args.pin, **PINNINGS[args.pin]},
+        "seconds_per_point": args.seconds,
         "sizes": sizes,
     }
     name = NAME if not args.redis_cluster else f"{NAME}_cluster{args.redis_cluster}"
     if args.request_queues:
         name += f"_q{args.request_queues}"
-    write_result(name, result, args.out)
+    write_clients(json.loads(write_result(name, result, args.out).read_text()), args.out)
     return result
+
+
+def write_clients(result: dict[str, Any], out: Path) -> Path | None:
+    """``serving_clients.json`` from a serving result (as written: its machine, load and
+    finish time kept), or None when it served no model."""
+    sizes = result["sizes"]
+    if not sizes or "ivf" not in sizes[0]["runs"]:
+        return None
+    rates = {p["offered_per_s"] for p in sizes[0]["runs"]["ivf"]["load"] if p["mode"] == "open"}
+    rate = TARGET_RATE if TARGET_RATE in rates or not rates else max(rates)
+    digest = {
+        "benchmark": result["benchmark"].replace(NAME, f"{NAME}_clients", 1),
+        "machine": result["machine"],
+        "what": "the serving figures per client: lean generator, sync and asyncio library"
+        " clients, same run, same scorer (from serving.json; `python -m benchmarks.serving"
+        " --digest serving.json` rewrites it)",
+        "processes": result["processes"],
+        "pinning": result["pinning"],
+        "seconds_per_point": result.get("seconds_per_point"),
+        "targets_at": "10^6 items (issue #17)",
+        "sizes": [clients_digest(size, rate) for size in sizes],
+        "finished_at": result["finished_at"],
+    }
+    path = out / f"{digest['benchmark']}.json"
+    path.write_text(json.dumps(digest, indent=2) + "\n")
+    return path
 
 
 if __name__ == "__main__":

@@ -27,9 +27,19 @@ def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_results(tmp_path: Pa
     for run in serving["runs"].values():
         assert all(point["latency"]["n"] > 0 for point in run["load"])
     assert serving["runs"]["ivf"]["server"]["requests"] > 0
+    # the same run through each client: lean generator, sync and asyncio library clients
+    clients = json.loads((tmp_path / "serving_clients.json").read_text())["sizes"][0]["clients"]
+    assert set(clients) == {"lean", "sync", "asyncio"}
+    for name, client in clients.items():
+        assert client["closed_loop_max_per_s"] > 0 and client["open_200"]["answered_per_s"] > 0
+        assert client["echo_floor"]["open_200"]["answered_per_s"] > 0
+        # twice its capacity: documented errors only, then answers again
+        assert client["overload"]["only_documented_errors"], (name, client["overload"])
+        assert client["recovery"]["answered_per_s_before_after"][1] > 0
     assert results["freshness"]["runs"][0]["probes"] == 5
     summary = (tmp_path / "SUMMARY.md").read_text()
     assert "Ingest" in summary and "Serving" in summary and "Freshness" in summary
+    assert "Serving through each client" in summary
     assert json.loads((tmp_path / "serving.json").read_text())["benchmark"] == "serving"
 
 
