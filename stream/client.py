@@ -372,6 +372,8 @@ class RecommenderClient(_ClientBase):
 # be taken for the answer to a new call with the same id.
 _LATE_REPLY_S = 10.0
 _LISTEN_S = 1  # the reply listener's BLMPOP timeout (seconds): how often it looks up
+_LISTEN_STALL_S = 5.0  # a BLMPOP unanswered this long past its timeout: a stalled link
+_NO_READ_TIMEOUT_S = 3600.0  # a read bounded by the caller's asyncio.timeout instead
 _TAKE_REPLIES = 256  # replies the listener takes per round trip, at most
 
 
@@ -458,7 +460,18 @@ class _Multiplexer:
                 await conn.send_command(
                     "BLMPOP", _LISTEN_S, 1, self.reply_key, "RIGHT", "COUNT", _TAKE_REPLIES
                 )
-                taken = await conn.read_response(timeout=_LISTEN_S + _READ_GRACE_S)
+                # The deadline is ours, not read_response's: given a timeout, redis-py
+                # returns None when it passes (as for a BLMPOP that found nothing) and
+                # leaves the reply unread, so the next BLMPOP would read this one's.
+                # Cancelled mid-read, redis-py drops the connection: take a new one (a
+                # Redis that is gone fails the connect, and the calls with it).
+                try:
+                    async with asyncio.timeout(_LISTEN_S + _LISTEN_STALL_S):
+                        taken = await conn.read_response(timeout=_NO_READ_TIMEOUT_S)
+                except TimeoutError:
+                    await conn.disconnect(nowait=True)
+                    await conn.connect()
+                    continue
                 for body in taken[1] if taken else ():
                     reply = protocol.decode_reply(body)
                     future = self.waiting.pop(str(reply.get("id", "")), None)

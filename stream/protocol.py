@@ -114,7 +114,7 @@ def new_request(
     ``request_id``: the caller's (``valid_request_id``); default: the fresh id of the reply
     key. ``reply_to``: a reply key of the caller's (default: one of its own for this request).
     """
-    token = new_request_id()
+    token = new_request_id() if request_id is None or reply_to is None else ""  # ~4 µs
     return Request(
         id=token if request_id is None else request_id,
         reply_to=reply_to or (keys or Keyspace(prefix)).reply(token, queue),
