@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from ledrec.settings import Settings
 from ledrec.stream import protocol
 from ledrec.stream._resp import resp_command
 from ledrec.stream.protocol import Request
+
+log = logging.getLogger(__name__)
 
 # A blocking read is given this much longer than the reply's server-side wait (BLPOP's
 # timeout), so that the server's "nothing came" answer, not the socket, ends the call.
@@ -469,6 +472,8 @@ class _Multiplexer:
                     async with asyncio.timeout(_LISTEN_S + _LISTEN_STALL_S):
                         taken = await conn.read_response(timeout=_NO_READ_TIMEOUT_S)
                 except TimeoutError:
+                    log.warning("reply listener stalled; reconnecting",
+                                extra={"waiting": len(self.waiting)})  # fmt: skip
                     await conn.disconnect(nowait=True)
                     await conn.connect()
                     continue
