@@ -515,6 +515,11 @@ class AsyncRecommenderClient(_ClientBase):
     (a caller's id given twice) and every call on a Redis Cluster take the per-call path
     instead: a connection of the pool (``max_connections`` at most; a call that finds
     them all busy is ``Overloaded``) for the enqueue and a ``BLPOP`` on its own reply key.
+
+    ``max_in_flight``: calls of this client at once, at most; the next is ``Overloaded``
+    at once. Past the scorers' capacity, admitting every call would leave each one waiting
+    behind all the others until nearly none is answered in time; shedding the excess at
+    the door keeps the ones admitted answered.
     """
 
     def __init__(
@@ -526,9 +531,14 @@ class AsyncRecommenderClient(_ClientBase):
         max_queue_length: int = 10_000,
         clock: Callable[[], float] = time.time,
         queues: int = 0,
+        max_in_flight: int = 1024,
     ) -> None:
         super().__init__(client, queue, prefix, timeout_s, max_queue_length, clock, queues)
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self.client = client
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0
         self._push = client.register_script(protocol.ENQUEUE_SCRIPT)
         self._mux: _Multiplexer | None = None
         self._clock_refresh: asyncio.Future[None] | None = None
@@ -596,9 +606,17 @@ class AsyncRecommenderClient(_ClientBase):
         ``request_id``: the caller's id for this call (default: a fresh one)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         rid = self._request_id(request_id)
-        if self._mux is not None and not self._mux.busy(rid):
-            return await self._multiplexed(self._mux, user_id, items, k, exclude_seen, timeout, rid)
-        return await self._alone(user_id, items, k, exclude_seen, timeout, rid)
+        if self._in_flight >= self.max_in_flight:
+            raise Overloaded(f"{self._in_flight} calls of this client in flight", rid)
+        self._in_flight += 1
+        try:
+            if self._mux is not None and not self._mux.busy(rid):
+                return await self._multiplexed(
+                    self._mux, user_id, items, k, exclude_seen, timeout, rid
+                )
+            return await self._alone(user_id, items, k, exclude_seen, timeout, rid)
+        finally:
+            self._in_flight -= 1
 
     async def _refresh_clock(self, mux: _Multiplexer | None) -> None:
         """Measure the offset to Redis's clock once for all the calls that find it stale.

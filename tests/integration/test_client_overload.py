@@ -59,6 +59,31 @@ def test_asyncio_client_overload(slow_settings: Settings, redis_client: redis.Re
     assert recovered == 20
 
 
+def test_asyncio_client_sheds_calls_past_max_in_flight(
+    slow_settings: Settings, redis_client: redis.Redis
+) -> None:
+    """Calls past ``max_in_flight`` are ``Overloaded`` at once, without a round trip; the
+    ones admitted are answered (a one-request-batch scorer answers 50 well within 5 s)."""
+    with running_server(slow_settings, redis_client):
+
+        async def main() -> list[object]:
+            client = AsyncRecommenderClient.from_settings(slow_settings, timeout_s=5.0)
+            client.max_in_flight = 50
+            try:
+                await client.request(user_id="warm")
+                return await asyncio.gather(
+                    *(client.request(user_id=f"u{i}") for i in range(CALLS)),
+                    return_exceptions=True,
+                )
+            finally:
+                await client.aclose()
+
+        outcomes = asyncio.run(main())
+    shed = [o for o in outcomes if isinstance(o, Overloaded) and "in flight" in str(o)]
+    answered = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(shed) == CALLS - 50 and len(answered) == 50, {type(o) for o in outcomes}
+
+
 def test_asyncio_client_cold_start_takes_no_pool_connections(
     slow_settings: Settings, redis_client: redis.Redis
 ) -> None:
