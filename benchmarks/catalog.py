@@ -202,10 +202,11 @@ def _index_bytes(index: Any) -> dict[str, int]:
 def index_table(
     cat: Catalog, x: npt.NDArray[np.float32], args: argparse.Namespace
 ) -> tuple[list[dict[str, Any]], Any]:
-    """One row per (variant, nprobe); returns the rows and the best variant's index."""
+    """One row per (variant, nprobe); returns the rows and the best variant's index
+    (rebuilt at the end: holding it while the others are built would double the RAM)."""
     import faiss
 
-    from ledrec.stream.index import build_head_tail, head_rows_of, train_centroids
+    from ledrec.stream.index import assign_lists, build_head_tail, head_rows_of, train_centroids
 
     k = 10
     faiss.omp_set_num_threads(2)  # builds and the brute-force truth: both cores
@@ -238,25 +239,29 @@ def index_table(
     head_rows = head_rows_of(cat.data[:, -1])
     is_head = np.zeros(len(cat.data), dtype=bool)
     is_head[head_rows] = True
-    best: tuple[float, Any, dict[str, Any]] | None = None
+    best: tuple[float, dict[str, Any]] | None = None
+    kept: dict[int, Any] = {}  # nlist -> (centroids, lists) of the best so far
     for nlist in args.nlists:
         faiss.omp_set_num_threads(2)
         t0 = time.perf_counter()
         centroids = train_centroids(cat.data, is_head, nlist)
         kmeans_s = time.perf_counter() - t0
-        _log(f"nlist {nlist}: k-means {kmeans_s:.1f}s")
+        t0 = time.perf_counter()
+        lists = assign_lists(cat.data, centroids, head_rows)
+        assign_s = time.perf_counter() - t0
+        _log(f"nlist {nlist}: k-means {kmeans_s:.1f}s, assignment {assign_s:.1f}s")
         for codec in args.codecs:
             faiss.omp_set_num_threads(2)
             gc.collect()
             rss0 = _rss_bytes()
             t0 = time.perf_counter()
-            index = build_head_tail(cat.data, centroids=centroids, codec=codec)
+            index = build_head_tail(cat.data, centroids=centroids, codec=codec, lists=lists)
             add_s = time.perf_counter() - t0
             rss = _rss_bytes() - rss0
             size = _index_bytes(index)
             total = size["codes_and_ids"] + size["quantizer"]
             _log(
-                f"  {codec}: built in {add_s:.1f}s (+ k-means {kmeans_s:.1f}s), "
+                f"  {codec}: built in {add_s:.1f}s (+ k-means and assignment), "
                 f"{total / 1e9:.3f} GB ({total / len(cat.data):.1f} B/item),"
                 f" RSS +{rss / 1e9:.3f} GB"
             )
@@ -274,9 +279,10 @@ def index_table(
                         "nlist": nlist,
                         "nprobe": nprobe,
                         "rerank": rerank,
-                        "build_s": round(add_s + kmeans_s, 1),
+                        "build_s": round(kmeans_s + assign_s + add_s, 1),
                         "kmeans_s": round(kmeans_s, 1),
-                        "add_s": round(add_s, 1),
+                        "assign_s": round(assign_s, 1),
+                        "codec_train_and_add_s": round(add_s, 1),
                         "index_bytes": total,
                         "bytes_per_item": round(total / len(cat.data), 1),
                         "rss_growth_bytes": rss,
@@ -298,12 +304,16 @@ def index_table(
                     if not rerank and recall >= TARGET_RECALL and (args.serve_codec in ("", codec)):
                         score = single["p50_us"]
                         if best is None or score < best[0]:
-                            best = (score, index, row)
+                            best = (score, row)
+                            kept = {nlist: (centroids, lists)}
             del index
+        del lists
     if best is None:
         return rows, None
-    best[2]["served"] = True
-    return rows, best[1]
+    row = best[1]
+    row["served"] = True
+    centroids, lists = kept[row["nlist"]]
+    return rows, build_head_tail(cat.data, centroids=centroids, codec=row["codec"], lists=lists)
 
 
 # --------------------------------------------------------------------------- serving
@@ -350,13 +360,15 @@ def serve(
         model = Model(
             ids, cat.data[:, :dim], np.ascontiguousarray(cat.data[:, dim]), version=f"cat{n}"
         )
-        # the index written into a buffer behind the artifact's magic, handed over without
-        # a copy (serialize() would hold the index three times at once)
-        writer = faiss.VectorIOWriter()
-        faiss.copy_array_to_vector(np.frombuffer(_MAGIC, dtype=np.uint8), writer.data)
-        faiss.write_index(index.ivf, writer)
+        # the index streamed to a file behind the artifact's magic and handed over mapped
+        # (serialize() would hold the index three times at once)
+        blob = stack.home / "index.blob"
+        with blob.open("wb") as f:
+            f.write(_MAGIC)
+            faiss.write_index(index.ivf, faiss.PyCallbackIOWriter(f.write))  # type: ignore[attr-defined]
         del index
-        raw = faiss.rev_swig_ptr(writer.data.data(), writer.data.size())
+        gc.collect()
+        raw = np.memmap(blob, dtype=np.uint8, mode="r")
         save_model(model, settings.model_store_path, raw.data)  # the array's buffer
         out["artifact_bytes"] = {
             p.name: p.stat().st_size for p in Path(model.path or ".").iterdir()
@@ -376,7 +388,8 @@ def serve(
         registry.register(model)
         registry.set_state(model.version, "warming")
         registry.activate(model.version)
-        del raw, writer, model, ids, cat
+        del raw, model, ids, cat
+        blob.unlink()
         gc.collect()
         user = np.repeat(np.arange(len(users)), [len(u) for u in users])
         events = SimpleNamespace(

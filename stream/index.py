@@ -28,7 +28,7 @@ _MAGIC_V1 = b"LEDHT001"  # earlier layout: magic, head row count, head rows, two
 # The head list's centroid: queries are [u, 1], so its inner product with every query is
 # this value, far above any real centroid's: the quantizer always ranks the head list first.
 _HEAD_CENTROID_BIAS = 1e30
-_ADD_CHUNK = 1 << 20  # rows assigned and added per step: bounds the build's extra memory
+_ADD_CHUNK = 1 << 20  # rows assigned per step: bounds the build's extra memory
 
 
 class HeadTailIndex:
@@ -116,35 +116,65 @@ def build_head_tail(
     head_items: int = HEAD_ITEMS,
     codec: str = "flat",
     centroids: npt.NDArray[np.float32] | None = None,
+    lists: npt.NDArray[np.int64] | None = None,
 ) -> HeadTailIndex:
-    """A :class:`HeadTailIndex` over rows ``[v_i, b_i]`` (bias last), added in chunks.
+    """A :class:`HeadTailIndex` over rows ``[v_i, b_i]`` (bias last), built list by list.
 
     ``codec``: how the lists store vectors: ``flat`` (float32), ``sq8`` (8 bits per
-    dimension) or ``pq<M>`` (M bytes; M divides the dimension). ``centroids``: the tail's
-    k-means centroids when already trained (one k-means shared by several codecs).
-    Chunked so a 10^7-item catalog is never copied whole (NOTES.md, "10^7 items").
+    dimension) or ``pq<M>`` (M bytes; M divides the dimension). ``centroids`` and
+    ``lists`` (each row's list, from :func:`assign_lists`): the tail's k-means and the
+    assignment when already computed (shared by several codecs). Each list is filled in
+    one step, so it holds exactly its entries (appending grows faiss's lists by up to 2x)
+    and the catalog is never copied whole (NOTES.md, "10^7 items").
     """
     n = data.shape[0]
     head_rows = head_rows_of(data[:, -1], head_items)
-    is_head = np.zeros(n, dtype=bool)
-    is_head[head_rows] = True
     if centroids is None:
+        is_head = np.zeros(n, dtype=bool)
+        is_head[head_rows] = True
         centroids = train_centroids(data, is_head, nlist, seed)
     nlist = centroids.shape[0]
+    if lists is None:
+        lists = assign_lists(data, centroids, head_rows)
     ivf = _with_head_list(centroids, codec)
     if not ivf.is_trained:  # sq8 / pq: the codec learns from the head and a tail sample
         rng = np.random.default_rng(seed)
-        tail_rows = np.flatnonzero(~is_head)
+        tail_rows = np.flatnonzero(lists != nlist)
         sample = rng.choice(tail_rows, size=min(tail_rows.size, 100_000), replace=False)
         ivf.train(np.ascontiguousarray(data[np.sort(np.concatenate([head_rows, sample]))]))
-    assign = faiss.IndexFlatIP(centroids.shape[1])  # as the tail's own IVF would assign
-    assign.add(centroids)
-    for lo in range(0, n, _ADD_CHUNK):
-        x = np.ascontiguousarray(data[lo : lo + _ADD_CHUNK])
-        _, lists = assign.search(x, 1)
-        lists = np.where(is_head[lo : lo + len(x)], nlist, lists[:, 0])
-        _add(ivf, x, np.arange(lo, lo + len(x), dtype=np.int64), lists)
+    order = np.argsort(lists, kind="stable")  # catalog order within each list
+    bounds = np.searchsorted(lists[order], np.arange(nlist + 2))
+    invlists = _invlists(ivf)
+    for list_no in range(nlist + 1):
+        rows = np.ascontiguousarray(order[bounds[list_no] : bounds[list_no + 1]])
+        if not rows.size:
+            continue
+        x = np.ascontiguousarray(data[rows])
+        codes = np.empty((rows.size, ivf.code_size), dtype=np.uint8)
+        where = np.full(rows.size, list_no, dtype=np.int64)
+        ivf.encode_vectors(
+            rows.size, faiss.swig_ptr(x), faiss.swig_ptr(where), faiss.swig_ptr(codes)
+        )
+        invlists.add_entries(list_no, rows.size, faiss.swig_ptr(rows), faiss.swig_ptr(codes))
+    ivf.ntotal = n
     return HeadTailIndex(ivf)
+
+
+def assign_lists(
+    data: npt.NDArray[np.float32],
+    centroids: npt.NDArray[np.float32],
+    head_rows: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]:
+    """Each row's list: its nearest centroid (as the tail's own IVF would assign it), or
+    the head list (number ``len(centroids)``) for ``head_rows``; in chunks."""
+    quantizer = faiss.IndexFlatIP(centroids.shape[1])
+    quantizer.add(centroids)
+    lists = np.empty(data.shape[0], dtype=np.int64)
+    for lo in range(0, data.shape[0], _ADD_CHUNK):
+        _, nearest = quantizer.search(np.ascontiguousarray(data[lo : lo + _ADD_CHUNK]), 1)
+        lists[lo : lo + len(nearest)] = nearest[:, 0]
+    lists[head_rows] = centroids.shape[0]
+    return lists
 
 
 def head_rows_of(
