@@ -322,8 +322,8 @@ def _catalog_summary(r: dict[str, Any]) -> list[str]:
             " generators on the other; the echo floor (no state read, no search) in the same"
             " run:",
             "",
-            "| server | load | answered/s | p50 | p99 | scorer CPU µs/request (one-request"
-            " batches) | errors |",
+            "| server | load | answered/s | p50 | p99 | scorer: mean batch, CPU µs/request"
+            " (all batches, one-request batches) | errors |",
             "|---|---|---:|---:|---:|---:|---|",
         ]
         for kind, run in serving["runs"].items():
@@ -334,7 +334,14 @@ def _catalog_summary(r: dict[str, Any]) -> list[str]:
                     if p["mode"] == "closed"
                     else f"open (Poisson), {p['offered_per_s']:,}/s"
                 )
-                cpu = p.get("server", {}).get("thread_cpu_us_per_request_by_batch_size", {})
+                server = p.get("server", {})
+                cpu = server.get("thread_cpu_us_per_request_by_batch_size", {})
+                mean = server.get("per_request_amortised", {}).get("total_thread_cpu", {})
+                cpus = (
+                    f"{server['batch_size_mean']}, {mean['mean_us']:.0f}, {cpu.get('1', '–')}"
+                    if server
+                    else "–"
+                )
                 lines.append(
                     f"| {kind} | {load} | {p['answered_per_s']:,} |"
                     + (
@@ -342,8 +349,16 @@ def _catalog_summary(r: dict[str, Any]) -> list[str]:
                         if lat.get("n")
                         else " – | – |"
                     )
-                    + f" {cpu.get('1', '–')} | {p['errors'] or ''} |"
+                    + f" {cpus} | {p['errors'] or ''} |"
                 )
+        memory = serving.get("scorer_memory_kb", {}).values()
+        if memory:
+            lines += [
+                "",
+                f"Scorer process memory: peak {max(m['VmHWM'] for m in memory) / 1e6:.1f} GB"
+                f" (loading the version), {max(m['VmRSS'] for m in memory) / 1e6:.1f} GB"
+                " while serving.",
+            ]
     lines.append("")
     return lines
 
