@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-serve", action="store_true", help="the index table only")
     p.add_argument("--seconds", type=float, default=8.0, help="per load point")
     p.add_argument("--clients", type=int, nargs="+", default=[4, 16])
-    p.add_argument("--rate", type=int, nargs="+", default=[TARGET_RATE])
+    p.add_argument("--rate", type=int, nargs="*", default=[TARGET_RATE], help="open loop, req/s")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     started = time.perf_counter()

@@ -39,7 +39,7 @@ QUICK: dict[str, list[str]] = {
     "catalog": [
         "--items", "20000", "--queries", "50", "--exact-queries", "5", "--nlists", "32",
         "--nprobes", "1", "4", "--codecs", "flat", "sq8", "--seconds", "1", "--clients", "2",
-        "--rate", "200",
+        "--rate",  # no open loop: the smoke run stays short
     ],
 }  # fmt: skip
 # make bench: the default sizes, no profiler (it would tax what it measures); the profiles
