@@ -81,8 +81,10 @@ class Catalog:
         return int(self.data.shape[1] - 1)
 
 
-def make_catalog(n_items: int, dim: int, seed: int = 0) -> Catalog:
-    """The clustered, popularity-skewed catalog of the module docstring."""
+def make_catalog(n_items: int, dim: int, seed: int = 0, pad_to: int = 0) -> Catalog:
+    """The clustered, popularity-skewed catalog of the module docstring; ``pad_to``: rows
+    of that width, zeros between ``v_i`` and ``b_i`` (no inner product changes; faiss's
+    SIMD scalar-quantizer code wants a multiple of 8)."""
     rng = np.random.default_rng(seed)
     popularity = np.arange(1, n_items + 1, dtype=np.float64) ** -1.0
     popularity = popularity[rng.permutation(n_items)]
@@ -92,7 +94,7 @@ def make_catalog(n_items: int, dim: int, seed: int = 0) -> Catalog:
     scale = np.float32(1 / math.sqrt(dim))
     centres = rng.standard_normal((n_clusters, dim), dtype=np.float32) * scale
     sub = rng.standard_normal((n_clusters, 16, dim), dtype=np.float32) * (0.5 * scale)
-    data = np.empty((n_items, dim + 1), dtype=np.float32)
+    data = np.zeros((n_items, max(pad_to, dim + 1)), dtype=np.float32)
     for lo in range(0, n_items, CHUNK):
         hi = min(n_items, lo + CHUNK)
         c = cluster[lo:hi]
@@ -101,7 +103,7 @@ def make_catalog(n_items: int, dim: int, seed: int = 0) -> Catalog:
         v += sub[c, rng.integers(16, size=hi - lo)]
         data[lo:hi, :dim] = v
     bias = np.log1p(10.0 * n_items * popularity)
-    data[:, dim] = 0.1 * (bias - bias.mean())
+    data[:, -1] = 0.1 * (bias - bias.mean())
     return Catalog(data, cluster, popularity)
 
 
@@ -472,6 +474,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="serve only this codec (default: the fastest meeting the recall target)",
     )
     p.add_argument("--no-serve", action="store_true", help="the index table only")
+    p.add_argument(
+        "--pad-to",
+        type=int,
+        default=0,
+        help="rows [v, 0..., b] of this width (index table only: the scorer queries d + 1)",
+    )
     p.add_argument("--seconds", type=float, default=8.0, help="per load point")
     p.add_argument("--clients", type=int, nargs="+", default=[4, 16])
     p.add_argument("--rate", type=int, nargs="*", default=[TARGET_RATE], help="open loop, req/s")
@@ -479,7 +487,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     started = time.perf_counter()
     t0 = time.perf_counter()
-    cat = make_catalog(args.items, args.dim)
+    cat = make_catalog(args.items, args.dim, pad_to=args.pad_to)
     gen_s = time.perf_counter() - t0
     _log(
         f"catalog {args.items:,} x {args.dim}: generated in {gen_s:.1f}s"
@@ -490,7 +498,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows, index = index_table(cat, x, args)
     served = next((r for r in rows if r.get("served")), None)
     serving: dict[str, Any] = {}
-    if served is not None and not args.no_serve:
+    if served is not None and not args.no_serve and not args.pad_to:
         _log(f"serving {served['variant']} at nprobe {served['nprobe']}")
         held = [cat, index]
         del cat, index
@@ -512,7 +520,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "parent_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    path = write_result(f"{NAME}_{args.items}", result, args.out)
+    name = f"{NAME}_{args.items}" + (f"_pad{args.pad_to}" if args.pad_to else "")
+    result["pad_to"] = args.pad_to
+    path = write_result(name, result, args.out)
     _log(f"wrote {path}")
     return result
 
