@@ -349,7 +349,7 @@ def serve(
     cat, index = held
     held.clear()
     set_pinning(PINNINGS["scorer-alone"], ("scorer", "redis", "load"))
-    n, dim = len(cat.data), cat.dim
+    n, dim = len(cat.data), args.dim  # rows may be padded: [v, 0..., b]
     out: dict[str, Any] = {}
     with private_stack(kafka=False) as stack:
         settings = bench_settings(stack, key_prefix="cat", request_queue="cat:rpc:requests")
@@ -360,7 +360,7 @@ def serve(
         t0 = time.perf_counter()
         ids = np.char.add("i", np.arange(n).astype(f"U{len(str(n - 1))}"))
         model = Model(
-            ids, cat.data[:, :dim], np.ascontiguousarray(cat.data[:, dim]), version=f"cat{n}"
+            ids, cat.data[:, :dim], np.ascontiguousarray(cat.data[:, -1]), version=f"cat{n}"
         )
         # the index streamed to a file behind the artifact's magic and handed over mapped
         # (serialize() would hold the index three times at once)
@@ -383,7 +383,7 @@ def serve(
         small = Model(
             ids[items],
             np.ascontiguousarray(cat.data[items, :dim]),
-            cat.data[items, dim].copy(),
+            cat.data[items, -1].copy(),
             version=model.version,
         )
         registry = Registry(connect(settings.redis_url), settings.key_prefix)
@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--pad-to",
         type=int,
         default=0,
-        help="rows [v, 0..., b] of this width (index table only: the scorer queries d + 1)",
+        help="rows [v, 0..., b] of this width (HeadTailIndex pads the scorer's queries)",
     )
     p.add_argument("--seconds", type=float, default=8.0, help="per load point")
     p.add_argument("--clients", type=int, nargs="+", default=[4, 16])
@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows, index = index_table(cat, x, args)
     served = next((r for r in rows if r.get("served")), None)
     serving: dict[str, Any] = {}
-    if served is not None and not args.no_serve and not args.pad_to:
+    if served is not None and not args.no_serve:
         _log(f"serving {served['variant']} at nprobe {served['nprobe']}")
         held = [cat, index]
         del cat, index

@@ -77,6 +77,10 @@ class HeadTailIndex:
         # search_c directly: faiss's Python wrapper checks and converts for µs per call
         x = np.ascontiguousarray(x, dtype=np.float32)
         n, d = x.shape
+        if d < self.ivf.d and d > 1:  # rows padded with zeros before the bias (SIMD width)
+            padded = np.zeros((n, self.ivf.d), dtype=np.float32)
+            padded[:, : d - 1], padded[:, -1] = x[:, :-1], x[:, -1]
+            x, d = padded, self.ivf.d
         if d != self.ivf.d or k <= 0:
             raise ValueError(f"queries of dimension {self.ivf.d} and k > 0 expected")
         scores = np.empty((n, k), dtype=np.float32)
