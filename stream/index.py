@@ -40,7 +40,9 @@ class HeadTailIndex:
     the tail's ``nprobe`` best lists and faiss merges them in its own heap. The same
     answer as searching the head exactly and the tail's IVF separately and merging by
     score, without the second call and the numpy merge (~45% of the search time at 1-4
-    queries per batch, measured). Queries must end with the 1 of ``[u, 1]``.
+    queries per batch, measured). Queries must end with the 1 of ``[u, 1]``. Rows may be
+    padded with zeros before the bias (SQ8 wants a multiple of 8: NOTES.md, "10^7
+    items"); narrower queries are padded alike.
 
     Same ``search(x, k) -> (scores, rows)`` surface as a faiss index (rows are catalog
     rows, -1 where there are fewer than k results).
