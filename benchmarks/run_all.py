@@ -3,6 +3,7 @@
 python -m benchmarks.run_all                 # make bench: the full sizes (~40 minutes)
 python -m benchmarks.run_all --quick         # tiny sizes, for a smoke run
 python -m benchmarks.run_all --only serving  # one part (also: ledrec bench serving)
+python -m benchmarks.run_all --only catalog --catalog-items 10000000   # the 10^7 table
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import freshness, gateway, ingest, serving
+from benchmarks import catalog, freshness, gateway, ingest, serving
 from benchmarks.common import RESULTS, machine
 
 PARTS: dict[str, Callable[[list[str] | None], dict[str, Any]]] = {
@@ -22,6 +23,7 @@ PARTS: dict[str, Callable[[list[str] | None], dict[str, Any]]] = {
     "serving": serving.main,
     "freshness": freshness.main,
     "gateway": gateway.main,
+    "catalog": catalog.main,  # writes catalog_<items>.json: one file per catalog size
 }
 QUICK: dict[str, list[str]] = {
     "ingest": ["--items", "2000", "--events", "5000"],
@@ -35,6 +37,11 @@ QUICK: dict[str, list[str]] = {
         "--items", "2000", "--users", "100", "--seconds", "1", "--warmup", "0.2",
         "--clients", "2", "--rate", "50",
     ],
+    "catalog": [
+        "--items", "20000", "--queries", "50", "--exact-queries", "5", "--nlists", "32",
+        "--nprobes", "1", "4", "--codecs", "flat", "sq8", "--seconds", "1", "--clients", "2",
+        "--rate",  # no open loop: the smoke run stays short
+    ],
 }  # fmt: skip
 # make bench: the default sizes, no profiler (it would tax what it measures); the profiles
 # in results/profiles/ come from separate runs with --profile (see NOTES.md)
@@ -46,15 +53,18 @@ FULL: dict[str, list[str]] = {
     "serving": ["--pin", "scorer-alone", "--spin-us", "2000"],
     "freshness": [],
     "gateway": [],
+    "catalog": [],  # 10^6 items; the 10^7 table: --catalog-items 10000000 (~7 GB of RAM)
 }
 
 
-def run(parts: list[str], quick: bool, out: Path) -> dict[str, Any]:
+def run(parts: list[str], quick: bool, out: Path, catalog_items: int = 0) -> dict[str, Any]:
     """Run ``parts`` (in order), then rewrite the summary from whatever results exist."""
     for name in parts:
         print(f"== {name}", flush=True)
         started = time.perf_counter()
         extra = QUICK[name] if quick else FULL[name]
+        if name == "catalog" and catalog_items:
+            extra = [*extra, "--items", str(catalog_items), "--nlists", "1024", "4096"]
         PARTS[name]([*extra, "--out", str(out)])
         print(f"== {name}: {time.perf_counter() - started:.0f}s", flush=True)
     summary = write_summary(out)
@@ -235,6 +245,8 @@ def write_summary(out: Path) -> Path:
         lines.append("")
     if "gateway" in results:
         lines += _gateway_summary(results["gateway"])
+    for path in sorted(out.glob("catalog_*.json"), key=lambda p: int(p.stem.split("_")[1])):
+        lines += _catalog_summary(json.loads(path.read_text()))
     notes = out / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
@@ -351,6 +363,80 @@ def _gateway_summary(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _catalog_summary(r: dict[str, Any]) -> list[str]:
+    """The index variants' table at one catalog size, and the scorer serving the best."""
+    m = r["machine"]
+    lines = [
+        f"## Catalog of {r['items']:,} items, d = {r['dim']} (`benchmarks/catalog.py`)",
+        "",
+        f"Load average {m['loadavg_1m_at_start']} at the start, {m['loadavg_1m_at_end']} at"
+        f" the end. recall@10 against the exact top-10 of `<u, v> + b` on {r['recall_queries']}"
+        " averaged-timeline queries (1..50 items); search one thread, one query at a time"
+        " (as a scorer serving one-request batches) and in batches of 16; builds on 2"
+        " threads (k-means + assignment + add).",
+        "",
+        "| variant | nprobe | build | index RAM (B/item) | recall@10 | 1 query p50 / p99 |"
+        " batch of 16, per query p50 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["table"]:
+        single, batch = row["search_1_query"], row["search_per_query_batch_16"]
+        lines.append(
+            f"| {row['variant']}{' **(served)**' if row.get('served') else ''} |"
+            f" {row['nprobe'] or '–'} | {row['build_s']:.0f} s |"
+            f" {row['index_bytes'] / 1e9:.2f} GB ({row['bytes_per_item']:.0f}) |"
+            f" {row['recall_at_10']} | {_ms(single['p50_us'])} / {_ms(single['p99_us'])} |"
+            f" {_ms(batch['p50_us'])} |"
+        )
+    serving = r.get("serving") or {}
+    if serving:
+        lines += [
+            "",
+            "One scorer process alone on a core (polling), redis-server and 2 lean load"
+            " generators on the other; the echo floor (no state read, no search) in the same"
+            " run:",
+            "",
+            "| server | load | answered/s | p50 | p99 | scorer: mean batch, CPU µs/request"
+            " (all batches, one-request batches) | errors |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+        for kind, run in serving["runs"].items():
+            for p in run["load"]:
+                lat = p["latency"]
+                load = (
+                    f"closed, {p['concurrency']} clients"
+                    if p["mode"] == "closed"
+                    else f"open (Poisson), {p['offered_per_s']:,}/s"
+                )
+                server = p.get("server", {})
+                cpu = server.get("thread_cpu_us_per_request_by_batch_size", {})
+                mean = server.get("per_request_amortised", {}).get("total_thread_cpu", {})
+                cpus = (
+                    f"{server['batch_size_mean']}, {mean['mean_us']:.0f}, {cpu.get('1', '–')}"
+                    if server
+                    else "–"
+                )
+                lines.append(
+                    f"| {kind} | {load} | {p['answered_per_s']:,} |"
+                    + (
+                        f" {_ms(lat['p50_us'])} | {_ms(lat['p99_us'])} |"
+                        if lat.get("n")
+                        else " – | – |"
+                    )
+                    + f" {cpus} | {p['errors'] or ''} |"
+                )
+        memory = serving.get("scorer_memory_kb", {}).values()
+        if memory:
+            lines += [
+                "",
+                f"Scorer process memory: peak {max(m['VmHWM'] for m in memory) / 1e6:.1f} GB"
+                f" (loading the version), {max(m['VmRSS'] for m in memory) / 1e6:.1f} GB"
+                " while serving.",
+            ]
+    lines.append("")
+    return lines
+
+
 _GATEWAY_CLIENTS = {
     "bare": "bare RPC (AsyncRecommenderClient)",
     "gateway": "gateway, httpx.AsyncClient",
@@ -362,9 +448,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", choices=list(PARTS), help="run only these parts")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    p.add_argument(
+        "--catalog-items",
+        type=int,
+        default=0,
+        help="catalog part: this many items (default 10^6; 10^7 is the issue's table)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    run(args.only or list(PARTS), args.quick, args.out)
+    run(args.only or list(PARTS), args.quick, args.out, args.catalog_items)
     return 0
 
 

@@ -100,7 +100,7 @@ def new_version_name() -> str:
     return time.strftime("v%Y%m%d-%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
 
 
-def save_model(model: Model, store: Path, index_bytes: bytes | None = None) -> Path:
+def save_model(model: Model, store: Path, index_bytes: bytes | memoryview | None = None) -> Path:
     """Write ``model`` as a new immutable version directory in ``store``; returns its path.
 
     The directory is written under a temporary name and renamed into place, so readers

@@ -12,7 +12,7 @@ from benchmarks import run_all, stalls
 
 
 def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_results(tmp_path: Path) -> None:
-    parts = [part for part in run_all.PARTS if part != "gateway"]  # its own test, marked
+    parts = [part for part in run_all.PARTS if part not in ("gateway", "catalog")]  # own tests
     results = run_all.run(parts, quick=True, out=tmp_path)
 
     assert set(results) == {"ingest", "serving", "freshness"}
@@ -41,6 +41,22 @@ def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_results(tmp_path: Pa
     assert "Ingest" in summary and "Serving" in summary and "Freshness" in summary
     assert "Serving through each client" in summary
     assert json.loads((tmp_path / "serving.json").read_text())["benchmark"] == "serving"
+
+
+def test_the_catalog_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    run_all.run(["catalog"], quick=True, out=tmp_path)
+
+    result = json.loads((tmp_path / "catalog_20000.json").read_text())
+    table = result["table"]
+    assert table[0]["codec"] == "exact" and table[0]["recall_at_10"] == 1.0
+    assert {row["codec"] for row in table} == {"exact", "flat", "sq8"}
+    assert all(0.0 <= row["recall_at_10"] <= 1.0 and row["index_bytes"] > 0 for row in table)
+    served = [row for row in table if row.get("served")]
+    assert len(served) == 1 and served[0]["recall_at_10"] >= 0.95
+    for run in result["serving"]["runs"].values():
+        assert all(point["latency"]["n"] > 0 for point in run["load"])
+    assert result["serving"]["runs"]["scorer"]["server"]["requests"] > 0
+    assert "Catalog of 20,000 items" in (tmp_path / "SUMMARY.md").read_text()
 
 
 @pytest.mark.gateway

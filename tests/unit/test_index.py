@@ -8,7 +8,14 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from ledrec.stream.index import HeadTailIndex, augmented, build_index, deserialize, serialize
+from ledrec.stream.index import (
+    HeadTailIndex,
+    augmented,
+    build_head_tail,
+    build_index,
+    deserialize,
+    serialize,
+)
 from tests.helpers import random_model
 
 
@@ -112,3 +119,19 @@ def test_the_earlier_two_index_layout_loads_with_the_same_answers() -> None:
         got_scores, got = index.search(x, 10)
         np.testing.assert_allclose(got_scores, np.take_along_axis(scores, best, 1), rtol=1e-5)
         assert (got == expected).all()
+
+
+def test_rows_padded_before_the_bias_give_the_same_results_to_unpadded_queries() -> None:
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(4000, 9)).astype(np.float32)  # [v (8), b]
+    padded = np.zeros((4000, 16), dtype=np.float32)
+    padded[:, :8], padded[:, -1] = data[:, :8], data[:, -1]
+    plain = build_head_tail(data, nlist=8, head_items=64)
+    wide = build_head_tail(padded, nlist=8, head_items=64, codec="sq8")
+    plain.nprobe = wide.nprobe = 8  # every list: exact but for SQ8's rounding
+    x = np.hstack([rng.normal(size=(20, 8)), np.ones((20, 1))]).astype(np.float32)
+
+    _, want = plain.search(x, 10)
+    _, got = wide.search(x, 10)  # (20, 9) queries against 16-wide rows
+
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(want, got, strict=True)]) > 0.9
