@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import redis
 
-from ledrec.settings import Settings
+from ledrec.settings import DEFAULT_EVENT_WEIGHTS, Settings
 from ledrec.stream.artifact import Model, save_model
 from ledrec.stream.consumer import StateUpdater, consumer_statuses
 from ledrec.stream.encoder import window_sum
@@ -172,10 +172,12 @@ def applied_by(client: redis.Redis, settings: Settings, pid: int) -> float:
 
 
 def random_views(n_events: int, n_users: int, n_items: int, seed: int) -> Events:
+    """Random (user, item, weight) views, at the default weight of a view."""
     rng = np.random.default_rng(seed)
     users = rng.integers(n_users, size=n_events).tolist()
     items = rng.integers(n_items, size=n_events).tolist()
-    return [(f"u{u}", f"i{i}", 1.0) for u, i in zip(users, items, strict=True)]
+    weight = DEFAULT_EVENT_WEIGHTS["view"]
+    return [(f"u{u}", f"i{i}", weight) for u, i in zip(users, items, strict=True)]
 
 
 def publish_stream(

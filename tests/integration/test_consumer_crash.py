@@ -44,7 +44,7 @@ def test_killed_consumer_loses_nothing_and_counts_nothing_twice(
     for _ in range(N_EVENTS):
         user, item = f"u{rng.integers(300)}", f"i{rng.integers(520)}"  # some items unknown
         publisher.send(user, item, "view")
-        events.append((user, item, 1.0))
+        events.append((user, item, settings.event_weights["view"]))
     ends = publisher.flush().last_offsets
 
     env = settings_env(settings)
