@@ -119,18 +119,8 @@ def run_size(
     """One size, in this process: generate, split, PMI, SVD, a short fine-tune."""
     from ledrec.training.finetune import FinetuneConfig, finetune
     from ledrec.training.pretrain import pmi_matrix, svd_embeddings
-    from ledrec.training.split import strong_generalization_split
-    from ledrec.training.synthetic import SyntheticConfig, synthetic_interactions
 
-    report: dict[str, Any] = {"users": users, "items": items, "target_events": events, "stages": {}}
-    config = SyntheticConfig(n_users=users, n_items=items, n_events=events, seed=seed)
-    data = _stage(report, "generate", lambda: synthetic_interactions(config))
-    # ~10 events per user leave few users with 5 clicks: hold out users with >= 3
-    split = _stage(
-        report,
-        "split",
-        lambda: strong_generalization_split(data, n_heldout=600, seed=seed, min_positives=3),
-    )
+    report, data, split = _generated_split(users, items, events, seed)
     pmi = _stage(report, "pmi", lambda: pmi_matrix(split.train_views))
     emb = _stage(report, "svd", lambda: svd_embeddings(pmi, dim, seed))
     ft = FinetuneConfig(loss="bpr", variant="train", init="svd", dim=dim, epochs=epochs, seed=seed)
@@ -148,6 +138,23 @@ def run_size(
     return report
 
 
+def _generated_split(users: int, items: int, events: int, seed: int) -> tuple[Any, Any, Any]:
+    """A size's report, its synthetic data and split, both stages timed (either engine)."""
+    from ledrec.training.split import strong_generalization_split
+    from ledrec.training.synthetic import SyntheticConfig, synthetic_interactions
+
+    report: dict[str, Any] = {"users": users, "items": items, "target_events": events, "stages": {}}
+    config = SyntheticConfig(n_users=users, n_items=items, n_events=events, seed=seed)
+    data = _stage(report, "generate", lambda: synthetic_interactions(config))
+    # ~10 events per user leave few users with 5 clicks: hold out users with >= 3
+    split = _stage(
+        report,
+        "split",
+        lambda: strong_generalization_split(data, n_heldout=600, seed=seed, min_positives=3),
+    )
+    return report, data, split
+
+
 def run_size_spark(
     users: int, items: int, events: int, dim: int, seed: int, master: str
 ) -> dict[str, Any]:
@@ -162,18 +169,9 @@ def run_size_spark(
     from ledrec.training.spark.pretrain import _nonempty_rows
     from ledrec.training.spark.rsvd import DEFAULT_BLOCK, block_matrix, randomized_svd
     from ledrec.training.spark.session import spark_session
-    from ledrec.training.split import strong_generalization_split
-    from ledrec.training.synthetic import SyntheticConfig, synthetic_interactions
 
     pre = PretrainConfig(dim=dim)
-    report: dict[str, Any] = {"users": users, "items": items, "target_events": events, "stages": {}}
-    config = SyntheticConfig(n_users=users, n_items=items, n_events=events, seed=seed)
-    data = _stage(report, "generate", lambda: synthetic_interactions(config))
-    split = _stage(
-        report,
-        "split",
-        lambda: strong_generalization_split(data, n_heldout=600, seed=seed, min_positives=3),
-    )
+    report, data, split = _generated_split(users, items, events, seed)
     n = len(split.item_ids)
     spark = _stage(report, "spark_start", lambda: spark_session(master))
     try:

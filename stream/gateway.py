@@ -153,22 +153,21 @@ class _Measured:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = [500]
+
+        def record(status: int) -> None:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
+            HTTP_REQUESTS.labels(route, str(status)).inc()
 
         async def sending(message: Any) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                route = getattr(scope.get("route"), "path", "unmatched")
-                HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
-                HTTP_REQUESTS.labels(route, str(status[0])).inc()
+                record(message["status"])
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         except Exception:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
-            HTTP_REQUESTS.labels(route, "500").inc()  # answered by _RequestIds
+            record(500)  # answered by _RequestIds
             raise
 
 

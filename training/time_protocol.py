@@ -23,8 +23,13 @@ import numpy.typing as npt
 from ledrec.training.dataset import binary_matrix
 from ledrec.training.evaluate import METRICS, ScoreFn
 from ledrec.training.formats import TimedEvents
-from ledrec.training.split import DEFAULT_N_HELDOUT
-from ledrec.training.weak_protocol import WeakSplit, minus, ranked_hits, weak_split
+from ledrec.training.weak_protocol import (
+    WeakSplit,
+    minus,
+    ranked_hits,
+    validation_users,
+    weak_split,
+)
 
 DEFAULT_CUTOFF_QUANTILE = 0.8
 VALIDATION_SHARE = 0.2
@@ -135,17 +140,12 @@ def time_split(
     has_future = np.diff(new.indptr) > 0
     test = new.multiply(has_past[:, None]).tocsr()  # cold-start users are not scored
 
-    n_clicks = np.diff(past_clicks.indptr)
-    eligible = np.flatnonzero(n_clicks >= min_positives)
-    if n_val is None:
-        n_val = min(DEFAULT_N_HELDOUT, len(eligible) // 10)
-    if not 1 <= n_val <= len(eligible):
-        raise ValueError(
-            f"{len(eligible)} users with >= {min_positives} clicks before the cutoff: cannot "
-            f"take {n_val} validation users from them"
-        )
+    chosen = validation_users(
+        np.diff(past_clicks.indptr), min_positives, n_val, np.random.default_rng(seed),
+        "clicks before the cutoff",
+    )  # fmt: skip
     val_users = np.zeros(shape[0], dtype=bool)
-    val_users[np.random.default_rng(seed).choice(eligible, size=n_val, replace=False)] = True
+    val_users[chosen] = True
     mine = past_click & val_users[rows]
     lent_rows, lent_cols = _latest_share(
         rows[mine], cols[mine], events.ts[mine], shape[1], VALIDATION_SHARE

@@ -105,16 +105,10 @@ def weak_split(
             train_clicks[val_users], valid[val_users],
             _binary(train_clicks + valid), _binary(train_views + valid), test, n_test,
         )  # fmt: skip
-    eligible = np.flatnonzero(np.diff(train_clicks.indptr) >= min_positives)
-    if n_val is None:
-        n_val = min(DEFAULT_N_HELDOUT, len(eligible) // 10)
-    if not 1 <= n_val <= len(eligible):
-        raise ValueError(
-            f"{len(eligible)} users with >= {min_positives} train clicks: cannot take "
-            f"{n_val} validation users from them"
-        )
     rng = np.random.default_rng(seed)
-    val_users = np.sort(rng.choice(eligible, size=n_val, replace=False))
+    val_users = validation_users(
+        np.diff(train_clicks.indptr), min_positives, n_val, rng, "train clicks"
+    )
     val_in, val_out = fold_in_split(train_clicks[val_users], 0.8, rng)
     out = val_out.tocoo()
     lent = binary_matrix(val_users[out.row], out.col, train_clicks.shape)  # (U, I)
@@ -372,3 +366,23 @@ def render_weak_markdown(report: dict[str, Any]) -> str:
     return "\n".join(
         [*lines, "", f"Total {report['total_seconds']:.0f}s. Stage seconds: {seconds}.", ""]
     )
+
+
+def validation_users(
+    n_clicks: npt.NDArray[np.integer],
+    min_positives: int,
+    n_val: int | None,
+    rng: np.random.Generator,
+    counted: str,
+) -> npt.NDArray[np.int64]:
+    """``n_val`` users (default: a tenth of them, at most ``DEFAULT_N_HELDOUT``) drawn among
+    those with ``n_clicks >= min_positives``, sorted; ``counted`` names the clicks counted."""
+    eligible = np.flatnonzero(n_clicks >= min_positives)
+    if n_val is None:
+        n_val = min(DEFAULT_N_HELDOUT, len(eligible) // 10)
+    if not 1 <= n_val <= len(eligible):
+        raise ValueError(
+            f"{len(eligible)} users with >= {min_positives} {counted}: cannot take "
+            f"{n_val} validation users from them"
+        )
+    return np.sort(rng.choice(eligible, size=n_val, replace=False))
